@@ -1,0 +1,177 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Message is one stored message. Rows written by the tutorial's app have a
+// NULL content, which reads as "", and a CreatedAt of the migration time.
+type Message struct {
+	ID        int64     `json:"id"`
+	Content   string    `json:"content"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Page bounds a listing.
+type Page struct {
+	// Before lists only messages with an id below it; 0 starts at the newest.
+	Before int64
+	// Limit is the page size; 0 means DefaultPageSize.
+	Limit int
+}
+
+// Page sizes for List.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// Listing is one page of messages, oldest first.
+type Listing struct {
+	Messages []Message
+	// Next is the Before value of the page of older messages, 0 when none is left.
+	Next int64
+}
+
+const messageColumns = "id, coalesce(content, ''), created_at, updated_at"
+
+// List returns the newest messages below p.Before, oldest first. It walks the
+// primary key backwards, so a page costs the same on any table size.
+func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = DefaultPageSize
+	}
+	limit = min(limit, MaxPageSize)
+	before := p.Before
+	if before <= 0 {
+		before = 1 << 62
+	}
+	var out Listing
+	err := s.run(ctx, func(ctx context.Context) error {
+		rows, err := s.pool.Query(ctx,
+			"SELECT "+messageColumns+" FROM messages WHERE id < $1::bigint ORDER BY id DESC LIMIT $2",
+			before, limit+1)
+		if err != nil {
+			return err
+		}
+		msgs, err := pgx.CollectRows(rows, scanMessage)
+		if err != nil {
+			return err
+		}
+		out = Listing{}
+		if len(msgs) > limit {
+			msgs = msgs[:limit]
+			out.Next = msgs[limit-1].ID
+		}
+		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
+			msgs[i], msgs[j] = msgs[j], msgs[i]
+		}
+		out.Messages = msgs
+		return nil
+	})
+	if err != nil {
+		return Listing{}, fmt.Errorf("listing messages: %w", err)
+	}
+	return out, nil
+}
+
+// Get returns one message or ErrNotFound.
+func (s *Store) Get(ctx context.Context, id int64) (Message, error) {
+	return s.one(ctx, "getting message", "SELECT "+messageColumns+" FROM messages WHERE id = $1::bigint", id)
+}
+
+// Update replaces a message's content, or returns ErrNotFound.
+func (s *Store) Update(ctx context.Context, id int64, content string) (Message, error) {
+	return s.one(ctx, "updating message",
+		"UPDATE messages SET content = $2, updated_at = now() WHERE id = $1::bigint RETURNING "+messageColumns,
+		id, content)
+}
+
+// Delete removes a message, or returns ErrNotFound.
+func (s *Store) Delete(ctx context.Context, id int64) error {
+	err := s.run(ctx, func(ctx context.Context) error {
+		tag, err := s.pool.Exec(ctx, "DELETE FROM messages WHERE id = $1::bigint", id)
+		if err == nil && tag.RowsAffected() == 0 {
+			return ErrNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("deleting message %d: %w", id, err)
+	}
+	return nil
+}
+
+func (s *Store) one(ctx context.Context, what, sql string, args ...any) (Message, error) {
+	var m Message
+	err := s.run(ctx, func(ctx context.Context) error {
+		rows, err := s.pool.Query(ctx, sql, args...)
+		if err != nil {
+			return err
+		}
+		m, err = pgx.CollectExactlyOneRow(rows, scanMessage)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		return err
+	})
+	if err != nil {
+		return Message{}, fmt.Errorf("%s: %w", what, err)
+	}
+	return m, nil
+}
+
+func scanMessage(row pgx.CollectableRow) (Message, error) {
+	var m Message
+	err := row.Scan(&m.ID, &m.Content, &m.CreatedAt, &m.UpdatedAt)
+	return m, err
+}
+
+// Added is the outcome of Add.
+type Added struct {
+	Message
+	// Replayed is true when the key had already stored a message; Message is
+	// then that earlier message, whose content may differ from the new one.
+	Replayed bool
+}
+
+// Add stores content, at most once per non-empty key, and returns only after
+// the row is committed. Concurrent calls are coalesced into one INSERT.
+func (s *Store) Add(ctx context.Context, content, key string) (Added, error) {
+	a, err := s.writer.add(ctx, content, key)
+	if err != nil {
+		return Added{}, fmt.Errorf("adding message: %w", err)
+	}
+	return a, nil
+}
+
+// DeadLetter is an event that can never be stored, kept for inspection.
+type DeadLetter struct {
+	EventID     string
+	EventSource string
+	EventType   string
+	Reason      string
+	Payload     []byte
+}
+
+// AddDeadLetter keeps d. A redelivered event (same source and id) is kept once.
+func (s *Store) AddDeadLetter(ctx context.Context, d DeadLetter) error {
+	err := s.run(ctx, func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, `INSERT INTO dead_letters (event_id, event_source, event_type, reason, payload)
+			VALUES (NULLIF($1, ''), NULLIF($2, ''), NULLIF($3, ''), $4, $5)
+			ON CONFLICT (event_source, event_id) DO NOTHING`,
+			d.EventID, d.EventSource, d.EventType, d.Reason, d.Payload)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("keeping dead letter: %w", err)
+	}
+	return nil
+}

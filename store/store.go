@@ -1,0 +1,139 @@
+// Package store keeps messages in PostgreSQL through one pgx pool.
+//
+// It owns everything about the database: configuration from the environment,
+// IAM token logins, schema migrations, group-committed inserts and the
+// classification of failures into errors callers can branch on.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+var (
+	// ErrUnavailable means the database could not be reached or did not answer
+	// in time. It is transient: the same call may succeed later.
+	ErrUnavailable = errors.New("database unavailable")
+	// ErrNotFound means no message has the requested id.
+	ErrNotFound = errors.New("message not found")
+	// ErrSchema means the schema is missing, out of date or not usable by the
+	// configured role (for example when migrations are off and nobody ran them).
+	ErrSchema = errors.New("database schema not ready")
+	// ErrClosed means the store was closed.
+	ErrClosed = errors.New("store closed")
+)
+
+// Store is a pool of connections plus the group-commit writer. It is safe for
+// concurrent use.
+type Store struct {
+	pool    *pgxpool.Pool
+	cfg     Config
+	user    string
+	writer  *batcher
+	closeMu sync.Once
+}
+
+// Open creates the pool, connects once to migrate or to check the schema, and
+// starts the writer. A failure leaves nothing open behind it.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	pc, err := cfg.poolConfig()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.IAMAuth {
+		if err := configureIAM(ctx, &cfg, pc); err != nil {
+			return nil, err
+		}
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, fmt.Errorf("creating pool: %w", err)
+	}
+	s := &Store{pool: pool, cfg: cfg, user: pc.ConnConfig.User}
+	if err := s.prepareSchema(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.writer = newBatcher(s, writersFor(pc.MaxConns))
+	return s, nil
+}
+
+// writersFor leaves at least one connection of the pool to reads.
+func writersFor(maxConns int32) int {
+	switch {
+	case maxConns >= 4:
+		return 2
+	default:
+		return 1
+	}
+}
+
+// Close stops the writer (pending writes finish first) and closes the pool.
+func (s *Store) Close() {
+	s.closeMu.Do(func() {
+		s.writer.close()
+		s.pool.Close()
+	})
+}
+
+// User is the database role the store logs in as (derived in IAM mode).
+func (s *Store) User() string { return s.user }
+
+// Pool exposes the pool for tools such as migration and benchmarks.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// run executes fn with the query deadline and retries it once on a fresh
+// connection when it failed before anything reached the server.
+func (s *Store) run(ctx context.Context, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.queryTimeout())
+	defer cancel()
+	err := fn(ctx)
+	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
+		err = fn(ctx)
+	}
+	return classify(err)
+}
+
+// classify wraps transient failures in ErrUnavailable so callers can answer 503
+// or ask for redelivery; other errors pass through unchanged.
+func classify(err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		return err
+	}
+	if isTransient(err) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
+func isTransient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", // connection exception
+			"53", // insufficient resources, e.g. too many connections
+			"57": // operator intervention: admin shutdown, cannot connect now
+			return true
+		}
+		// A rotated IAM token can race with a login; the next login uses a new one.
+		return pgErr.Code == "28P01" || pgErr.Code == "40001" || pgErr.Code == "40P01"
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connectErr) || errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, tokenError)
+}
