@@ -220,7 +220,7 @@ func (b *batcher) insert(rows []*writeRequest) ([]Added, error) {
 
 func (s *Store) byKeys(ctx context.Context, keys []string) (map[string]Message, error) {
 	found := make(map[string]Message, len(keys))
-	err := s.run(ctx, func(ctx context.Context) error {
+	err := s.read(ctx, func(ctx context.Context) error {
 		rows, err := s.pool.Query(ctx, selectByKeys, keys)
 		if err != nil {
 			return err

@@ -54,7 +54,7 @@ func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 		before = 1 << 62
 	}
 	var out Listing
-	err := s.run(ctx, func(ctx context.Context) error {
+	err := s.read(ctx, func(ctx context.Context) error {
 		rows, err := s.pool.Query(ctx,
 			"SELECT "+messageColumns+" FROM messages WHERE id < $1::bigint ORDER BY id DESC LIMIT $2",
 			before, limit+1)
@@ -84,12 +84,12 @@ func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 
 // Get returns one message or ErrNotFound.
 func (s *Store) Get(ctx context.Context, id int64) (Message, error) {
-	return s.one(ctx, "getting message", "SELECT "+messageColumns+" FROM messages WHERE id = $1::bigint", id)
+	return s.one(ctx, s.read, "getting message", "SELECT "+messageColumns+" FROM messages WHERE id = $1::bigint", id)
 }
 
 // Update replaces a message's content, or returns ErrNotFound.
 func (s *Store) Update(ctx context.Context, id int64, content string) (Message, error) {
-	return s.one(ctx, "updating message",
+	return s.one(ctx, s.run, "updating message",
 		"UPDATE messages SET content = $2, updated_at = now() WHERE id = $1::bigint RETURNING "+messageColumns,
 		id, content)
 }
@@ -109,9 +109,9 @@ func (s *Store) Delete(ctx context.Context, id int64) error {
 	return nil
 }
 
-func (s *Store) one(ctx context.Context, what, sql string, args ...any) (Message, error) {
+func (s *Store) one(ctx context.Context, run func(context.Context, func(context.Context) error) error, what, sql string, args ...any) (Message, error) {
 	var m Message
-	err := s.run(ctx, func(ctx context.Context) error {
+	err := run(ctx, func(ctx context.Context) error {
 		rows, err := s.pool.Query(ctx, sql, args...)
 		if err != nil {
 			return err

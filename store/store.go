@@ -90,13 +90,23 @@ func (s *Store) User() string { return s.user }
 // Pool exposes the pool for tools such as migration and benchmarks.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
-// run executes fn with the query deadline and retries it once on a fresh
+// run executes a write with the query deadline and retries it once on a fresh
 // connection when it failed before anything reached the server.
 func (s *Store) run(ctx context.Context, fn func(context.Context) error) error {
+	return s.attempt(ctx, fn, pgconn.SafeToRetry)
+}
+
+// read is run for statements without side effects: those may also be retried
+// after a connection died mid-statement (e.g. terminated by a restart).
+func (s *Store) read(ctx context.Context, fn func(context.Context) error) error {
+	return s.attempt(ctx, fn, isTransient)
+}
+
+func (s *Store) attempt(ctx context.Context, fn func(context.Context) error, retry func(error) bool) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.queryTimeout())
 	defer cancel()
 	err := fn(ctx)
-	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
+	if err != nil && ctx.Err() == nil && retry(err) {
 		err = fn(ctx)
 	}
 	return classify(err)

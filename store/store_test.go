@@ -1,0 +1,257 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/localpg"
+)
+
+var cluster *localpg.Cluster
+
+func TestMain(m *testing.M) {
+	var err error
+	cluster, err = localpg.Start(context.Background(), localpg.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	cluster.Destroy()
+	os.Exit(code)
+}
+
+var dbSeq atomic.Int64
+
+// openStore opens a store on a fresh database and returns it with its URL.
+func openStore(t testing.TB) (*store.Store, string) {
+	t.Helper()
+	ctx := context.Background()
+	name := fmt.Sprintf("s%d", dbSeq.Add(1))
+	if err := cluster.CreateDatabase(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	url := cluster.SuperuserURL(name)
+	st, err := store.Open(ctx, store.Config{ConnString: url, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return st, url
+}
+
+func TestGroupCommitUnderConcurrency(t *testing.T) {
+	st, _ := openStore(t)
+	ctx := context.Background()
+	const writers, each = 32, 50
+	ids := make(chan int64, writers*each)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				content := fmt.Sprintf("w%d-%d", w, i)
+				a, err := st.Add(ctx, content, "")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if a.Content != content || a.Replayed || a.ID == 0 || a.CreatedAt.IsZero() {
+					t.Errorf("Add(%q) = %+v", content, a)
+				}
+				// The answer names the row holding this very content.
+				got, err := st.Get(ctx, a.ID)
+				if err != nil || got.Content != content {
+					t.Errorf("row %d = %q, %v; want %q", a.ID, got.Content, err, content)
+				}
+				ids <- a.ID
+			}
+		}()
+	}
+	wg.Wait()
+	close(ids)
+	seen := map[int64]bool{}
+	for id := range ids {
+		if seen[id] {
+			t.Fatalf("id %d answered twice", id)
+		}
+		seen[id] = true
+	}
+	if len(seen) != writers*each {
+		t.Fatalf("%d ids, want %d", len(seen), writers*each)
+	}
+}
+
+func TestIdempotentAddsInOneBatch(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	results := make([]store.Added, 40)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := st.Add(ctx, "same", fmt.Sprintf("key-%d", i%4))
+			if err != nil {
+				t.Error(err)
+			}
+			results[i] = a
+		}()
+	}
+	wg.Wait()
+	byKey := map[int]int64{}
+	replays := 0
+	for i, a := range results {
+		if id, ok := byKey[i%4]; ok && id != a.ID {
+			t.Fatalf("key-%d answered ids %d and %d", i%4, id, a.ID)
+		}
+		byKey[i%4] = a.ID
+		if a.Replayed {
+			replays++
+		}
+	}
+	if replays != 36 {
+		t.Fatalf("%d replays, want 36", replays)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	conn.QueryRow(ctx, "SELECT count(*) FROM messages").Scan(&n)
+	if n != 4 {
+		t.Fatalf("%d rows, want 4", n)
+	}
+}
+
+func TestListPagesNewestFirstOldestFirstWithin(t *testing.T) {
+	st, _ := openStore(t)
+	ctx := context.Background()
+	for i := 1; i <= 7; i++ {
+		if _, err := st.Add(ctx, fmt.Sprint(i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		page store.Page
+		want string
+		next bool
+	}{
+		{store.Page{Limit: 3}, "[5 6 7]", true},
+		{store.Page{Limit: 3, Before: 5}, "[2 3 4]", true},
+		{store.Page{Limit: 3, Before: 2}, "[1]", false},
+		{store.Page{}, "[1 2 3 4 5 6 7]", false},
+	}
+	for _, tc := range cases {
+		l, err := st.List(ctx, tc.page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, m := range l.Messages {
+			got = append(got, m.Content)
+		}
+		if fmt.Sprint(got) != tc.want || (l.Next != 0) != tc.next {
+			t.Errorf("List(%+v) = %v next=%d, want %s next=%v", tc.page, got, l.Next, tc.want, tc.next)
+		}
+	}
+}
+
+func TestNotFound(t *testing.T) {
+	st, _ := openStore(t)
+	ctx := context.Background()
+	if _, err := st.Get(ctx, 99); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Get: %v", err)
+	}
+	if _, err := st.Update(ctx, 99, "x"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Update: %v", err)
+	}
+	if err := st.Delete(ctx, 99); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Delete: %v", err)
+	}
+	if _, err := st.Get(ctx, 1<<40); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Get beyond int4: %v", err)
+	}
+}
+
+// TestReadSurvivesTerminatedConnections: a restart or failover kills the
+// pool's idle connections; the next read is retried on a fresh one.
+func TestReadSurvivesTerminatedConnections(t *testing.T) {
+	st, _ := openStore(t)
+	ctx := context.Background()
+	if _, err := st.List(ctx, store.Page{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'postgres' AND pid <> pg_backend_pid() AND backend_type = 'client backend'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.List(ctx, store.Page{}); err != nil {
+		t.Fatalf("List after the connections were terminated: %v", err)
+	}
+}
+
+func TestUnavailableIsTyped(t *testing.T) {
+	ctx := context.Background()
+	c := localpg.ForTest(t, localpg.Options{})
+	st, err := store.Open(ctx, store.Config{ConnString: c.SuperuserURL("postgres"), Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := c.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.Add(ctx, "x", "")
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Add with the database down: %v, want ErrUnavailable", err)
+	}
+	if _, err := st.List(ctx, store.Page{}); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("List with the database down: %v", err)
+	}
+	if _, err := store.Open(ctx, store.Config{ConnString: c.SuperuserURL("postgres"), Migrate: true}); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Open with the database down: %v", err)
+	}
+}
+
+func TestDeadLetterKeptOnce(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	d := store.DeadLetter{EventID: "1", EventSource: "//pubsub/x", EventType: "t", Reason: "bad", Payload: []byte{0xff, 0}}
+	for range 2 {
+		if err := st.AddDeadLetter(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	var payload []byte
+	if err := conn.QueryRow(ctx, "SELECT count(*) OVER (), payload FROM dead_letters").Scan(&n, &payload); err != nil || n != 1 || string(payload) != string(d.Payload) {
+		t.Fatalf("dead letters: n=%d payload=%x err=%v", n, payload, err)
+	}
+}
+
+func TestMigrationsOffNeedSchema(t *testing.T) {
+	ctx := context.Background()
+	name := fmt.Sprintf("s%d", dbSeq.Add(1))
+	if err := cluster.CreateDatabase(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	_, err := store.Open(ctx, store.Config{ConnString: cluster.SuperuserURL(name), Migrate: false})
+	if !errors.Is(err, store.ErrSchema) {
+		t.Fatalf("Open without a schema and migrations off: %v, want ErrSchema", err)
+	}
+}
