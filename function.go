@@ -109,8 +109,7 @@ type service struct {
 
 func newService(getenv func(string) string, logTo io.Writer) *service {
 	s := &service{getenv: getenv, log: newLogger(logTo)}
-	s.db.open = s.openStore
-	s.db.log = s.log
+	s.db = lazyStore{open: s.openStore, log: s.log, sem: make(chan struct{}, 1)}
 	s.project.getenv = getenv
 	return s
 }
@@ -144,9 +143,8 @@ type lazyStore struct {
 	open func(context.Context) (*store.Store, error)
 	log  *slog.Logger
 
-	st   atomic.Pointer[store.Store]
-	sem  chan struct{} // one opener at a time; a channel so waiters can give up
-	once sync.Once
+	st  atomic.Pointer[store.Store]
+	sem chan struct{} // one opener at a time; a channel so waiters can give up
 
 	// Guarded by sem.
 	failures int
@@ -173,7 +171,6 @@ func (l *lazyStore) get(ctx context.Context) (*store.Store, error) {
 	if st := l.st.Load(); st != nil {
 		return st, nil
 	}
-	l.once.Do(func() { l.sem = make(chan struct{}, 1) })
 	select {
 	case l.sem <- struct{}{}:
 	case <-ctx.Done():
