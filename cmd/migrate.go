@@ -3,8 +3,277 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"example.com/pscmessages/store"
 )
 
+// runMigrate is `go run ./cmd migrate`: an administrator applies the schema
+// migrations and grants the deployed functions' database roles exactly the
+// privileges they use. The functions run with DB_MIGRATE=false, so they never
+// need to own or create anything.
 func runMigrate(ctx context.Context, args []string) error {
-	return errors.New("not implemented yet")
+	return migrateCmd(ctx, args, os.Getenv, os.Stdout, os.Stderr)
+}
+
+// migrateRoles is the -grant flag: repeatable, and each value may list
+// several roles separated by commas.
+type migrateRoles []string
+
+func (r *migrateRoles) String() string { return strings.Join(*r, ",") }
+
+func (r *migrateRoles) Set(v string) error {
+	for _, role := range strings.Split(v, ",") {
+		role = strings.TrimSpace(role)
+		if role == "" {
+			return errors.New("empty role name")
+		}
+		if strings.HasSuffix(role, ".gserviceaccount.com") {
+			return fmt.Errorf("%q is a service account email; its Cloud SQL role is %q", role, store.IAMUser(role))
+		}
+		if !slices.Contains(*r, role) {
+			*r = append(*r, role)
+		}
+	}
+	return nil
+}
+
+func migrateCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dryRun := fs.Bool("dry-run", false, "print the migration and GRANT SQL without connecting to anything")
+	var roles migrateRoles
+	fs.Var(&roles, "grant", "`role` to grant the functions' privileges to; repeat the flag or separate roles with commas.\n"+
+		"A Cloud SQL IAM service account's role is its email without .gserviceaccount.com")
+	createRole := fs.Bool("create-role", false, "create a -grant role that does not exist, as CREATE ROLE ... LOGIN without a password.\n"+
+		"Not for Cloud SQL IAM users: gcloud sql users create --type=cloud_iam_service_account makes those")
+	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: go run ./cmd migrate [-dry-run] [-grant ROLE[,ROLE]]... [-create-role]\n\n"+
+			"Applies the schema migrations as an administrator, then grants each -grant role exactly what the\n"+
+			"functions use, in one transaction, and verifies the result. It connects with the functions'\n"+
+			"own settings (DATABASE_URL, or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD, DB_SSLMODE, ...):\n"+
+			"without DB_PASSWORD it logs in as DB_USER with an IAM token from Google default credentials.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q; roles go after -grant", fs.Args())
+	}
+	if *dryRun {
+		return migratePlan(stdout, roles, *createRole)
+	}
+
+	cfg, err := store.ConfigFromEnv(getenv)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	conn, err := store.AdminConn(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	cc := conn.Config()
+	fmt.Fprintf(stdout, "connected to database %q on %s:%d as %q\n", cc.Database, cc.Host, cc.Port, cc.User)
+
+	if err := migrateSchema(ctx, conn, stdout); err != nil {
+		return err
+	}
+	if len(roles) == 0 {
+		fmt.Fprintln(stdout, "no -grant roles: privileges unchanged")
+		return nil
+	}
+	if err := migrateGrant(ctx, conn, roles, *createRole, stdout); err != nil {
+		return err
+	}
+	for _, role := range roles {
+		if err := migrateWarnExcess(ctx, conn, role, stderr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// migratePlan prints what a real run would execute. It cannot know which
+// migrations a database already has, so it prints them all.
+func migratePlan(w io.Writer, roles []string, createRole bool) error {
+	migrations, err := store.Migrations()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "-- Dry run: nothing was connected to or changed.")
+	fmt.Fprintf(w, "-- Migrations, in order, each in its own transaction; those at or below the\n-- version recorded in %s are skipped.\n", store.VersionTable)
+	for _, m := range migrations {
+		fmt.Fprintln(w, strings.TrimRight(m, "\n"))
+		fmt.Fprintln(w)
+	}
+	if len(roles) == 0 {
+		fmt.Fprintln(w, "-- No -grant roles: no privileges would change.")
+		return nil
+	}
+	fmt.Fprintln(w, "-- Grants, in one transaction:")
+	fmt.Fprintln(w, "BEGIN;")
+	for _, role := range roles {
+		if createRole {
+			fmt.Fprintf(w, "-- only if the role does not exist:\n%s;\n", migrateCreateRoleSQL(role))
+		}
+		for _, sql := range store.GrantSQL(role) {
+			fmt.Fprintf(w, "%s;\n", sql)
+		}
+	}
+	fmt.Fprintln(w, "COMMIT;")
+	return nil
+}
+
+func migrateCreateRoleSQL(role string) string {
+	return "CREATE ROLE " + pgx.Identifier{role}.Sanitize() + " LOGIN"
+}
+
+// migrateSchema applies the pending migrations and reports the versions.
+func migrateSchema(ctx context.Context, conn *pgx.Conn, w io.Writer) error {
+	before, err := migrateVersion(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if err := store.Migrate(ctx, conn); err != nil {
+		return err
+	}
+	after, err := migrateVersion(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if after == before {
+		fmt.Fprintf(w, "schema already at version %d: no migrations applied\n", after)
+		return nil
+	}
+	fmt.Fprintf(w, "schema migrated from version %d to %d:\n", before, after)
+	migrations, err := store.Migrations()
+	if err != nil {
+		return err
+	}
+	for i := before; i < after && int(i) < len(migrations); i++ {
+		name, _, _ := strings.Cut(migrations[i], "\n")
+		fmt.Fprintf(w, "  applied %s\n", strings.TrimPrefix(name, "-- "))
+	}
+	return nil
+}
+
+// migrateVersion is the recorded schema version, 0 before the first migration.
+func migrateVersion(ctx context.Context, conn *pgx.Conn) (int32, error) {
+	var v int32
+	err := conn.QueryRow(ctx, "SELECT version FROM "+pgx.Identifier{store.VersionTable}.Sanitize()).Scan(&v)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading the schema version: %w", err)
+	}
+	return v, nil
+}
+
+// migrateGrant grants every role its privileges in one transaction and checks,
+// before committing, that PostgreSQL now reports none missing: all roles are
+// granted or none is.
+func migrateGrant(ctx context.Context, conn *pgx.Conn, roles []string, createRole bool, w io.Writer) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	for _, role := range roles {
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			if !createRole {
+				return fmt.Errorf("role %q does not exist. For a Cloud SQL IAM service account, create it with\n"+
+					"  gcloud sql users create %s --instance=INSTANCE --type=cloud_iam_service_account\n"+
+					"(its email without .gserviceaccount.com); for a password role pass -create-role and set its password", role, role)
+			}
+			if _, err := tx.Exec(ctx, migrateCreateRoleSQL(role)); err != nil {
+				return fmt.Errorf("creating role %q: %w", role, err)
+			}
+			fmt.Fprintf(w, "created role %q (LOGIN, no password: set one, or use IAM)\n", role)
+		}
+		for _, sql := range store.GrantSQL(role) {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return fmt.Errorf("%s: %w", sql, err)
+			}
+			fmt.Fprintf(w, "%s\n", sql)
+		}
+		missing, err := store.MissingPrivileges(ctx, tx.Conn(), role)
+		if err != nil {
+			return err
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("after granting, role %q still lacks %v", role, missing)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("committing the grants: %w", err)
+	}
+	fmt.Fprintf(w, "granted and verified the functions' %d privileges for %s\n", len(store.FunctionPrivileges()), strings.Join(migrateQuoted(roles), ", "))
+	return nil
+}
+
+func migrateQuoted(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = fmt.Sprintf("%q", s)
+	}
+	return out
+}
+
+// migrateWarnExcess reports what role can do beyond the functions' needs.
+// Grants only add, so they cannot take away what PUBLIC, a default role
+// membership or PostgreSQL before 15 (CREATE on schema public for PUBLIC)
+// gave; the operator decides whether to revoke it.
+func migrateWarnExcess(ctx context.Context, conn *pgx.Conn, role string, w io.Writer) error {
+	var super, createRole, createDB, createInPublic bool
+	var member, owns []string
+	err := conn.QueryRow(ctx, `SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb,
+			has_schema_privilege(r.rolname, 'public', 'CREATE'),
+			ARRAY(SELECT g.rolname::text FROM pg_roles g WHERE pg_has_role(r.oid, g.oid, 'USAGE') AND g.oid <> r.oid ORDER BY 1),
+			ARRAY(SELECT c.relname::text FROM pg_class c WHERE pg_has_role(r.oid, c.relowner, 'USAGE')
+				AND c.relname IN ('messages', 'dead_letters', $2) ORDER BY 1)
+		FROM pg_roles r WHERE r.rolname = $1`, role, store.VersionTable).
+		Scan(&super, &createRole, &createDB, &createInPublic, &member, &owns)
+	if err != nil {
+		return fmt.Errorf("checking role %q: %w", role, err)
+	}
+	q := pgx.Identifier{role}.Sanitize()
+	warn := func(format string, args ...any) {
+		fmt.Fprintf(w, "warning: role %q %s\n", role, fmt.Sprintf(format, args...))
+	}
+	if super || createRole || createDB {
+		warn("has SUPERUSER, CREATEROLE or CREATEDB; the functions need none: ALTER ROLE %s NOSUPERUSER NOCREATEROLE NOCREATEDB", q)
+	}
+	if len(owns) > 0 {
+		warn("owns (directly or through a role) %v, so it can alter or drop them; the administrator should own them", owns)
+	}
+	if slices.Contains(member, "cloudsqlsuperuser") {
+		warn("is a member of cloudsqlsuperuser, which can create and drop objects: REVOKE cloudsqlsuperuser FROM %s", q)
+	}
+	if createInPublic {
+		warn("can CREATE in schema public (PostgreSQL before 15 gives that to PUBLIC): REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+	}
+	return nil
 }

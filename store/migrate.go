@@ -3,12 +3,11 @@ package store
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/tern/v2/migrate"
 )
 
@@ -93,32 +92,32 @@ func (s *Store) prepareSchema(ctx context.Context) error {
 	return checkSchema(ctx, conn.Conn())
 }
 
-// checkSchema verifies the schema version and the privileges the function uses.
+// checkSchema verifies the privileges the function uses, then the schema version.
 func checkSchema(ctx context.Context, conn *pgx.Conn) error {
-	var version int32
-	err := conn.QueryRow(ctx, "SELECT version FROM "+VersionTable).Scan(&version)
-	var pgErr *pgconn.PgError
+	role := conn.Config().User
+	missing, err := MissingPrivileges(ctx, conn, role)
 	switch {
-	case errors.As(err, &pgErr) && pgErr.Code == "42P01":
-		return fmt.Errorf("%w: %s does not exist; run the migrations (go run ./cmd migrate) or set DB_MIGRATE=true", ErrSchema, VersionTable)
+	case err != nil && isTransient(err):
+		return classify(err)
+	case err != nil:
+		return fmt.Errorf("%w: %w", ErrSchema, err)
+	case len(missing) > 0:
+		names := make([]string, len(missing))
+		for i, p := range missing {
+			names[i] = p.String()
+		}
+		return fmt.Errorf("%w: role %q lacks %s; run the migrations and grants (go run ./cmd migrate -grant ROLE)",
+			ErrSchema, role, strings.Join(names, ", "))
+	}
+	var version int32
+	err = conn.QueryRow(ctx, "SELECT version FROM "+VersionTable).Scan(&version)
+	switch {
 	case err != nil && isTransient(err):
 		return classify(fmt.Errorf("reading schema version: %w", err))
 	case err != nil:
 		return fmt.Errorf("%w: reading schema version: %w", ErrSchema, err)
 	case version < latestVersion():
 		return fmt.Errorf("%w: schema version %d, this build needs %d; run the migrations", ErrSchema, version, latestVersion())
-	}
-	var ok bool
-	err = conn.QueryRow(ctx, `SELECT
-		has_table_privilege('messages', 'SELECT, INSERT, UPDATE, DELETE')
-		AND has_table_privilege('dead_letters', 'INSERT')
-		AND has_sequence_privilege(pg_get_serial_sequence('messages', 'id'), 'USAGE')
-		AND has_sequence_privilege(pg_get_serial_sequence('dead_letters', 'id'), 'USAGE')`).Scan(&ok)
-	if err != nil {
-		return classify(fmt.Errorf("%w: checking privileges: %w", ErrSchema, err))
-	}
-	if !ok {
-		return fmt.Errorf("%w: role %q lacks privileges on messages or dead_letters; grant them (go run ./cmd migrate -grant ROLE)", ErrSchema, conn.Config().User)
 	}
 	return nil
 }

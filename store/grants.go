@@ -1,0 +1,188 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Privilege is one privilege the function's role needs. It is stated in the
+// terms of PostgreSQL's has_*_privilege functions, so that one list both
+// grants and verifies.
+type Privilege struct {
+	Kind   string // "SCHEMA", "TABLE" or "SEQUENCE"
+	Object string // unquoted name, resolved through the search_path like the function's queries
+	Action string // "USAGE", "SELECT", "INSERT", "UPDATE" or "DELETE"
+	Column string // for a column privilege; "" means the whole object
+}
+
+func (p Privilege) String() string {
+	s := p.Action
+	if p.Column != "" {
+		s += " (" + p.Column + ")"
+	}
+	return s + " on " + strings.ToLower(p.Kind) + " " + p.Object
+}
+
+// SQL returns the privilege and the object as GRANT and REVOKE spell them,
+// for example `SELECT ("event_id")` and `TABLE "dead_letters"`.
+func (p Privilege) SQL() (privilege, object string) {
+	privilege = p.Action
+	if p.Column != "" {
+		privilege += " (" + pgx.Identifier{p.Column}.Sanitize() + ")"
+	}
+	return privilege, p.Kind + " " + pgx.Identifier{p.Object}.Sanitize()
+}
+
+// FunctionPrivileges lists exactly what the function's statements use, and
+// nothing that lets it change the schema: once an administrator has migrated,
+// the function never creates, alters or drops anything.
+//
+//   - messages: List and Get read, Add inserts and reads back its RETURNING
+//     and replayed rows, Update and Delete change rows.
+//   - messages_id_seq: Add draws ids with nextval() itself.
+//   - dead_letters: AddDeadLetter inserts with ON CONFLICT (event_source,
+//     event_id), and PostgreSQL requires SELECT on a conflict target's
+//     columns, so those two columns are readable and no others.
+//   - dead_letters_id_seq: the bigserial default calls nextval().
+//   - VersionTable: Open with migrations off reads the schema version.
+//   - schema public: where the migrations create the tables. PostgreSQL gives
+//     USAGE on it to PUBLIC by default, but a hardened database may not.
+func FunctionPrivileges() []Privilege {
+	return []Privilege{
+		{Kind: "SCHEMA", Object: "public", Action: "USAGE"},
+		{Kind: "TABLE", Object: "messages", Action: "SELECT"},
+		{Kind: "TABLE", Object: "messages", Action: "INSERT"},
+		{Kind: "TABLE", Object: "messages", Action: "UPDATE"},
+		{Kind: "TABLE", Object: "messages", Action: "DELETE"},
+		{Kind: "SEQUENCE", Object: "messages_id_seq", Action: "USAGE"},
+		{Kind: "TABLE", Object: "dead_letters", Action: "INSERT"},
+		{Kind: "TABLE", Object: "dead_letters", Action: "SELECT", Column: "event_source"},
+		{Kind: "TABLE", Object: "dead_letters", Action: "SELECT", Column: "event_id"},
+		{Kind: "SEQUENCE", Object: "dead_letters_id_seq", Action: "USAGE"},
+		{Kind: "TABLE", Object: VersionTable, Action: "SELECT"},
+	}
+}
+
+// GrantSQL returns the statements that give role exactly
+// [FunctionPrivileges], one statement per object. Every identifier is quoted,
+// so Cloud SQL IAM user names such as "fn@project.iam" need no care from
+// callers, and granting twice changes nothing.
+func GrantSQL(role string) []string {
+	grantee := pgx.Identifier{role}.Sanitize()
+	var out []string
+	var object string   // the object being collected
+	var privs []string  // its privileges, in order
+	var cols [][]string // columns of each entry of privs that has any
+	flush := func() {
+		if len(privs) == 0 {
+			return
+		}
+		list := make([]string, len(privs))
+		for i, p := range privs {
+			list[i] = p
+			if len(cols[i]) > 0 {
+				list[i] += " (" + strings.Join(cols[i], ", ") + ")"
+			}
+		}
+		out = append(out, fmt.Sprintf("GRANT %s ON %s TO %s", strings.Join(list, ", "), object, grantee))
+		privs, cols = nil, nil
+	}
+	for _, p := range FunctionPrivileges() {
+		_, on := p.SQL()
+		if on != object {
+			flush()
+			object = on
+		}
+		merged := false
+		if p.Column != "" {
+			// SELECT (a), SELECT (b) reads better as SELECT (a, b).
+			for i := range privs {
+				if privs[i] == p.Action && len(cols[i]) > 0 {
+					cols[i] = append(cols[i], pgx.Identifier{p.Column}.Sanitize())
+					merged = true
+					break
+				}
+			}
+		}
+		if !merged {
+			privs = append(privs, p.Action)
+			var c []string
+			if p.Column != "" {
+				c = []string{pgx.Identifier{p.Column}.Sanitize()}
+			}
+			cols = append(cols, c)
+		}
+	}
+	flush()
+	return out
+}
+
+// MissingPrivileges returns the [FunctionPrivileges] that role lacks, as
+// PostgreSQL itself answers, so that a migration proves its grants took
+// effect and an operator sees exactly what is missing rather than a
+// permission error on some later request. A missing object counts as a
+// missing privilege.
+func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string) ([]Privilege, error) {
+	var missing []Privilege
+	for _, p := range FunctionPrivileges() {
+		// Names are parsed as SQL identifiers, except schema names, which are
+		// taken literally. Existence is checked first, because
+		// has_*_privilege raises an error for an object a missing migration
+		// never created.
+		var query string
+		args := []any{role, pgx.Identifier{p.Object}.Sanitize(), p.Action}
+		switch {
+		case p.Kind == "SCHEMA":
+			args[1] = p.Object
+			query = "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $2::text) AND has_schema_privilege($1::name, $2::text, $3::text)"
+		case p.Kind == "TABLE" && p.Column != "":
+			args = append(args, p.Column)
+			query = "SELECT CASE WHEN to_regclass($2::text) IS NOT NULL AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass($2::text) AND attname = $4::text AND NOT attisdropped) THEN has_column_privilege($1::name, $2::text, $4::text, $3::text) ELSE false END"
+		case p.Kind == "TABLE":
+			query = "SELECT CASE WHEN to_regclass($2::text) IS NOT NULL THEN has_table_privilege($1::name, $2::text, $3::text) ELSE false END"
+		case p.Kind == "SEQUENCE":
+			query = "SELECT CASE WHEN to_regclass($2::text) IS NOT NULL THEN has_sequence_privilege($1::name, $2::text, $3::text) ELSE false END"
+		default:
+			return nil, fmt.Errorf("unknown privilege kind %q", p.Kind)
+		}
+		var ok bool
+		if err := conn.QueryRow(ctx, query, args...).Scan(&ok); err != nil {
+			return nil, fmt.Errorf("checking %s for role %q: %w", p, role, err)
+		}
+		if !ok {
+			missing = append(missing, p)
+		}
+	}
+	return missing, nil
+}
+
+// AdminConn opens one connection with cfg exactly as [Open] configures its
+// pool — the same environment variables, TLS rules and IAM token logins — for
+// administrative work such as migrating and granting. That work needs a
+// single session rather than a pool: migrations hold a session-level
+// advisory lock.
+func AdminConn(ctx context.Context, cfg Config) (*pgx.Conn, error) {
+	pc, err := cfg.poolConfig()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.IAMAuth {
+		if err := configureIAM(ctx, &cfg, pc); err != nil {
+			return nil, err
+		}
+	}
+	cc := pc.ConnConfig.Copy()
+	if pc.BeforeConnect != nil {
+		if err := pc.BeforeConnect(ctx, cc); err != nil {
+			return nil, classify(err)
+		}
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, classify(fmt.Errorf("connecting as %q: %w", cc.User, err))
+	}
+	return conn, nil
+}

@@ -1,0 +1,272 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"golang.org/x/oauth2"
+
+	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/localpg"
+)
+
+func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
+	tests := []struct {
+		role    string
+		grantee string
+	}{
+		{"fn_user", `"fn_user"`},
+		{"messages-fn@my-project.iam", `"messages-fn@my-project.iam"`},
+		{"Upper", `"Upper"`},
+		{`we"ird; DROP TABLE messages`, `"we""ird; DROP TABLE messages"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.role, func(t *testing.T) {
+			got := store.GrantSQL(tt.role)
+			want := []string{
+				`GRANT USAGE ON SCHEMA "public" TO ` + tt.grantee,
+				`GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "messages" TO ` + tt.grantee,
+				`GRANT USAGE ON SEQUENCE "messages_id_seq" TO ` + tt.grantee,
+				`GRANT INSERT, SELECT ("event_source", "event_id") ON TABLE "dead_letters" TO ` + tt.grantee,
+				`GRANT USAGE ON SEQUENCE "dead_letters_id_seq" TO ` + tt.grantee,
+				`GRANT SELECT ON TABLE "` + store.VersionTable + `" TO ` + tt.grantee,
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("GrantSQL(%q) =\n%s\nwant\n%s", tt.role, strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+// grantsDB creates a migrated database on c whose schema public is closed to
+// PUBLIC, as a hardened database would be, so that every grant is needed. It
+// returns the database name.
+func grantsDB(t *testing.T, c *localpg.Cluster, name string) string {
+	t.Helper()
+	ctx := t.Context()
+	if err := c.CreateDatabase(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := store.AdminConn(ctx, store.Config{ConnString: c.SuperuserURL(name)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if err := store.Migrate(ctx, admin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, "REVOKE ALL ON SCHEMA public FROM PUBLIC"); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func grantsExec(t *testing.T, url string, sqls ...string) {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	for _, sql := range sqls {
+		if _, err := conn.Exec(t.Context(), sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+}
+
+func grantsMissing(t *testing.T, url, role string) []store.Privilege {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	missing, err := store.MissingPrivileges(t.Context(), conn, role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return missing
+}
+
+// grantsExercise runs every operation of the store once.
+func grantsExercise(ctx context.Context, st *store.Store, key string) error {
+	added, err := st.Add(ctx, "hello", key)
+	if err != nil {
+		return err
+	}
+	if _, err := st.Add(ctx, "hello", key); err != nil { // a replay reads the row back
+		return err
+	}
+	if _, err := st.Get(ctx, added.ID); err != nil {
+		return err
+	}
+	if _, err := st.Update(ctx, added.ID, "hello again"); err != nil {
+		return err
+	}
+	if _, err := st.List(ctx, store.Page{}); err != nil {
+		return err
+	}
+	dl := store.DeadLetter{EventID: key, EventSource: "test", EventType: "t", Reason: "poison", Payload: []byte("x")}
+	if err := st.AddDeadLetter(ctx, dl); err != nil {
+		return err
+	}
+	if err := st.AddDeadLetter(ctx, dl); err != nil { // a redelivery hits the conflict
+		return err
+	}
+	return st.Delete(ctx, added.ID)
+}
+
+// TestGrantSQLIsExactlyWhatTheFunctionNeeds proves both directions. With the
+// grants, a role that owns nothing runs every store operation. Without any
+// single one of them, the function cannot work: either Open refuses with
+// ErrSchema, or an operation is denied.
+func TestGrantSQLIsExactlyWhatTheFunctionNeeds(t *testing.T) {
+	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw"})
+	ctx := t.Context()
+	db := grantsDB(t, c, "grants")
+	admin := c.SuperuserURL(db)
+	if err := c.Exec(ctx, `CREATE ROLE fn_user LOGIN PASSWORD 'fn-pw'`); err != nil {
+		t.Fatal(err)
+	}
+
+	if got := grantsMissing(t, admin, "fn_user"); len(got) != len(store.FunctionPrivileges()) {
+		t.Fatalf("before granting, missing = %v; want all %d", got, len(store.FunctionPrivileges()))
+	}
+	grantsExec(t, admin, store.GrantSQL("fn_user")...)
+	grantsExec(t, admin, store.GrantSQL("fn_user")...) // idempotent
+	if got := grantsMissing(t, admin, "fn_user"); len(got) != 0 {
+		t.Fatalf("after granting, missing = %v", got)
+	}
+
+	fnCfg := store.Config{ConnString: c.URL("fn_user", "fn-pw", db), Migrate: false}
+	st, err := store.Open(ctx, fnCfg)
+	if err != nil {
+		t.Fatalf("Open as fn_user: %v", err)
+	}
+	if err := grantsExercise(ctx, st, "all"); err != nil {
+		t.Fatalf("with every grant: %v", err)
+	}
+	st.Close()
+
+	for i, p := range store.FunctionPrivileges() {
+		t.Run("without "+p.String(), func(t *testing.T) {
+			priv, on := p.SQL()
+			grantsExec(t, admin, fmt.Sprintf("REVOKE %s ON %s FROM fn_user", priv, on))
+			defer grantsExec(t, admin, fmt.Sprintf("GRANT %s ON %s TO fn_user", priv, on))
+
+			if got := grantsMissing(t, admin, "fn_user"); !slices.Equal(got, []store.Privilege{p}) {
+				t.Errorf("MissingPrivileges = %v; want [%v]", got, p)
+			}
+			st, err := store.Open(ctx, fnCfg)
+			if err != nil {
+				if !errors.Is(err, store.ErrSchema) {
+					t.Errorf("Open error %v is not ErrSchema", err)
+				}
+				return
+			}
+			defer st.Close()
+			err = grantsExercise(ctx, st, fmt.Sprint("k", i))
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+				t.Errorf("without %v the store still works (err = %v)", p, err)
+			}
+		})
+	}
+}
+
+func TestMissingPrivilegesOnUnmigratedDatabase(t *testing.T) {
+	c := localpg.ForTest(t, localpg.Options{})
+	if err := c.CreateDatabase(t.Context(), "empty"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Exec(t.Context(), "CREATE ROLE nobody"); err != nil {
+		t.Fatal(err)
+	}
+	got := grantsMissing(t, c.SuperuserURL("empty"), "nobody")
+	// USAGE on schema public is PUBLIC's by default; every table and
+	// sequence is missing because it does not exist.
+	if len(got) != len(store.FunctionPrivileges())-1 || slices.Contains(got, store.FunctionPrivileges()[0]) {
+		t.Errorf("MissingPrivileges = %v", got)
+	}
+}
+
+type grantsTokens struct{ token string }
+
+func (s grantsTokens) Token() (*oauth2.Token, error) {
+	return &oauth2.Token{AccessToken: s.token, Expiry: time.Now().Add(time.Hour)}, nil
+}
+
+// TestAdminConnLogsInLikeTheFunction checks that administrators get the
+// function's configuration rules: IAM logins send the token as the password
+// over TLS only, and password logins work as they are.
+func TestAdminConnLogsInLikeTheFunction(t *testing.T) {
+	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw", TLS: true})
+	ctx := t.Context()
+	if err := c.Exec(ctx, `CREATE ROLE "admin@my-project.iam" LOGIN PASSWORD 'token-1'`); err != nil {
+		t.Fatal(err)
+	}
+	iam := func(token, sslmode string) store.Config {
+		return store.Config{
+			Host: c.Host(), Port: c.Port(), Database: "postgres", User: "admin@my-project.iam",
+			IAMAuth: true, SSLMode: sslmode, TokenSource: grantsTokens{token},
+		}
+	}
+	tests := []struct {
+		name     string
+		cfg      store.Config
+		wantUser string
+		wantErr  func(error) bool
+	}{
+		{name: "IAM token over TLS", cfg: iam("token-1", ""), wantUser: "admin@my-project.iam"},
+		{name: "IAM with a stale token", cfg: iam("token-0", "require"), wantErr: func(err error) bool {
+			return errors.Is(err, store.ErrUnavailable) // 28P01 is retried by callers
+		}},
+		{name: "IAM refuses plaintext", cfg: iam("token-1", "disable"), wantErr: func(err error) bool {
+			var cfgErr *store.ConfigError
+			return errors.As(err, &cfgErr)
+		}},
+		{name: "password", cfg: store.Config{
+			Host: c.Host(), Port: c.Port(), Database: "postgres", User: "postgres",
+			Password: "admin-pw", SSLMode: "require",
+		}, wantUser: "postgres"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := store.AdminConn(ctx, tt.cfg)
+			if tt.wantErr != nil {
+				if err == nil {
+					conn.Close(ctx)
+					t.Fatal("AdminConn succeeded")
+				}
+				if !tt.wantErr(err) {
+					t.Fatalf("AdminConn error %v (%T) is not the expected kind", err, err)
+				}
+				if strings.Contains(err.Error(), "token-") {
+					t.Errorf("error leaks the token: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			var user string
+			var ssl bool
+			err = conn.QueryRow(ctx, "SELECT current_user, (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())").Scan(&user, &ssl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if user != tt.wantUser || !ssl {
+				t.Errorf("logged in as %q, ssl=%v; want %q over TLS", user, ssl, tt.wantUser)
+			}
+		})
+	}
+}
