@@ -32,13 +32,20 @@ import (
 	"cloud.google.com/go/compute/metadata"
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"example.com/pscmessages/store"
 )
 
 func init() {
 	functions.HTTP("Messages", Messages)
-	functions.CloudEvent("IngestPubSub", IngestPubSub)
+	// IngestPubSub takes CloudEvents, but it is registered as an HTTP function
+	// that decodes each request's own event: the CloudEvent adapter of
+	// functions-framework-go (sdk-go v2.16.2 client.EventReceiver) hands an
+	// event to whichever concurrent request's goroutine is waiting, with that
+	// request's context, and can leave a delivery hanging until the next one
+	// arrives. See serveEvent.
+	functions.HTTP("IngestPubSub", serveEvent)
 }
 
 // shared is the process's one service: the pool it opens on first use is
@@ -48,8 +55,13 @@ var shared = newService(os.Getenv, os.Stdout)
 // Messages is the HTTP entry point.
 func Messages(w http.ResponseWriter, r *http.Request) { shared.ServeHTTP(w, r) }
 
-// IngestPubSub is the CloudEvent entry point for Pub/Sub messagePublished events.
+// IngestPubSub stores the message of one Pub/Sub messagePublished CloudEvent,
+// for callers that already hold a decoded event.
 func IngestPubSub(ctx context.Context, e event.Event) error { return shared.Ingest(ctx, e) }
+
+// serveEvent is the deployed IngestPubSub entry point: one HTTP delivery of a
+// CloudEvent (binary or structured mode) or a legacy Pub/Sub push body.
+func serveEvent(w http.ResponseWriter, r *http.Request) { shared.serveEvent(w, r) }
 
 // Close closes the shared pool, letting pending writes finish. Local runners
 // call it on shutdown; on Cloud Run the instance simply stops.
@@ -576,6 +588,93 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // ---- Pub/Sub CloudEvents ----
+
+// maxEventBytes bounds one delivery: a 10 MB Pub/Sub message grows by a third
+// in base64, plus its envelope.
+const maxEventBytes = 16 << 20
+
+// serveEvent answers 2xx once the event is stored or kept as a dead letter (the
+// platform then acknowledges it), and 5xx on a transient failure, so the
+// platform delivers it again.
+func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		s.writeError(w, r, &apiError{status: http.StatusMethodNotAllowed, msg: "deliveries are POSTed", allow: "POST"})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxEventBytes)
+	e, err := eventFromRequest(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.Ingest(r.Context(), *e); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// eventFromRequest decodes a CloudEvent in binary or structured mode, or turns
+// a legacy Pub/Sub push body (no ce-id header) into the messagePublished event
+// Eventarc would have sent, as functions-framework-go does.
+func eventFromRequest(r *http.Request) (*event.Event, error) {
+	ct := r.Header.Get("Content-Type")
+	if r.Header.Get("ce-id") != "" || strings.HasPrefix(ct, "application/cloudevents") {
+		e, err := cehttp.NewEventFromHTTPRequest(r)
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				return nil, &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("delivery exceeds %d bytes", maxEventBytes)}
+			}
+			return nil, badRequest("not a valid CloudEvent: %v", err)
+		}
+		return e, nil
+	}
+	body, err := io.ReadAll(r.Body)
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("delivery exceeds %d bytes", maxEventBytes)}
+	case err != nil:
+		return nil, badRequest("reading the delivery failed")
+	}
+	var push struct {
+		Message struct {
+			MessageID   string    `json:"messageId"`
+			PublishTime time.Time `json:"publishTime"`
+		} `json:"message"`
+		Subscription string `json:"subscription"`
+	}
+	if json.Unmarshal(body, &push) != nil || push.Message.MessageID == "" {
+		return nil, badRequest("neither a CloudEvent (ce-* headers or application/cloudevents+json) nor a Pub/Sub push body")
+	}
+	e := event.New()
+	e.SetID(push.Message.MessageID)
+	e.SetType(MessagePublishedType)
+	e.SetSource("//pubsub.googleapis.com/" + topicFromPath(r.URL.Path))
+	if !push.Message.PublishTime.IsZero() {
+		e.SetTime(push.Message.PublishTime)
+	}
+	// The push body already has the messagePublished data shape.
+	if err := e.SetData("application/json", body); err != nil {
+		return nil, badRequest("invalid push body: %v", err)
+	}
+	return &e, nil
+}
+
+// topicFromPath finds "projects/P/topics/T" in a push endpoint's path, where
+// legacy push subscriptions name their topic.
+func topicFromPath(path string) string {
+	i := strings.Index(path, "projects/")
+	if i < 0 {
+		return ""
+	}
+	parts := strings.SplitN(path[i:], "/", 5)
+	if len(parts) < 4 || parts[2] != "topics" || parts[1] == "" || parts[3] == "" {
+		return ""
+	}
+	return strings.Join(parts[:4], "/")
+}
 
 // MessagePublishedType is the CloudEvent type Eventarc uses for Pub/Sub.
 const MessagePublishedType = "google.cloud.pubsub.topic.v1.messagePublished"

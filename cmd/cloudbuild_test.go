@@ -153,7 +153,16 @@ func cbCodeFacts(sources map[string][]byte, goMod []byte) (cbFacts, error) {
 			switch {
 			case pkg == "functions" && (fn == "HTTP" || fn == "CloudEvent"):
 				if s, ok := literal(0); ok {
-					facts.EntryPoints[s] = fn
+					kind := fn
+					// IngestPubSub takes CloudEvents through an HTTP
+					// registration (see function.go's init): serveEvent
+					// decodes each delivery itself.
+					if len(call.Args) == 2 {
+						if h, ok := call.Args[1].(*ast.Ident); ok && h.Name == "serveEvent" {
+							kind = "CloudEvent"
+						}
+					}
+					facts.EntryPoints[s] = kind
 				}
 			case slices.Contains([]string{"getenv", "Getenv", "LookupEnv", "intVar", "durationVar", "boolVar"}, fn):
 				for i := range call.Args {
