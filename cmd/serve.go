@@ -24,8 +24,9 @@ import (
 func runServe(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	fresh := fs.Bool("fresh", false, "delete the local PostgreSQL data folder before starting")
+	ps := addPubSubFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd [serve] [-fresh]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd [serve] [-fresh] [-pubsub [-pubsub-concurrency N]]\n\n"+
 			"Serves the functions on HOST:PORT (default 127.0.0.1:8080). With no DATABASE_URL or DB_HOST\n"+
 			"it starts a throwaway PostgreSQL from this machine's binaries (data kept in LOCAL_PGDATA,\n"+
 			"default %s).\n", defaultPGData())
@@ -66,6 +67,13 @@ func runServe(ctx context.Context, args []string) error {
 	} else {
 		fmt.Printf("serving Messages at %s/ and IngestPubSub at %s/IngestPubSub\n", base, base)
 	}
+	// Deferred last, so it runs first: in-flight deliveries finish while
+	// the server and the pool are still up.
+	stopPubSub, err := ps.start(ctx, base)
+	if err != nil {
+		return err
+	}
+	defer stopPubSub()
 	select {
 	case err := <-errc:
 		return err

@@ -1,0 +1,433 @@
+package main
+
+// The Pub/Sub side of the local runner. Deployed, Eventarc pulls the topic's
+// messages and POSTs each to IngestPubSub as a binary-mode CloudEvent; a 2xx
+// answer acks it, anything else has it delivered again later. Locally,
+// `go run ./cmd -pubsub` does the same against an emulator, so the function
+// sees on one machine exactly the requests it sees deployed. The Pub/Sub
+// client library lives here and in tests only: the function's package never
+// imports it.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+	"cloud.google.com/go/pubsub/v2/pstest"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	function "example.com/pscmessages"
+)
+
+// Defaults shared by the runner and the publish command, so that both find
+// the same topic without flags.
+const (
+	defaultPubSubProject = "local-project"
+	defaultPubSubTopic   = "messages"
+)
+
+const (
+	// subscriptionAckDeadline is the subscription's, used by plain Pull;
+	// streaming pull leases messages for leaseExtension at a time instead.
+	subscriptionAckDeadline = 60 * time.Second
+	// leaseExtension is the streaming lease, renewed while a message waits
+	// or is delivered. It is also how soon the messages a stopped runner
+	// had prefetched come back (the library's default is 60 s): pstest
+	// ignores the client's flow control and pushes a backlog into the
+	// streams, where a shutdown strands some until the lease runs out.
+	leaseExtension = 10 * time.Second
+	// deliveryTimeout bounds one POST. It exceeds the function's own worst
+	// case (a cold pool open waits up to 30 s) so a slow success is not
+	// turned into a redelivery.
+	deliveryTimeout = 45 * time.Second
+	// nackDelay is how long a failed message is held before its nack.
+	// Emulators (pstest at least) redeliver a nacked message at once and
+	// ignore the subscription's retry policy, so without it a database
+	// outage would spin at full speed. Holding the message also holds its
+	// concurrency slot, which is the point: during an outage the runner
+	// makes at most concurrency attempts per nackDelay.
+	nackDelay    = time.Second
+	maxNackDelay = 10 * time.Second
+	// maxPullStreams caps the StreamingPull streams; see pubsubConfig.streams.
+	maxPullStreams = 32
+)
+
+// pubsubProject and pubsubTopic read the environment the gcloud emulator and
+// Cloud Run set, falling back to the local defaults.
+func pubsubProject() string {
+	for _, name := range []string{"PUBSUB_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"} {
+		if v := os.Getenv(name); v != "" {
+			return v
+		}
+	}
+	return defaultPubSubProject
+}
+
+func pubsubTopic() string { return envOr("PUBSUB_TOPIC", defaultPubSubTopic) }
+
+// pubsubFlags are the serve flags of the Pub/Sub side.
+type pubsubFlags struct {
+	fs          *flag.FlagSet
+	enabled     *bool
+	concurrency *int
+}
+
+// addPubSubFlags registers -pubsub and -pubsub-concurrency on fs.
+func addPubSubFlags(fs *flag.FlagSet) *pubsubFlags {
+	return &pubsubFlags{
+		fs: fs,
+		enabled: fs.Bool("pubsub", false, "also deliver a Pub/Sub topic's messages to IngestPubSub as Eventarc does, from the\n"+
+			"emulator at PUBSUB_EMULATOR_HOST (when set, this is on unless -pubsub=false) or from one started in-process"),
+		concurrency: fs.Int("pubsub-concurrency", 8, "Pub/Sub messages delivered at once"),
+	}
+}
+
+// start starts the Pub/Sub side if it is asked for, explicitly or by
+// PUBSUB_EMULATOR_HOST, once the functions are served at base. The returned
+// func stops it; it is a no-op when nothing was started.
+func (f *pubsubFlags) start(ctx context.Context, base string) (stop func(), err error) {
+	explicit := false
+	f.fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "pubsub" })
+	emulator := os.Getenv("PUBSUB_EMULATOR_HOST")
+	if !*f.enabled && (explicit || emulator == "") {
+		return func() {}, nil
+	}
+	target := os.Getenv("FUNCTION_TARGET")
+	endpoint, err := ingestEndpoint(base, target)
+	if err != nil {
+		if !explicit {
+			fmt.Printf("not pulling Pub/Sub although PUBSUB_EMULATOR_HOST is set: %v\n", err)
+			return func() {}, nil
+		}
+		return nil, err
+	}
+	if *f.concurrency < 1 {
+		return nil, errors.New("-pubsub-concurrency must be at least 1")
+	}
+	return startPubSub(ctx, pubsubConfig{
+		Project:     pubsubProject(),
+		Topic:       pubsubTopic(),
+		Endpoint:    endpoint,
+		Concurrency: *f.concurrency,
+		Emulator:    emulator,
+		Out:         os.Stdout,
+		Log:         slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "pubsub"),
+	})
+}
+
+// ingestEndpoint is where the framework serves IngestPubSub: its own path
+// when it serves every function, "/" when FUNCTION_TARGET picks it alone.
+func ingestEndpoint(base, target string) (string, error) {
+	switch target {
+	case "":
+		return base + "/IngestPubSub", nil
+	case "IngestPubSub":
+		return base + "/", nil
+	}
+	return "", fmt.Errorf("FUNCTION_TARGET=%s does not serve IngestPubSub", target)
+}
+
+// pubsubConfig is what startPubSub needs; tests fill it directly.
+type pubsubConfig struct {
+	Project, Topic string
+	// Subscription is the subscription id; "" means PUBSUB_SUBSCRIPTION or
+	// Topic+"-ingest".
+	Subscription string
+	// Endpoint is the URL IngestPubSub answers at.
+	Endpoint    string
+	Concurrency int
+	// Emulator is host:port of a running emulator; "" starts pstest in
+	// this process.
+	Emulator string
+	Out      io.Writer // where the addresses are printed
+	Log      *slog.Logger
+}
+
+// streams is the number of StreamingPull streams. One stream is plenty for
+// the real service and the gcloud emulator, but pstest hands each stream at
+// most one message per 10 ms tick (~90 messages/s): a stream per delivery
+// slot, up to maxPullStreams, keeps the fake from being the bottleneck.
+// Concurrency itself is bounded by MaxOutstandingMessages, across streams.
+func (c pubsubConfig) streams() int { return min(c.Concurrency, maxPullStreams) }
+
+// startPubSub creates the topic and subscription if missing, then delivers
+// until stop is called. stop stops pulling, lets in-flight deliveries finish
+// (acking or nacking each by its answer), then releases the client and the
+// in-process emulator.
+func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error) {
+	if cfg.Subscription == "" {
+		cfg.Subscription = envOr("PUBSUB_SUBSCRIPTION", cfg.Topic+"-ingest")
+	}
+	var (
+		fake     *pstest.Server
+		idPrefix string
+	)
+	addr := cfg.Emulator
+	if addr == "" {
+		fake = pstest.NewServerWithAddress("127.0.0.1:0")
+		defer func() {
+			if err != nil {
+				fake.Close()
+			}
+		}()
+		addr = fake.Addr
+		// pstest numbers messages m0, m1, ... afresh in every process, but
+		// IngestPubSub deduplicates by topic and message id, and the local
+		// database outlives the process: the m0 of a second run would be
+		// taken for a redelivery of the first run's m0 and dropped. Real
+		// message ids never repeat in a topic; qualifying pstest's by the
+		// emulator's start keeps that promise.
+		idPrefix = time.Now().UTC().Format("20060102T150405.000Z") + "-"
+	}
+	client, err := pubsub.NewClient(ctx, cfg.Project, emulatorOptions(addr)...)
+	if err != nil {
+		return nil, fmt.Errorf("pubsub client: %w", err)
+	}
+	topic := "projects/" + cfg.Project + "/topics/" + cfg.Topic
+	subName := "projects/" + cfg.Project + "/subscriptions/" + cfg.Subscription
+	if err := ensureSubscription(ctx, client, topic, subName); err != nil {
+		client.Close()
+		return nil, err
+	}
+
+	sub := client.Subscriber(subName)
+	sub.ReceiveSettings.MaxOutstandingMessages = cfg.Concurrency
+	sub.ReceiveSettings.NumGoroutines = cfg.streams()
+	sub.ReceiveSettings.MaxDurationPerAckExtension = leaseExtension
+	b := &bridge{
+		subscription: subName,
+		source:       "//pubsub.googleapis.com/" + topic,
+		endpoint:     cfg.Endpoint,
+		idPrefix:     idPrefix,
+		client:       newDeliveryClient(cfg.Concurrency),
+		timeout:      deliveryTimeout,
+		nackDelay:    nackDelay,
+		log:          cfg.Log,
+	}
+
+	if fake != nil {
+		fmt.Fprintf(cfg.Out, "started an in-process Pub/Sub emulator (pstest); for publishers in another terminal:\n\n"+
+			"    export PUBSUB_EMULATOR_HOST=%s\n\n", fake.Addr)
+	} else {
+		fmt.Fprintf(cfg.Out, "using the Pub/Sub emulator at %s\n", cfg.Emulator)
+	}
+	fmt.Fprintf(cfg.Out, "pubsub: delivering %s (topic %s) to %s, %d at a time\n", subName, topic, cfg.Endpoint, cfg.Concurrency)
+
+	// Not ctx: shutdown is stop's to order, after the caller's ctx is done.
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			err := sub.Receive(rctx, b.handle)
+			if rctx.Err() != nil {
+				return
+			}
+			// A restarted emulator has lost the topic and subscription:
+			// recreate them rather than give up.
+			cfg.Log.Error("pulling stopped; retrying in 2s", "error", err)
+			select {
+			case <-rctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+			if err := ensureSubscription(rctx, client, topic, subName); err != nil {
+				cfg.Log.Error("recreating the subscription failed", "error", err)
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			<-done // Receive returns once every callback has acked or nacked
+			client.Close()
+			if fake != nil {
+				fake.Close()
+			}
+		})
+	}, nil
+}
+
+// emulatorOptions connect a client to an emulator at addr, as the library
+// itself does for PUBSUB_EMULATOR_HOST, without touching the environment.
+func emulatorOptions(addr string) []option.ClientOption {
+	return []option.ClientOption{
+		option.WithEndpoint(addr),
+		option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())),
+	}
+}
+
+// ensureSubscription creates topic and subscription unless they exist, so
+// starting the runner again, or against a long-running emulator, just works.
+func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) error {
+	_, err := c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic})
+	if err != nil && status.Code(err) != codes.AlreadyExists {
+		return fmt.Errorf("creating topic %s: %w", topic, err)
+	}
+	_, err = c.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
+		Name:               sub,
+		Topic:              topic,
+		AckDeadlineSeconds: int32(subscriptionAckDeadline / time.Second),
+		// Honoured by the real service; emulators may ignore it (pstest
+		// does), hence bridge.nackDelay as well.
+		RetryPolicy: &pubsubpb.RetryPolicy{
+			MinimumBackoff: durationpb.New(nackDelay),
+			MaximumBackoff: durationpb.New(time.Minute),
+		},
+	})
+	if status.Code(err) == codes.AlreadyExists {
+		got, err := c.SubscriptionAdminClient.GetSubscription(ctx, &pubsubpb.GetSubscriptionRequest{Subscription: sub})
+		if err != nil {
+			return fmt.Errorf("reading subscription %s: %w", sub, err)
+		}
+		if got.Topic != topic {
+			return fmt.Errorf("subscription %s exists but is attached to %s, not %s; set PUBSUB_SUBSCRIPTION", sub, got.Topic, topic)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("creating subscription %s: %w", sub, err)
+	}
+	return nil
+}
+
+// newDeliveryClient keeps a warm connection per delivery slot: with
+// net/http's default of two idle connections per host, 32 concurrent
+// deliveries would open and close connections constantly.
+func newDeliveryClient(concurrency int) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil // loopback only
+	t.MaxIdleConnsPerHost = concurrency
+	return &http.Client{Transport: t}
+}
+
+// bridge delivers Pub/Sub messages to IngestPubSub as Eventarc does.
+type bridge struct {
+	subscription string // projects/P/subscriptions/S
+	source       string // ce-source: //pubsub.googleapis.com/projects/P/topics/T
+	endpoint     string
+	idPrefix     string // qualifies an emulator's per-process message ids
+	client       *http.Client
+	timeout      time.Duration
+	nackDelay    time.Duration
+	log          *slog.Logger
+}
+
+// handle is the Receive callback: ack only what the function answered 2xx
+// for, that is what it stored (or kept as a dead letter); nack the rest after
+// a pause. ctx ends at shutdown, which cuts the pause short but never the
+// delivery itself.
+func (b *bridge) handle(ctx context.Context, m *pubsub.Message) {
+	retryAfter, err := b.deliver(ctx, m)
+	if err == nil {
+		m.Ack()
+		return
+	}
+	b.log.Warn("delivery failed; will be redelivered", "message_id", m.ID, "error", err.Error())
+	delay := b.nackDelay
+	if retryAfter > 0 {
+		delay = min(retryAfter, maxNackDelay)
+	}
+	t := time.NewTimer(delay)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+	}
+	m.Nack()
+}
+
+// pushMessage is the Pub/Sub message in Eventarc's event data. Eventarc
+// sends the id and publish time twice, in camelCase and snake_case; so do we.
+type pushMessage struct {
+	Data             []byte            `json:"data,omitempty"`
+	Attributes       map[string]string `json:"attributes,omitempty"`
+	MessageID        string            `json:"messageId"`
+	MessageIDSnake   string            `json:"message_id"`
+	PublishTime      string            `json:"publishTime"`
+	PublishTimeSnake string            `json:"publish_time"`
+	OrderingKey      string            `json:"orderingKey,omitempty"`
+}
+
+type pushEnvelope struct {
+	Message      pushMessage `json:"message"`
+	Subscription string      `json:"subscription"`
+}
+
+// deliveryError is a delivery the function did not accept.
+type deliveryError struct {
+	status int
+	body   string
+}
+
+func (e *deliveryError) Error() string {
+	return fmt.Sprintf("IngestPubSub answered %d: %s", e.status, e.body)
+}
+
+// deliver POSTs m as a binary-mode messagePublished CloudEvent. It returns nil
+// on a 2xx answer, and otherwise the error with the Retry-After the function
+// asked for, if any. The request outlives ctx (bounded by b.timeout): an
+// in-flight delivery finishes even at shutdown, so its answer decides.
+func (b *bridge) deliver(ctx context.Context, m *pubsub.Message) (retryAfter time.Duration, err error) {
+	id := b.idPrefix + m.ID
+	published := m.PublishTime.UTC().Format(time.RFC3339Nano)
+	body, err := json.Marshal(pushEnvelope{
+		Message: pushMessage{
+			Data: m.Data, Attributes: m.Attributes,
+			MessageID: id, MessageIDSnake: id,
+			PublishTime: published, PublishTimeSnake: published,
+			OrderingKey: m.OrderingKey,
+		},
+		Subscription: b.subscription,
+	})
+	if err != nil {
+		return 0, err
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodPost, b.endpoint, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	h := req.Header
+	h.Set("Content-Type", "application/json")
+	h.Set("ce-id", id)
+	h.Set("ce-source", b.source)
+	h.Set("ce-type", function.MessagePublishedType)
+	h.Set("ce-specversion", "1.0")
+	h.Set("ce-time", published)
+	resp, err := b.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // so the connection is reused
+	if resp.StatusCode/100 == 2 {
+		return 0, nil
+	}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+		retryAfter = time.Duration(s) * time.Second
+	}
+	return retryAfter, &deliveryError{status: resp.StatusCode, body: strings.Join(strings.Fields(string(snippet)), " ")}
+}
