@@ -265,11 +265,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *service) serveRoot(w http.ResponseWriter, r *http.Request) error {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		st, page, err := s.listing(r)
-		if err != nil {
-			return err
-		}
-		list, err := st.List(r.Context(), page)
+		list, page, err := s.list(r)
 		if err != nil {
 			return err
 		}
@@ -298,11 +294,7 @@ func (s *service) serveRoot(w http.ResponseWriter, r *http.Request) error {
 func (s *service) serveCollection(w http.ResponseWriter, r *http.Request) error {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		st, page, err := s.listing(r)
-		if err != nil {
-			return err
-		}
-		list, err := st.List(r.Context(), page)
+		list, page, err := s.list(r)
 		if err != nil {
 			return err
 		}
@@ -386,14 +378,18 @@ func (s *service) serveItem(w http.ResponseWriter, r *http.Request, rawID string
 	return nil
 }
 
-// listing parses the page parameters and opens the store.
-func (s *service) listing(r *http.Request) (*store.Store, store.Page, error) {
+// list reads the page parameters and lists that page.
+func (s *service) list(r *http.Request) (store.Listing, store.Page, error) {
 	page, err := parsePage(r.URL.Query())
 	if err != nil {
-		return nil, page, err
+		return store.Listing{}, page, err
 	}
 	st, err := s.db.get(r.Context())
-	return st, page, err
+	if err != nil {
+		return store.Listing{}, page, err
+	}
+	list, err := st.List(r.Context(), page)
+	return list, page, err
 }
 
 // parsePage reads ?limit= (1..MaxPageSize) and ?before= (an id) for paging back.

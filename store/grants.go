@@ -165,14 +165,9 @@ func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string) ([]Priv
 // single session rather than a pool: migrations hold a session-level
 // advisory lock.
 func AdminConn(ctx context.Context, cfg Config) (*pgx.Conn, error) {
-	pc, err := cfg.poolConfig()
+	pc, err := cfg.loginConfig(ctx)
 	if err != nil {
 		return nil, err
-	}
-	if cfg.IAMAuth {
-		if err := configureIAM(ctx, &cfg, pc); err != nil {
-			return nil, err
-		}
 	}
 	cc := pc.ConnConfig.Copy()
 	if pc.BeforeConnect != nil {

@@ -44,14 +44,9 @@ type Store struct {
 // Open creates the pool, connects once to migrate or to check the schema, and
 // starts the writer. A failure leaves nothing open behind it.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
-	pc, err := cfg.poolConfig()
+	pc, err := cfg.loginConfig(ctx)
 	if err != nil {
 		return nil, err
-	}
-	if cfg.IAMAuth {
-		if err := configureIAM(ctx, &cfg, pc); err != nil {
-			return nil, err
-		}
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
@@ -140,4 +135,18 @@ func isTransient(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, tokenError)
+}
+
+// loginConfig is poolConfig plus, in IAM mode, the token login and derived user.
+func (c Config) loginConfig(ctx context.Context) (*pgxpool.Config, error) {
+	pc, err := c.poolConfig()
+	if err != nil {
+		return nil, err
+	}
+	if c.IAMAuth {
+		if err := configureIAM(ctx, &c, pc); err != nil {
+			return nil, err
+		}
+	}
+	return pc, nil
 }
