@@ -63,6 +63,13 @@ func IngestPubSub(ctx context.Context, e event.Event) error { return shared.Inge
 // CloudEvent (binary or structured mode) or a legacy Pub/Sub push body.
 func serveEvent(w http.ResponseWriter, r *http.Request) { shared.serveEvent(w, r) }
 
+// CheckConfig reports an invalid configuration, naming the variable, so a
+// local runner can refuse to start instead of answering 500s.
+func CheckConfig() error {
+	_, err := shared.config()
+	return err
+}
+
 // Close closes the shared pool, letting pending writes finish. Local runners
 // call it on shutdown; on Cloud Run the instance simply stops.
 func Close() { shared.Close() }
@@ -93,6 +100,8 @@ func loadSettings(getenv func(string) string) (settings, error) {
 		}
 		s.maxContentBytes = n
 	}
+	// The body must be able to carry the largest content, JSON-escaped.
+	s.maxBodyBytes = max(DefaultMaxBodyBytes, 4*int64(s.maxContentBytes))
 	if v := getenv("MAX_BODY_BYTES"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 2 || n > 64<<20 {
@@ -546,6 +555,9 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	var cfgErr *store.ConfigError
 	var unavail *unavailableError
 	switch {
+	case errors.Is(err, context.Canceled):
+		// The client left; nobody reads this answer.
+		writeJSON(w, 499, map[string]string{"error": "request canceled"})
 	case errors.As(err, &apiErr):
 		if apiErr.allow != "" {
 			w.Header().Set("Allow", apiErr.allow)
@@ -557,7 +569,7 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	case errors.As(err, &cfgErr):
 		s.requestLog(r).Error("request failed: invalid configuration", "error", err.Error())
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the service is misconfigured; see its logs"})
-	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrSchema):
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrSchema), errors.Is(err, store.ErrClosed):
 		retry := time.Second
 		if errors.As(err, &unavail) {
 			retry = unavail.retryAfter
@@ -565,9 +577,6 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(retry, time.Second).Seconds()))))
 		s.requestLog(r).Warn("request failed: database unavailable", "error", err.Error())
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "database unavailable, retry later"})
-	case errors.Is(err, context.Canceled):
-		// The client left; nobody reads this answer.
-		writeJSON(w, 499, map[string]string{"error": "request canceled"})
 	default:
 		s.requestLog(r).Error("request failed", "error", err.Error())
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal error"})
@@ -647,7 +656,13 @@ func eventFromRequest(r *http.Request) (*event.Event, error) {
 	e := event.New()
 	e.SetID(push.Message.MessageID)
 	e.SetType(MessagePublishedType)
-	e.SetSource("//pubsub.googleapis.com/" + topicFromPath(r.URL.Path))
+	// Message ids are unique per topic; a push endpoint without the topic in
+	// its path is keyed by its subscription, which belongs to one topic.
+	origin := topicFromPath(r.URL.Path)
+	if origin == "" {
+		origin = push.Subscription
+	}
+	e.SetSource("//pubsub.googleapis.com/" + origin)
 	if !push.Message.PublishTime.IsZero() {
 		e.SetTime(push.Message.PublishTime)
 	}

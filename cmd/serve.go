@@ -45,6 +45,9 @@ func runServe(ctx context.Context, args []string) error {
 			}
 		}()
 	}
+	if err := function.CheckConfig(); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
 	defer function.Close()
 
 	target := os.Getenv("FUNCTION_TARGET")

@@ -141,13 +141,15 @@ func (b *batcher) write(batch []*writeRequest) {
 		}
 		res := results[dupOf[i]]
 		if rows[dupOf[i]] != req {
-			res.Replayed = true
+			res.added.Replayed = true
 		}
-		req.done <- writeResult{added: res}
+		req.done <- res
 	}
 }
 
-func (b *batcher) insert(rows []*writeRequest) ([]Added, error) {
+// insert returns one result per row. The error is the statement's; a failed
+// lookup of replayed keys fails only those rows, since the others are committed.
+func (b *batcher) insert(rows []*writeRequest) ([]writeResult, error) {
 	contents := make([]string, len(rows))
 	keys := make([]*string, len(rows))
 	for i, r := range rows {
@@ -197,25 +199,30 @@ func (b *batcher) insert(rows []*writeRequest) ([]Added, error) {
 	if err != nil {
 		return nil, err
 	}
+	results := make([]writeResult, len(rows))
+	for i := range out {
+		results[i].added = out[i]
+	}
 	if len(replayKeys) == 0 {
-		return out, nil
+		return results, nil
 	}
 	existing, err := b.s.byKeys(ctx, replayKeys)
-	if err != nil {
-		return nil, err
-	}
 	for i, r := range rows {
 		if !out[i].Replayed {
 			continue
 		}
 		m, ok := existing[r.key]
-		if !ok {
-			// Deleted between the conflict and this read.
-			return nil, fmt.Errorf("%w: message for an idempotency key vanished during the write", ErrUnavailable)
+		switch {
+		case err != nil:
+			results[i] = writeResult{err: err}
+		case !ok:
+			// Deleted between the conflict and this read; a retry inserts anew.
+			results[i] = writeResult{err: fmt.Errorf("%w: message for an idempotency key vanished during the write", ErrUnavailable)}
+		default:
+			results[i].added.Message = m
 		}
-		out[i].Message = m
 	}
-	return out, nil
+	return results, nil
 }
 
 func (s *Store) byKeys(ctx context.Context, keys []string) (map[string]Message, error) {

@@ -178,7 +178,11 @@ func (c *Config) poolConfig() (*pgxpool.Config, error) {
 	}
 	pc, err := pgxpool.ParseConfig(connString)
 	if err != nil {
-		// The parse error may quote the string; report only the cause.
+		// pgx's parse errors can quote fragments of the string, a password
+		// included, so a DATABASE_URL error says no more than this.
+		if c.ConnString != "" {
+			return nil, &ConfigError{Var: source, Msg: "invalid connection string (check its syntax, quoting and port)"}
+		}
 		cause := err
 		if inner := errors.Unwrap(err); inner != nil {
 			cause = inner

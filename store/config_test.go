@@ -98,12 +98,17 @@ func TestPoolConfigNeverSendsTokenInPlaintext(t *testing.T) {
 }
 
 func TestPoolConfigHidesPassword(t *testing.T) {
-	c := Config{ConnString: "postgres://u:hunter2@h:notaport/d"}
-	_, err := c.poolConfig()
-	if err == nil || strings.Contains(err.Error(), "hunter2") {
-		t.Fatalf("err = %v", err)
+	for _, bad := range []string{
+		"postgres://u:hunter2@h:notaport/d",
+		"host=h user=u password=my hunter2 dbname=d", // pgx quotes the fragment after the space
+	} {
+		c := Config{ConnString: bad}
+		_, err := c.poolConfig()
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Fatalf("%q: err = %v", bad, err)
+		}
 	}
-	c = Config{Host: "h", Port: 5432, Database: "d", User: "u", Password: "hunter2", SSLMode: "require"}
+	c := Config{Host: "h", Port: 5432, Database: "d", User: "u", Password: "hunter2", SSLMode: "require"}
 	pc, err := c.poolConfig()
 	if err != nil || pc.ConnConfig.Password != "hunter2" || strings.Contains(pc.ConnString(), "hunter2") {
 		t.Fatalf("password handling: %v", err)
