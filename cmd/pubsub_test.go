@@ -216,6 +216,14 @@ const psProject = "test-project"
 
 func newPSEnv(t testing.TB, opts localpg.Options) *psEnv {
 	t.Helper()
+	env := newPSClient(t)
+	env.cluster = localpg.ForTest(t, opts)
+	return env
+}
+
+// newPSClient starts pstest and a real client for it, without a database.
+func newPSClient(t testing.TB) *psEnv {
+	t.Helper()
 	fake := pstest.NewServerWithAddress("127.0.0.1:0")
 	t.Cleanup(func() { fake.Close() })
 	client, err := pubsub.NewClient(context.Background(), psProject, emulatorOptions(fake.Addr)...)
@@ -223,7 +231,7 @@ func newPSEnv(t testing.TB, opts localpg.Options) *psEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { client.Close() })
-	return &psEnv{fake: fake, cluster: localpg.ForTest(t, opts), client: client}
+	return &psEnv{fake: fake, client: client}
 }
 
 var psDBSeq int
@@ -561,14 +569,8 @@ func TestPubSubDatabaseOutage(t *testing.T) {
 // cannot see: the exact shape of the request, the concurrency bound, the
 // pause before a nack, and shutdown.
 func TestPubSubDelivery(t *testing.T) {
-	fake := pstest.NewServerWithAddress("127.0.0.1:0")
-	t.Cleanup(func() { fake.Close() })
-	client, err := pubsub.NewClient(context.Background(), psProject, emulatorOptions(fake.Addr)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	env := &psEnv{fake: fake, client: client}
+	env := newPSClient(t)
+	fake, client := env.fake, env.client
 	var logs psBuffer
 
 	// run delivers topic's messages to h and returns the runner's stop.

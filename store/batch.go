@@ -9,9 +9,9 @@ import (
 )
 
 // Group commit. One INSERT per request leaves a small machine's database
-// waiting on a commit (and a round trip) per row. Instead a few writer
-// goroutines each take whatever requests are queued when they become free and
-// store them with one statement: at low load a request is written at once, on
+// waiting on a commit (and a round trip) per row. Instead one writer
+// goroutine takes whatever requests are queued when it becomes free and
+// stores them with one statement: at low load a request is written at once, on
 // its own; under load the batch grows with the queue. Each caller is answered
 // only after the statement holding its row has committed.
 const (
@@ -37,12 +37,10 @@ type batcher struct {
 	wg    sync.WaitGroup
 }
 
-func newBatcher(s *Store, writers int) *batcher {
+func newBatcher(s *Store) *batcher {
 	b := &batcher{s: s, queue: make(chan *writeRequest), stop: make(chan struct{})}
-	b.wg.Add(writers)
-	for range writers {
-		go b.loop()
-	}
+	b.wg.Add(1)
+	go b.loop()
 	return b
 }
 

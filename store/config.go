@@ -187,7 +187,8 @@ func (c *Config) poolConfig() (*pgxpool.Config, error) {
 		if inner := errors.Unwrap(err); inner != nil {
 			cause = inner
 		}
-		return nil, &ConfigError{Var: source, Msg: "invalid connection settings: " + redact(cause.Error(), c.Password)}
+		// Built from DB_* without the password, so the cause cannot hold it.
+		return nil, &ConfigError{Var: source, Msg: "invalid connection settings: " + cause.Error()}
 	}
 	cc := pc.ConnConfig
 	if c.ConnString == "" && c.Password != "" {
@@ -227,14 +228,6 @@ func (c *Config) queryTimeout() time.Duration {
 		return c.QueryTimeout
 	}
 	return DefaultQueryTimeout
-}
-
-// redact removes secret from s; parse errors are the one place a value could leak.
-func redact(s, secret string) string {
-	if secret == "" {
-		return s
-	}
-	return strings.ReplaceAll(s, secret, "xxxxx")
 }
 
 func intVar(getenv func(string) string, name string, def, lo, hi int) (int, error) {

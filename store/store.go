@@ -36,7 +36,6 @@ var (
 type Store struct {
 	pool    *pgxpool.Pool
 	cfg     Config
-	user    string
 	writer  *batcher
 	closeMu sync.Once
 }
@@ -52,7 +51,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating pool: %w", err)
 	}
-	s := &Store{pool: pool, cfg: cfg, user: pc.ConnConfig.User}
+	s := &Store{pool: pool, cfg: cfg}
 	if err := s.prepareSchema(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -61,7 +60,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// with `go run ./cmd bench`, a second writer halves the batches, and the
 	// CPU per row of a small batched INSERT is no lower than that of single
 	// INSERTs, so two writers were 14-19% slower (README, Performance).
-	s.writer = newBatcher(s, 1)
+	s.writer = newBatcher(s)
 	return s, nil
 }
 
@@ -72,9 +71,6 @@ func (s *Store) Close() {
 		s.pool.Close()
 	})
 }
-
-// User is the database role the store logs in as (derived in IAM mode).
-func (s *Store) User() string { return s.user }
 
 // Pool exposes the pool for tools such as migration and benchmarks.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
