@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,6 +50,9 @@ type benchConfig struct {
 	coldRuns int           // process starts to take the median of
 	idle     time.Duration // how long the started process idles before its RSS is read
 	markdown bool          // also print the tables as Markdown
+	client   string        // load generator: "raw" or "net/http"
+	procs    int           // GOMAXPROCS of this process while it measures; 0 keeps Go's default
+	profile  string        // CPU profile file prefix for the POST phases; empty for none
 	progress io.Writer     // where phase names go while the benchmark runs
 }
 
@@ -83,6 +87,9 @@ func parseBenchFlags(args []string) (benchConfig, error) {
 	fs.IntVar(&cfg.coldRuns, "cold-runs", 5, "process starts measured for time-to-first-200 (`n`, 0 skips)")
 	fs.DurationVar(&cfg.idle, "idle", 2*time.Second, "idle `time` before reading the started process's RSS")
 	fs.BoolVar(&cfg.markdown, "markdown", false, "also print the tables as Markdown")
+	fs.StringVar(&cfg.client, "client", "raw", "load generator: `raw` (one goroutine and one kept-alive connection per worker) or net/http")
+	fs.IntVar(&cfg.procs, "gomaxprocs", 1, "GOMAXPROCS of the bench process, function and load generator together (`n`); 1 leaves PostgreSQL a core of its own, 0 keeps Go's default")
+	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of this process during each POST phase to `prefix`-post-cN.pprof")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./cmd bench [flags]\n\n"+
 			"Starts a throwaway durable PostgreSQL, serves the Messages function on loopback, loads\n"+
@@ -103,10 +110,12 @@ func parseBenchFlags(args []string) (benchConfig, error) {
 		cfg.conc = append(cfg.conc, n)
 	}
 	switch {
+	case cfg.client != "raw" && cfg.client != "net/http":
+		return cfg, fmt.Errorf("-client: %q is neither raw nor net/http", cfg.client)
 	case cfg.duration <= 0 || cfg.warmup < 0 || cfg.idle < 0:
 		return cfg, errors.New("-duration must be positive, -warmup and -idle not negative")
-	case cfg.getConc < 1 || cfg.bigRows < 100 || cfg.coldRuns < 0 || cfg.maxConns < 0:
-		return cfg, errors.New("-get-c must be at least 1, -rows at least 100, -cold-runs and -db-max-conns not negative")
+	case cfg.getConc < 1 || cfg.bigRows < 100 || cfg.coldRuns < 0 || cfg.maxConns < 0 || cfg.procs < 0:
+		return cfg, errors.New("-get-c must be at least 1, -rows at least 100, -cold-runs, -db-max-conns and -gomaxprocs not negative")
 	}
 	return cfg, nil
 }
@@ -119,6 +128,12 @@ func parseBenchFlags(args []string) (benchConfig, error) {
 func bench(ctx context.Context, cfg benchConfig) (*benchReport, error) {
 	if cfg.progress == nil {
 		cfg.progress = io.Discard
+	}
+	// On Cloud Run the function has CPUs of its own and the database is
+	// another machine; here all three share the cores. One P keeps the
+	// function and its load generator from taking the database's core.
+	if cfg.procs > 0 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(cfg.procs))
 	}
 	rep := &benchReport{cfg: cfg, machine: describeMachine()}
 	binDir, err := localpg.FindBinDir()
@@ -153,8 +168,12 @@ func bench(ctx context.Context, cfg benchConfig) (*benchReport, error) {
 		return nil, err
 	}
 	defer stopServer()
-	r.client = loadClient(slices.Max(append(cfg.conc, cfg.getConc)))
-	defer r.client.CloseIdleConnections()
+	httpClient := newNetHTTPClient(slices.Max(append(cfg.conc, cfg.getConc)))
+	defer httpClient.c.CloseIdleConnections()
+	r.client = loadClient(rawClient{})
+	if cfg.client == "net/http" {
+		r.client = httpClient
+	}
 	r.post = loadRequest{method: http.MethodPost, url: base + "/", body: []byte(`{"content":"` + benchContent + `"}`)}
 	r.get = loadRequest{method: http.MethodGet, url: base + "/"}
 	// An empty message takes the whole POST path but the database: it is
@@ -163,7 +182,7 @@ func bench(ctx context.Context, cfg benchConfig) (*benchReport, error) {
 	r.noDB = loadRequest{method: http.MethodPost, url: base + "/", body: []byte(`{"content":""}`), want: http.StatusBadRequest}
 	// The first request opens the pool and runs the migrations, which
 	// create the table pgbench inserts into.
-	if err := r.post.do(ctx, r.client); err != nil {
+	if err := r.post.do(ctx, httpClient.c); err != nil {
 		return nil, fmt.Errorf("first POST: %w", err)
 	}
 
@@ -209,7 +228,7 @@ func bench(ctx context.Context, cfg benchConfig) (*benchReport, error) {
 // are up.
 type benchRun struct {
 	cfg             benchConfig
-	client          *http.Client
+	client          loadClient
 	post, get, noDB loadRequest
 	admin           *pgx.Conn // superuser, for looking at and filling the table
 	meter           *cpuMeter
@@ -229,7 +248,12 @@ func (r *benchRun) atConcurrency(ctx context.Context, c int) (loadRow, error) {
 	if err != nil {
 		return row, err
 	}
+	stopProfile, err := r.startProfile(fmt.Sprintf("post-c%d", c))
+	if err != nil {
+		return row, err
+	}
 	row.post, row.postCPU = closedLoop(ctx, r.client, r.post, c, r.cfg.warmup, r.cfg.duration, r.meter)
+	stopProfile()
 	after, err := maxID(ctx, r.admin)
 	if err != nil {
 		return row, err
@@ -251,6 +275,26 @@ func (r *benchRun) atConcurrency(ctx context.Context, c int) (loadRow, error) {
 	r.say("POST / rejected before the database, c=%d", c)
 	row.noDB, row.noDBCPU = closedLoop(ctx, r.client, r.noDB, c, r.cfg.warmup, r.cfg.duration, r.meter)
 	return row, ctx.Err()
+}
+
+// startProfile starts a CPU profile of this process, function and load
+// generator together, when -cpuprofile asks for one.
+func (r *benchRun) startProfile(phase string) (stop func(), err error) {
+	if r.cfg.profile == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(r.cfg.profile + "-" + phase + ".pprof")
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // getWithRows measures GET / with exactly n rows in the table.
@@ -281,20 +325,6 @@ func serveFunction() (base string, stop func(), err error) {
 		function.Close()
 	}
 	return "http://" + ln.Addr().String(), stop, nil
-}
-
-// loadClient keeps one idle connection per worker: with fewer, a closed loop
-// at high concurrency would open and close connections and measure that.
-func loadClient(maxConc int) *http.Client {
-	return &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{
-			MaxIdleConns:        2 * maxConc,
-			MaxIdleConnsPerHost: 2 * maxConc,
-			IdleConnTimeout:     time.Minute,
-			DisableCompression:  true,
-		},
-	}
 }
 
 // maxID is the newest message id, so a phase's rows can be told apart.
@@ -375,11 +405,13 @@ func (r loadRequest) do(ctx context.Context, client *http.Client) error {
 	}
 	defer resp.Body.Close()
 	_, err = io.Copy(io.Discard, resp.Body)
-	if want := cmp.Or(r.want, http.StatusOK); resp.StatusCode != want {
+	if want := r.wantStatus(); resp.StatusCode != want {
 		return fmt.Errorf("%s %s: %s, want %d", r.method, r.url, resp.Status, want)
 	}
 	return err
 }
+
+func (r loadRequest) wantStatus() int { return cmp.Or(r.want, http.StatusOK) }
 
 // loadStats summarises the requests that completed in a measured window.
 type loadStats struct {
@@ -412,7 +444,7 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 // closedLoop runs c workers that each send r again as soon as the previous
 // answer arrived, for warmup plus d. Only requests that finish inside the
 // measured window count, and the CPU meter is read at its edges.
-func closedLoop(ctx context.Context, client *http.Client, r loadRequest, c int, warmup, d time.Duration, meter *cpuMeter) (loadStats, cpuUsage) {
+func closedLoop(ctx context.Context, client loadClient, r loadRequest, c int, warmup, d time.Duration, meter *cpuMeter) (loadStats, cpuUsage) {
 	start := time.Now()
 	from, to := start.Add(warmup), start.Add(warmup+d)
 	samples := make([][]time.Duration, c)
@@ -421,12 +453,18 @@ func closedLoop(ctx context.Context, client *http.Client, r loadRequest, c int, 
 	var wg sync.WaitGroup
 	for w := range c {
 		wg.Go(func() {
+			send, done, err := client.sender(r)
+			if err != nil {
+				errs[w], firstErr[w] = 1, err
+				return
+			}
+			defer done()
 			for ctx.Err() == nil {
 				t0 := time.Now()
 				if !t0.Before(to) {
 					return
 				}
-				err := r.do(ctx, client)
+				err := send(ctx)
 				t1 := time.Now()
 				if t1.Before(from) || t1.After(to) {
 					continue
@@ -983,12 +1021,12 @@ func (r *benchReport) tables() []reportTable {
 		head:  []string{"what", "value"},
 		rows: [][]string{
 			{"nproc", strconv.Itoa(m.cpus)},
-			{"GOMAXPROCS", strconv.Itoa(m.gomaxprocs)},
+			{"GOMAXPROCS of the bench process", strconv.Itoa(m.gomaxprocs)},
 			{"CPU", m.cpuModel},
 			{"Go", m.goVersion},
 			{"PostgreSQL", m.pgVersion + " (" + m.durability + ", max_connections=" + m.maxConnsPG + ")"},
 			{"function pool", "DB_MAX_CONNS=" + m.maxConns},
-			{"load", fmt.Sprintf("closed loop, %v measured after %v warm-up; pgbench -T %ds", r.cfg.duration, r.cfg.warmup, max(1, int(math.Ceil(r.cfg.duration.Seconds()))))},
+			{"load", fmt.Sprintf("%s client, closed loop, %v measured after %v warm-up; pgbench -T %ds", r.cfg.client, r.cfg.duration, r.cfg.warmup, max(1, int(math.Ceil(r.cfg.duration.Seconds()))))},
 		},
 	}
 
