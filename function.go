@@ -171,6 +171,7 @@ type lazyStore struct {
 	failures int
 	retryAt  time.Time
 	lastErr  error
+	closed   bool // set by close: no pool is opened after it
 }
 
 const (
@@ -201,6 +202,9 @@ func (l *lazyStore) get(ctx context.Context) (*store.Store, error) {
 	if st := l.st.Load(); st != nil {
 		return st, nil
 	}
+	if l.closed {
+		return nil, store.ErrClosed
+	}
 	if wait := time.Until(l.retryAt); wait > 0 {
 		return nil, &unavailableError{retryAfter: wait, err: l.lastErr}
 	}
@@ -228,7 +232,12 @@ func (l *lazyStore) get(ctx context.Context) (*store.Store, error) {
 	return st, nil
 }
 
+// close waits for an open in progress, so its pool is closed too, and keeps
+// later callers from opening another.
 func (l *lazyStore) close() {
+	l.sem <- struct{}{}
+	defer func() { <-l.sem }()
+	l.closed = true
 	if st := l.st.Swap(nil); st != nil {
 		st.Close()
 	}
