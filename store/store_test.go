@@ -134,6 +134,75 @@ func TestIdempotentAddsInOneBatch(t *testing.T) {
 	}
 }
 
+// TestMixedBatchesWithEqualContent sends keyed and keyless writes of the same
+// content together, some keys already stored: every answer must name a row
+// that holds its own content and key, and no row may be answered twice.
+func TestMixedBatchesWithEqualContent(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	old, err := st.Add(ctx, "same", "old-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 60
+	results := make([]store.Added, n)
+	keys := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		switch i % 3 {
+		case 0: // keyless
+		case 1:
+			keys[i] = fmt.Sprintf("k%d", i)
+		case 2:
+			keys[i] = "old-key"
+		}
+		wg.Go(func() {
+			a, err := st.Add(ctx, "same", keys[i])
+			if err != nil {
+				t.Error(err)
+			}
+			results[i] = a
+		})
+	}
+	wg.Wait()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	fresh := map[int64]bool{}
+	for i, a := range results {
+		if keys[i] == "old-key" {
+			if !a.Replayed || a.ID != old.ID {
+				t.Errorf("request %d with the stored key: %+v, want a replay of %d", i, a, old.ID)
+			}
+			continue
+		}
+		if a.Replayed || fresh[a.ID] {
+			t.Fatalf("request %d: %+v: replayed or answered twice", i, a)
+		}
+		fresh[a.ID] = true
+		var key *string
+		if err := conn.QueryRow(ctx, "SELECT idempotency_key FROM messages WHERE id = $1", a.ID).Scan(&key); err != nil {
+			t.Fatalf("request %d: row %d: %v", i, a.ID, err)
+		}
+		if (key == nil) != (keys[i] == "") || (key != nil && *key != keys[i]) {
+			t.Errorf("request %d (key %q) was answered with row %d, whose key is %v", i, keys[i], a.ID, key)
+		}
+	}
+	var rows int
+	conn.QueryRow(ctx, "SELECT count(*) FROM messages").Scan(&rows)
+	if want := 1 + 2*n/3; rows != want {
+		t.Fatalf("%d rows, want %d", rows, want)
+	}
+	// The point is rows sharing a statement: one transaction, one xmin.
+	var largest int
+	conn.QueryRow(ctx, "SELECT max(n) FROM (SELECT count(*) AS n FROM messages WHERE id > $1 GROUP BY xmin::text) b", old.ID).Scan(&largest)
+	if largest < 2 {
+		t.Fatalf("no batch held more than %d row: the mapping was not exercised", largest)
+	}
+}
+
 func TestListPagesNewestFirstOldestFirstWithin(t *testing.T) {
 	st, _ := openStore(t)
 	ctx := context.Background()
