@@ -94,8 +94,9 @@ func (c *rawConn) roundTrip(ctx context.Context) error {
 		}
 		c.conn, c.br = conn, bufio.NewReaderSize(conn, 16<<10)
 	}
-	// A deadline instead of a context watcher: one syscall-free field per
-	// request, and a hung server still cannot stall the loop.
+	// A connection deadline rather than a goroutine watching ctx: a hung
+	// server cannot stall the loop, and a cancelled ctx ends it after the
+	// request in flight.
 	deadline := time.Now().Add(30 * time.Second)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
