@@ -88,7 +88,11 @@ func cbReadFacts(t *testing.T) cbFacts {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range append(files, "../function.go") {
+	root, err := filepath.Glob("../*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range append(files, root...) {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
 		}
@@ -155,7 +159,7 @@ func cbCodeFacts(sources map[string][]byte, goMod []byte) (cbFacts, error) {
 				if s, ok := literal(0); ok {
 					kind := fn
 					// IngestPubSub takes CloudEvents through an HTTP
-					// registration (see function.go's init): serveEvent
+					// registration (see the root package's init): serveEvent
 					// decodes each delivery itself.
 					if len(call.Args) == 2 {
 						if h, ok := call.Args[1].(*ast.Ident); ok && h.Name == "serveEvent" {
@@ -696,7 +700,7 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 		fn := g.flag("--function")
 		kind, ok := facts.EntryPoints[fn]
 		if !ok {
-			fail("%s: --function=%q is not an entry point function.go registers (%v)", g.step, fn, cbKeys(facts.EntryPoints))
+			fail("%s: --function=%q is not an entry point the root package registers (%v)", g.step, fn, cbKeys(facts.EntryPoints))
 		}
 		if _, dup := deployed[fn]; dup {
 			fail("%s: %s is deployed twice", g.step, fn)

@@ -1,0 +1,83 @@
+package function
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+)
+
+// readContent reads a JSON {"content": "..."} body within the size limits.
+func readContent(w http.ResponseWriter, r *http.Request, cfg settings) (string, error) {
+	ct := r.Header.Get("Content-Type")
+	mt, params, err := mime.ParseMediaType(ct)
+	if ct == "" || err != nil || mt != "application/json" {
+		return "", &apiError{status: http.StatusUnsupportedMediaType, msg: "Content-Type must be application/json"}
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+		return "", &apiError{status: http.StatusUnsupportedMediaType, msg: "charset must be utf-8"}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, cfg.maxBodyBytes))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return "", &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body exceeds %d bytes", cfg.maxBodyBytes)}
+	case err != nil:
+		return "", badRequest("reading request body failed")
+	}
+	return decodeContent(body, cfg.maxContentBytes)
+}
+
+// decodeContent extracts and validates "content" from a JSON object body.
+func decodeContent(body []byte, maxContent int) (string, error) {
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return "", badRequest("request body is empty; send {\"content\": \"...\"}")
+	}
+	if !utf8.Valid(body) {
+		return "", badRequest("request body is not valid UTF-8")
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(body, &obj); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return "", badRequest("request body must be a JSON object")
+		}
+		return "", badRequest("request body is not valid JSON")
+	}
+	if obj == nil {
+		return "", badRequest("request body must be a JSON object")
+	}
+	raw, ok := obj["content"]
+	if !ok {
+		return "", badRequest("field \"content\" is required")
+	}
+	var content string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &content) != nil {
+		return "", badRequest("field \"content\" must be a string")
+	}
+	if err := checkContent(content, maxContent); err != nil {
+		return "", err
+	}
+	return content, nil
+}
+
+// checkContent applies the rules every stored message obeys, from either entry point.
+func checkContent(content string, maxContent int) error {
+	switch {
+	case strings.TrimSpace(content) == "":
+		return badRequest("content must not be empty")
+	case len(content) > maxContent:
+		return &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("content exceeds %d bytes", maxContent)}
+	case strings.IndexByte(content, 0) >= 0:
+		return badRequest("content must not contain NUL characters")
+	case !utf8.ValidString(content):
+		return badRequest("content is not valid UTF-8")
+	}
+	return nil
+}
+
+// writeError answers err as JSON {"error": "..."} with a fitting status. Only

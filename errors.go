@@ -1,0 +1,56 @@
+package function
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"example.com/pscmessages/store"
+)
+
+// apiError messages, written for clients, are shown; causes go to the log.
+func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var apiErr *apiError
+	var cfgErr *store.ConfigError
+	var unavail *unavailableError
+	switch {
+	case errors.Is(err, context.Canceled):
+		// The client left; nobody reads this answer.
+		writeJSON(w, 499, map[string]string{"error": "request canceled"})
+	case errors.As(err, &apiErr):
+		if apiErr.allow != "" {
+			w.Header().Set("Allow", apiErr.allow)
+		}
+		s.requestLog(r).Debug("rejected request", "status", apiErr.status, "error", apiErr.msg)
+		writeJSON(w, apiErr.status, map[string]string{"error": apiErr.msg})
+	case errors.Is(err, store.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "message not found"})
+	case errors.As(err, &cfgErr):
+		s.requestLog(r).Error("request failed: invalid configuration", "error", err.Error())
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the service is misconfigured; see its logs"})
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrSchema), errors.Is(err, store.ErrClosed):
+		retry := time.Second
+		if errors.As(err, &unavail) {
+			retry = unavail.retryAfter
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(retry, time.Second).Seconds()))))
+		s.requestLog(r).Warn("request failed: database unavailable", "error", err.Error())
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "database unavailable, retry later"})
+	default:
+		s.requestLog(r).Error("request failed", "error", err.Error())
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal error"})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // a failed write means the client is gone
+}
