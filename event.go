@@ -149,6 +149,13 @@ func (s *service) Ingest(ctx context.Context, e event.Event) error {
 		return fmt.Errorf("database unavailable: %w", err)
 	}
 	content, key, err := decodeEvent(e, cfg.maxContentBytes)
+	var added store.Added
+	if err == nil {
+		added, err = st.Add(ctx, content, key)
+		if errors.Is(err, store.ErrKeyReused) {
+			err = &poisonError{"the message id was already stored with different content"}
+		}
+	}
 	var poison *poisonError
 	if errors.As(err, &poison) {
 		if err := st.AddDeadLetter(ctx, store.DeadLetter{
@@ -161,7 +168,6 @@ func (s *service) Ingest(ctx context.Context, e event.Event) error {
 		log.Warn("event kept in dead_letters", "reason", poison.reason)
 		return nil
 	}
-	added, err := st.Add(ctx, content, key)
 	if err != nil {
 		log.Warn("event not stored; it will be redelivered", "error", err.Error())
 		return err

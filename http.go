@@ -1,6 +1,7 @@
 package function
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -221,13 +222,10 @@ func (s *service) create(r *http.Request) (store.Added, error) {
 		return store.Added{}, err
 	}
 	added, err := st.Add(r.Context(), content, key)
-	if err != nil {
-		return store.Added{}, err
-	}
-	if added.Replayed && added.Content != content {
+	if errors.Is(err, store.ErrKeyReused) {
 		return store.Added{}, &apiError{status: http.StatusUnprocessableEntity, msg: "Idempotency-Key was already used for a request with different content"}
 	}
-	return added, nil
+	return added, err
 }
 
 // idempotencyKey returns the namespaced key of a POST, "" when there is none.

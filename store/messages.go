@@ -137,8 +137,9 @@ func scanMessage(row pgx.CollectableRow) (Message, error) {
 // Added is the outcome of Add.
 type Added struct {
 	Message
-	// Replayed is true when the key had already stored a message; Message is
-	// then that earlier message, whose content may differ from the new one.
+	// Replayed is true when the key had already stored this message; Message
+	// is then that earlier message. A key first used for different content
+	// is not a replay: Add returns ErrKeyReused.
 	Replayed bool
 }
 
@@ -148,6 +149,9 @@ func (s *Store) Add(ctx context.Context, content, key string) (Added, error) {
 	a, err := s.writer.add(ctx, content, key)
 	if err != nil {
 		return Added{}, fmt.Errorf("adding message: %w", err)
+	}
+	if a.Replayed && a.Content != content {
+		return Added{}, fmt.Errorf("adding message: %w", ErrKeyReused)
 	}
 	return a, nil
 }

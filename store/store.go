@@ -29,6 +29,14 @@ var (
 	ErrSchema = errors.New("database schema not ready")
 	// ErrClosed means the store was closed.
 	ErrClosed = errors.New("store closed")
+	// ErrKeyReused means an idempotency key (an Idempotency-Key header or a
+	// Pub/Sub topic and message id) was first used for a different message.
+	// It is permanent: retrying the same call gives the same answer.
+	ErrKeyReused = errors.New("idempotency key already used for a different message")
+	// ErrInvalid means one row can never be stored as given (for example a
+	// key that is too long or holds a NUL byte). It is permanent and concerns
+	// that row alone.
+	ErrInvalid = errors.New("message cannot be stored")
 )
 
 // Store is a pool of connections plus the group-commit writer. It is safe for
