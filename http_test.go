@@ -255,7 +255,7 @@ func TestConcurrentColdStarts(t *testing.T) {
 	if n := countRows(t, url, "SELECT count(*) FROM messages"); n != instances*4 {
 		t.Fatalf("%d rows, want %d", n, instances*4)
 	}
-	if v := countRows(t, url, "SELECT version FROM "+store.VersionTable); v != 3 {
+	if v := countRows(t, url, "SELECT version FROM "+store.VersionTable); v != int(store.SchemaVersion()) {
 		t.Fatalf("schema version %d", v)
 	}
 }

@@ -43,9 +43,11 @@ func (p Privilege) SQL() (privilege, object string) {
 //   - messages: List and Get read, Add inserts and reads back its RETURNING
 //     and replayed rows, Update and Delete change rows.
 //   - messages_id_seq: Add draws ids with nextval() itself.
-//   - dead_letters: AddDeadLetter inserts with ON CONFLICT (event_source,
-//     event_id), and PostgreSQL requires SELECT on a conflict target's
-//     columns, so those two columns are readable and no others.
+//   - dead_letters: AddDeadLetter inserts with ON CONFLICT (dedupe_key), and
+//     PostgreSQL requires SELECT on a conflict target's columns, so that
+//     column (a digest) is readable and no others. (Schemas granted before
+//     migration 004 also let the role read event_source and event_id; the
+//     function no longer needs that, and an operator may revoke it.)
 //   - dead_letters_id_seq: the bigserial default calls nextval().
 //   - VersionTable: Open with migrations off reads the schema version.
 //   - schema public: where the migrations create the tables. PostgreSQL gives
@@ -59,8 +61,7 @@ func FunctionPrivileges() []Privilege {
 		{Kind: "TABLE", Object: "messages", Action: "DELETE"},
 		{Kind: "SEQUENCE", Object: "messages_id_seq", Action: "USAGE"},
 		{Kind: "TABLE", Object: "dead_letters", Action: "INSERT"},
-		{Kind: "TABLE", Object: "dead_letters", Action: "SELECT", Column: "event_source"},
-		{Kind: "TABLE", Object: "dead_letters", Action: "SELECT", Column: "event_id"},
+		{Kind: "TABLE", Object: "dead_letters", Action: "SELECT", Column: "dedupe_key"},
 		{Kind: "SEQUENCE", Object: "dead_letters_id_seq", Action: "USAGE"},
 		{Kind: "TABLE", Object: VersionTable, Action: "SELECT"},
 	}

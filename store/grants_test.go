@@ -34,7 +34,7 @@ func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
 				`GRANT USAGE ON SCHEMA "public" TO ` + tt.grantee,
 				`GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "messages" TO ` + tt.grantee,
 				`GRANT USAGE ON SEQUENCE "messages_id_seq" TO ` + tt.grantee,
-				`GRANT INSERT, SELECT ("event_source", "event_id") ON TABLE "dead_letters" TO ` + tt.grantee,
+				`GRANT INSERT, SELECT ("dedupe_key") ON TABLE "dead_letters" TO ` + tt.grantee,
 				`GRANT USAGE ON SEQUENCE "dead_letters_id_seq" TO ` + tt.grantee,
 				`GRANT SELECT ON TABLE "` + store.VersionTable + `" TO ` + tt.grantee,
 			}

@@ -155,27 +155,3 @@ func (s *Store) Add(ctx context.Context, content, key string) (Added, error) {
 	}
 	return a, nil
 }
-
-// DeadLetter is an event that can never be stored, kept for inspection.
-type DeadLetter struct {
-	EventID     string
-	EventSource string
-	EventType   string
-	Reason      string
-	Payload     []byte
-}
-
-// AddDeadLetter keeps d. A redelivered event (same source and id) is kept once.
-func (s *Store) AddDeadLetter(ctx context.Context, d DeadLetter) error {
-	err := s.run(ctx, func(ctx context.Context) error {
-		_, err := s.pool.Exec(ctx, `INSERT INTO dead_letters (event_id, event_source, event_type, reason, payload)
-			VALUES (NULLIF($1, ''), NULLIF($2, ''), NULLIF($3, ''), $4, $5)
-			ON CONFLICT (event_source, event_id) DO NOTHING`,
-			d.EventID, d.EventSource, d.EventType, d.Reason, d.Payload)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("keeping dead letter: %w", err)
-	}
-	return nil
-}

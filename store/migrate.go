@@ -66,6 +66,9 @@ func newMigrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error)
 	return m, nil
 }
 
+// SchemaVersion is the schema version this build migrates to and expects.
+func SchemaVersion() int32 { return latestVersion() }
+
 // latestVersion is the schema version this build expects.
 func latestVersion() int32 {
 	entries, _ := fs.Glob(migrationsFS(), "*.sql")

@@ -1,0 +1,117 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Bounds of a dead letter. An event that can never be stored may be as large
+// and as strange as its publisher made it; what is kept of it is not.
+const (
+	// MaxDeadLetterPayload is how much of an event's payload a dead letter
+	// keeps (64 KiB): enough to see what the event was, small enough that 20
+	// concurrent poison events cannot fill the database or make an insert run
+	// into the query timeout. PayloadSize and PayloadSHA256 describe the
+	// whole payload.
+	MaxDeadLetterPayload = 64 << 10
+	// MaxDeadLetterText is how many bytes of an event's id, source and type a
+	// dead letter keeps for display (1 KiB each); the reason keeps up to four
+	// times that.
+	MaxDeadLetterText = 1 << 10
+)
+
+// DeadLetter is an event that can never be stored, kept for inspection.
+//
+// EventID, EventSource and EventType may hold any bytes, as a hostile
+// publisher sends them. The columns keep a display form: valid UTF-8 without
+// NUL is kept as is; a NUL or an invalid byte becomes the four characters
+// \xNN, and text longer than MaxDeadLetterText is cut (on a character
+// boundary) to at most that many bytes, ending in "…". The exact bytes of a
+// cut or escaped id are not recoverable; the dedupe_key column, a digest of
+// the exact source, id and payload, still tells two such events apart.
+type DeadLetter struct {
+	EventID     string
+	EventSource string
+	EventType   string
+	Reason      string
+	// Payload is the event as received, or a prefix of it. Only its first
+	// MaxDeadLetterPayload bytes are kept.
+	Payload []byte
+	// PayloadSize and PayloadSHA256 describe the whole payload, for a caller
+	// that read only a prefix of it (and hashed the rest as it went). When
+	// both are zero, AddDeadLetter computes them from Payload.
+	PayloadSize   int64
+	PayloadSHA256 []byte
+}
+
+// AddDeadLetter keeps d. A redelivered event (same source, id and payload
+// digest) is kept once; an event reusing a source and id with another payload
+// is kept beside the first.
+func (s *Store) AddDeadLetter(ctx context.Context, d DeadLetter) error {
+	if d.PayloadSize == 0 && len(d.PayloadSHA256) == 0 {
+		sum := sha256.Sum256(d.Payload)
+		d.PayloadSize, d.PayloadSHA256 = int64(len(d.Payload)), sum[:]
+	}
+	key := deadLetterKey(d.EventSource, d.EventID, d.PayloadSHA256)
+	payload := d.Payload
+	if len(payload) > MaxDeadLetterPayload {
+		payload = payload[:MaxDeadLetterPayload]
+	}
+	err := s.run(ctx, func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, `INSERT INTO dead_letters
+				(event_id, event_source, event_type, reason, payload, payload_size, payload_sha256, dedupe_key)
+			VALUES (NULLIF($1, ''), NULLIF($2, ''), NULLIF($3, ''), $4, $5, $6, $7, $8)
+			ON CONFLICT (dedupe_key) DO NOTHING`,
+			displayText(d.EventID, MaxDeadLetterText), displayText(d.EventSource, MaxDeadLetterText),
+			displayText(d.EventType, MaxDeadLetterText), displayText(d.Reason, 4*MaxDeadLetterText),
+			payload, d.PayloadSize, d.PayloadSHA256, key)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("keeping dead letter: %w", err)
+	}
+	return nil
+}
+
+// deadLetterKey is sha256(len(source) source len(id) id payloadSHA256), the
+// lengths as 8-byte big-endian integers so that no two (source, id) pairs
+// share an encoding. Migration 004 computes the same digest for the rows it
+// backfills.
+func deadLetterKey(source, id string, payloadSHA256 []byte) []byte {
+	h := sha256.New()
+	var n [8]byte
+	for _, s := range []string{source, id} {
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	h.Write(payloadSHA256)
+	return h.Sum(nil)
+}
+
+// displayText returns s as PostgreSQL text can hold it: NUL and bytes that
+// are not UTF-8 escaped as \xNN, cut to at most limit bytes ending in "…".
+func displayText(s string, limit int) string {
+	if len(s) <= limit && utf8.ValidString(s) && !strings.ContainsRune(s, 0) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		piece := s[i : i+size]
+		if r == 0 || (r == utf8.RuneError && size == 1) {
+			piece = fmt.Sprintf(`\x%02x`, s[i])
+		}
+		if b.Len()+len(piece) > limit-len("…") {
+			b.WriteString("…")
+			break
+		}
+		b.WriteString(piece)
+		i += size
+	}
+	return b.String()
+}
