@@ -73,6 +73,7 @@ type settings struct {
 	db              store.Config
 	maxContentBytes int
 	maxBodyBytes    int64
+	routes          routes // HTTP_ROUTES: default RoutesAppend
 }
 
 func loadSettings(getenv func(string) string) (settings, error) {
@@ -81,6 +82,10 @@ func loadSettings(getenv func(string) string) (settings, error) {
 		return settings{}, err
 	}
 	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes}
+	// HTTP_ROUTES as a literal, so that cmd/cloudbuild_test.go sees it read.
+	if s.routes, err = parseRoutes(getenv("HTTP_ROUTES")); err != nil {
+		return settings{}, err
+	}
 	if v := getenv("MAX_CONTENT_BYTES"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10<<20 {

@@ -110,11 +110,13 @@ func (s *service) serveCollection(w http.ResponseWriter, r *http.Request) error 
 
 // serveItem is /messages/{id}.
 func (s *service) serveItem(w http.ResponseWriter, r *http.Request, rawID string) error {
-	const allow = "GET, HEAD, PUT, PATCH, DELETE"
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPatch, http.MethodDelete:
-	default:
-		return &apiError{status: http.StatusMethodNotAllowed, msg: "method not allowed", allow: allow}
+	cfg, err := s.config()
+	if err != nil {
+		return err
+	}
+	// Before the id is looked at, so a disabled route reveals nothing.
+	if err := cfg.routes.checkItemMethod(r.Method); err != nil {
+		return err
 	}
 	id, err := strconv.ParseInt(rawID, 10, 64)
 	if err != nil || id <= 0 {
@@ -122,10 +124,6 @@ func (s *service) serveItem(w http.ResponseWriter, r *http.Request, rawID string
 	}
 	switch r.Method {
 	case http.MethodPut, http.MethodPatch:
-		cfg, err := s.config()
-		if err != nil {
-			return err
-		}
 		content, err := readContent(w, r, cfg)
 		if err != nil {
 			return err

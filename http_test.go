@@ -38,7 +38,7 @@ func TestEmptyListIsArray(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	f := newFixture(t, map[string]string{"MAX_CONTENT_BYTES": "16", "MAX_BODY_BYTES": "64"})
+	f := newFixture(t, map[string]string{"MAX_CONTENT_BYTES": "16", "MAX_BODY_BYTES": "64", RoutesVar: RoutesAll})
 	cases := []struct {
 		name, method, path, ctype, body string
 		header                          map[string]string
@@ -105,7 +105,7 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestMessagesResource(t *testing.T) {
-	f := newFixture(t, nil)
+	f := newFixture(t, map[string]string{RoutesVar: RoutesAll})
 	r := do(t, "POST", f.srv.URL+"/messages", `{"content":"first"}`, jsonCT)
 	if r.status != 201 {
 		t.Fatalf("create: %d %s", r.status, r.body)
