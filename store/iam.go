@@ -48,11 +48,17 @@ func configureIAM(ctx context.Context, cfg *Config, pc *pgxpool.Config) error {
 			// The error describes the endpoint's answer, never a token.
 			return fmt.Errorf("%w: %w", tokenError, err)
 		}
-		cc.Password = tok.AccessToken
+		cc.Password = trimTokenPadding(tok.AccessToken)
 		return nil
 	}
 	return nil
 }
+
+// trimTokenPadding removes trailing "." characters. Some Google token
+// endpoints have returned access tokens padded with dots to a fixed length;
+// Cloud SQL compares the password with the token itself, so a padded token
+// fails the login. OAuth2 access tokens do not end in "." otherwise.
+func trimTokenPadding(token string) string { return strings.TrimRight(token, ".") }
 
 // iamUserFromMetadata derives the Cloud SQL IAM user name from the default
 // service account: Cloud SQL names it after the email without the

@@ -148,6 +148,7 @@ type Server struct {
 
 	mu        sync.Mutex // guards the fields below
 	ttl       time.Duration
+	padTo     int // SetTokenPadding
 	failing   bool
 	fetches   int
 	lastToken string
@@ -237,6 +238,17 @@ func (s *Server) SetTokenTTL(d time.Duration) {
 	s.ttl = d
 }
 
+// SetTokenPadding makes the token endpoint pad each access token it issues
+// from now on with trailing "." characters up to n characters in all, as some
+// Google token endpoints have done; 0 turns padding off. OnToken and
+// LastToken see the token without its padding: that is the credential a
+// client must present.
+func (s *Server) SetTokenPadding(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.padTo = n
+}
+
 // SetFailing simulates a metadata outage: while true, the token endpoint
 // answers 503 (other paths keep working). Note the client retries 5xx for up
 // to ~3 s before giving up.
@@ -318,7 +330,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 
 	s.mu.Lock()
 	s.scopes = scopes
-	failing, ttl := s.failing, s.ttl
+	failing, ttl, padTo := s.failing, s.ttl, s.padTo
 	s.mu.Unlock()
 
 	if failing {
@@ -342,8 +354,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	s.lastToken = tok
 	s.mu.Unlock()
 
+	sent := tok
+	if n := padTo - len(tok); n > 0 {
+		sent += strings.Repeat(".", n)
+	}
 	body, err := json.Marshal(tokenResponse{
-		AccessToken: tok,
+		AccessToken: sent,
 		ExpiresIn:   expiresIn(ttl),
 		TokenType:   "Bearer",
 	})
