@@ -7,6 +7,35 @@ package main
 // sees on one machine exactly the requests it sees deployed. The Pub/Sub
 // client library lives here and in tests only: the function's package never
 // imports it.
+//
+// What the runner sends, as Eventarc does: POST /IngestPubSub (or / with
+// FUNCTION_TARGET=IngestPubSub) with ce-id set to the message id, ce-source
+// //pubsub.googleapis.com/projects/P/topics/T, ce-type
+// google.cloud.pubsub.topic.v1.messagePublished, ce-specversion 1.0, ce-time
+// the publish time, Content-Type application/json and the body
+// {"message": {"data", "attributes", "messageId", "publishTime"},
+// "subscription": "projects/P/subscriptions/S"}, with message_id and
+// publish_time in the body as well, like Eventarc.
+//
+// Ack only what is stored: a 2xx answer acks the message; any other status,
+// a connection error or no answer within deliveryTimeout nacks it, after a
+// wait of 1 s or what Retry-After asks, up to 10 s. The emulators redeliver a
+// nacked message at once, so the wait keeps a database outage from becoming
+// a busy loop: at most -pubsub-concurrency attempts a second.
+//
+// On Ctrl-C or SIGTERM the runner stops pulling, lets the deliveries in flight
+// finish and acks or nacks each by its answer; only then do the HTTP server
+// and the pool stop. Messages the client had prefetched but not started are
+// nacked; pstest can strand a few in a closed stream, and those come back
+// when their lease (leaseExtension) runs out.
+//
+// pstest numbers its message ids m0, m1, ... afresh in every run, while the
+// database is kept and IngestPubSub deduplicates by topic and message id. So
+// that a second run's m0 is not dropped as a redelivery of the first run's,
+// the runner prefixes pstest's ids with the time pstest started
+// (ce-id: 20261125T182628.333Z-m5). Only for pstest: the official emulator
+// may also restart its numbering after a restart (not verified); the README
+// says to use a new topic or -fresh then.
 
 import (
 	"bytes"

@@ -67,7 +67,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// One writer: while its batch commits, the next batch gathers. Measured
 	// with `go run ./cmd bench`, a second writer halves the batches, and the
 	// CPU per row of a small batched INSERT is no lower than that of single
-	// INSERTs, so two writers were 14-19% slower (README, Performance).
+	// INSERTs, so two writers were 14-19% slower (cmd/BENCHMARKS.md).
 	s.writer = newBatcher(s)
 	return s, nil
 }
