@@ -91,49 +91,6 @@ func TestGroupCommitUnderConcurrency(t *testing.T) {
 	}
 }
 
-func TestIdempotentAddsInOneBatch(t *testing.T) {
-	st, url := openStore(t)
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	results := make([]store.Added, 40)
-	for i := range results {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a, err := st.Add(ctx, "same", fmt.Sprintf("key-%d", i%4))
-			if err != nil {
-				t.Error(err)
-			}
-			results[i] = a
-		}()
-	}
-	wg.Wait()
-	byKey := map[int]int64{}
-	replays := 0
-	for i, a := range results {
-		if id, ok := byKey[i%4]; ok && id != a.ID {
-			t.Fatalf("key-%d answered ids %d and %d", i%4, id, a.ID)
-		}
-		byKey[i%4] = a.ID
-		if a.Replayed {
-			replays++
-		}
-	}
-	if replays != 36 {
-		t.Fatalf("%d replays, want 36", replays)
-	}
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var n int
-	conn.QueryRow(ctx, "SELECT count(*) FROM messages").Scan(&n)
-	if n != 4 {
-		t.Fatalf("%d rows, want 4", n)
-	}
-}
-
 // TestMixedBatchesWithEqualContent sends keyed and keyless writes of the same
 // content together, some keys already stored: every answer must name a row
 // that holds its own content and key, and no row may be answered twice.
