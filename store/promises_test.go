@@ -47,7 +47,7 @@ func openStoreWith(t testing.TB, adjust func(*store.Config)) (*store.Store, stri
 // longQueries keeps a statement waiting on a test's lock from timing out.
 func longQueries(c *store.Config) { c.QueryTimeout = time.Minute }
 
-func connect(t testing.TB, url string) *pgx.Conn {
+func dbConn(t testing.TB, url string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(context.Background(), url)
 	if err != nil {
@@ -60,7 +60,7 @@ func connect(t testing.TB, url string) *pgx.Conn {
 func count(t testing.TB, url, sql string, args ...any) int {
 	t.Helper()
 	var n int
-	if err := connect(t, url).QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+	if err := dbConn(t, url).QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
@@ -71,7 +71,7 @@ func count(t testing.TB, url, sql string, args ...any) int {
 func lockTable(t testing.TB, url, table string) (release func()) {
 	t.Helper()
 	ctx := context.Background()
-	conn := connect(t, url)
+	conn := dbConn(t, url)
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func lockTable(t testing.TB, url, table string) (release func()) {
 // lock: the proof that a write really is blocked where the test put it.
 func waitForLockWaiters(t testing.TB, url string, n int) {
 	t.Helper()
-	conn := connect(t, url)
+	conn := dbConn(t, url)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var waiting int
@@ -238,7 +238,7 @@ func TestExpiredCallerIsNeverToldStored(t *testing.T) {
 func TestStatementErrorNeverAnsweredAsStored(t *testing.T) {
 	st, url := openStoreWith(t, longQueries)
 	ctx := context.Background()
-	if _, err := connect(t, url).Exec(ctx, "ALTER TABLE messages ADD CONSTRAINT test_refuses_poison CHECK (content IS DISTINCT FROM 'poison')"); err != nil {
+	if _, err := dbConn(t, url).Exec(ctx, "ALTER TABLE messages ADD CONSTRAINT test_refuses_poison CHECK (content IS DISTINCT FROM 'poison')"); err != nil {
 		t.Fatal(err)
 	}
 	const n = 20
@@ -291,7 +291,7 @@ func TestStatementErrorNeverAnsweredAsStored(t *testing.T) {
 func TestPageLimitBoundary(t *testing.T) {
 	st, url := openStoreWith(t, nil)
 	ctx := context.Background()
-	conn := connect(t, url)
+	conn := dbConn(t, url)
 	const limit = 5
 	total := 0
 	for _, rows := range []int{0, 1, limit - 1, limit, limit + 1, 2 * limit, 2*limit + 1} {
@@ -423,16 +423,7 @@ func TestCloseLetsPendingWritesFinish(t *testing.T) {
 // what is missing, and Open changes nothing.
 func TestBehindSchemaIsRefused(t *testing.T) {
 	ctx := context.Background()
-	files, err := os.ReadDir("migrations")
-	if err != nil {
-		t.Fatal(err)
-	}
-	latest := int32(0)
-	for _, f := range files {
-		if strings.HasSuffix(f.Name(), ".sql") {
-			latest++
-		}
-	}
+	latest := store.SchemaVersion()
 	if latest < 2 {
 		t.Fatalf("%d migrations: nothing to be behind", latest)
 	}
@@ -457,7 +448,7 @@ func TestBehindSchemaIsRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			url := cluster.SuperuserURL(name)
-			conn := connect(t, url)
+			conn := dbConn(t, url)
 			m, err := migrate.NewMigrator(ctx, conn, store.VersionTable)
 			if err != nil {
 				t.Fatal(err)
@@ -483,6 +474,7 @@ func TestBehindSchemaIsRefused(t *testing.T) {
 			if !errors.Is(err, store.ErrSchema) {
 				t.Fatalf("Open: %v, want ErrSchema", err)
 			}
+			t.Logf("Open: %v", err)
 			detail := strings.TrimPrefix(err.Error(), store.ErrSchema.Error())
 			if len(strings.TrimLeft(detail, ": ")) < 10 {
 				t.Fatalf("the schema error %q does not say what is missing", err)
@@ -599,7 +591,7 @@ func TestIdempotentAddsInOneBatch(t *testing.T) {
 		t.Fatalf("%d rows, want 4", rows)
 	}
 	var rows, xmins int
-	if err := connect(t, url).QueryRow(ctx, "SELECT count(*), count(DISTINCT xmin::text) FROM messages WHERE id <> $1", plug.ID).Scan(&rows, &xmins); err != nil {
+	if err := dbConn(t, url).QueryRow(ctx, "SELECT count(*), count(DISTINCT xmin::text) FROM messages WHERE id <> $1", plug.ID).Scan(&rows, &xmins); err != nil {
 		t.Fatal(err)
 	}
 	if rows != 4+n || xmins != 1 {
