@@ -609,6 +609,7 @@ func cbCheck(yamlText []byte, facts cbFacts, overrides map[string]string) (*cbCh
 	c.checkTests(facts, deps, fail)
 	c.checkDeploys(facts, fail)
 	c.checkTrigger(facts, deps, fail)
+	c.checkSecurity(facts, fail)
 	return c, errs
 }
 
@@ -982,15 +983,15 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 			f.EnvVars["DB_TLS_MODE"] = true
 		}, want: "sets DB_SSLMODE, which the code does not read"},
 		{name: "DB_NAME dropped", yamlFrom: ",DB_NAME=${_DB_NAME},DB_USER=${_INGEST_SA}", yamlTo: ",DB_USER=${_INGEST_SA}", want: "does not set DB_NAME"},
-		{name: "password instead of IAM", yamlFrom: "DB_MIGRATE=false\n", yamlTo: "DB_MIGRATE=false,DB_PASSWORD=hunter2\n", want: "sets DB_PASSWORD"},
-		{name: "functions migrate", yamlFrom: "DB_MIGRATE=false\n", yamlTo: "DB_MIGRATE=true\n", want: "would migrate"},
+		{name: "password instead of IAM", yamlFrom: "DB_MIGRATE=false \\\n          \"$$secrets\"", yamlTo: "DB_MIGRATE=false,DB_PASSWORD=hunter2 \\\n          \"$$secrets\"", want: "sets DB_PASSWORD"},
+		{name: "functions migrate", yamlFrom: "DB_MIGRATE=false \\\n          \"$$secrets\"", yamlTo: "DB_MIGRATE=true \\\n          \"$$secrets\"", want: "would migrate"},
 		{name: "plaintext to the database", overrides: map[string]string{"_DB_SSLMODE": "disable"}, want: "rejected by the code"},
 		{name: "no Direct VPC egress range", yamlFrom: "--vpc-egress=private-ranges-only \\", yamlTo: "--vpc-egress=all-traffic \\", want: "--vpc-egress=\"all-traffic\""},
-		{name: "no subnet", yamlFrom: "      - --subnet=${_SUBNET}\n", yamlTo: "", want: "needs --subnet=VALUE"},
+		{name: "no subnet", yamlFrom: "          --subnet=${_SUBNET} \\\n", yamlTo: "", want: "needs --subnet=VALUE"},
 		{name: "shared service account", yamlFrom: "--service-account=${_INGEST_SA}@", yamlTo: "--service-account=${_FUNCTION_SA}@", want: "shares its service account"},
 		{name: "public HTTP function", yamlFrom: `"$$auth" \`, yamlTo: `--allow-unauthenticated \`, want: "outside the _ALLOW_UNAUTHENTICATED guard"},
 		{name: "public by default", yamlFrom: `_ALLOW_UNAUTHENTICATED: "false"`, yamlTo: `_ALLOW_UNAUTHENTICATED: "true"`, want: `must default to "false"`},
-		{name: "public ingest", yamlFrom: "      - --no-allow-unauthenticated\n", yamlTo: "      - --allow-unauthenticated\n", want: "is public"},
+		{name: "public ingest", yamlFrom: "          --no-allow-unauthenticated \\\n", yamlTo: "          --allow-unauthenticated \\\n", want: "is public"},
 		{name: "wrong event type", yamlFrom: "type=google.cloud.pubsub.topic.v1.messagePublished \\\n            --destination-run-service=${_INGEST_SERVICE} \\\n            --destination-run-region=${_REGION} \\\n            --service-account=$$trigger_sa\n", yamlTo: "type=google.cloud.storage.object.v1.finalized \\\n            --destination-run-service=${_INGEST_SERVICE} \\\n            --destination-run-region=${_REGION} \\\n            --service-account=$$trigger_sa\n", want: "filters event types"},
 		{name: "event type changed in the code", mutateCode: func(f *cbFacts) { f.EventType = "google.cloud.pubsub.topic.v2.messagePublished" }, want: "filters event types"},
 		{name: "base image behind go.mod", yamlFrom: "--base-image=go126", yamlTo: "--base-image=go125", want: "needs go126"},
@@ -1002,13 +1003,19 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "no dead-letter topic", yamlFrom: "--dead-letter-topic=projects/${PROJECT_ID}/topics/${_DEAD_LETTER_TOPIC}", yamlTo: "--dead-letter-topic=projects/${PROJECT_ID}/topics/other", want: "is not _DEAD_LETTER_TOPIC"},
 		{name: "too many instances", overrides: map[string]string{"_MAX_INSTANCES": "20"}, want: "connection budget"},
 		{name: "bigger pools", overrides: map[string]string{"_DB_MAX_CONNS": "10"}, want: "preflight fails"},
-		{name: "deploy before tests", yamlFrom: "waitFor: [preflight, test]\n    entrypoint: gcloud", yamlTo: "waitFor: [preflight]\n    entrypoint: gcloud", want: "without waiting for the tests"},
+		{name: "deploy before tests", yamlFrom: "waitFor: [preflight, test]\n    entrypoint: bash", yamlTo: "waitFor: [preflight]\n    entrypoint: bash", want: "without waiting for the tests"},
 		{name: "test image behind go.mod", yamlFrom: "golang:1.26-bookworm", yamlTo: "golang:1.25-bookworm", want: "go.mod says go 1.26"},
 		{name: "tests skipped", yamlFrom: "go test ./...", yamlTo: "go test ./cmd/", want: `does not run "go test ./..."`},
 		{name: "shell variable not escaped", yamlFrom: `"$$auth"`, yamlTo: `"$auth"`, want: "unescaped $"},
 		{name: "unknown substitution", yamlFrom: "--region=${_REGION}", yamlTo: "--region=${_REGOIN}", want: "_REGOIN is used but has no default"},
 		{name: "unused substitution", yamlFrom: "substitutions:\n", yamlTo: "substitutions:\n  _SPARE: x\n", want: "_SPARE is defined but never used"},
 		{name: "shell syntax error", yamlFrom: "        fi\n", yamlTo: "\n", want: "bash rejects the script"},
+		{name: "edits on by default", yamlFrom: "_HTTP_ROUTES: append", yamlTo: "_HTTP_ROUTES: all", want: `_HTTP_ROUTES must default to "append"`},
+		{name: "routes not wired", yamlFrom: ",HTTP_ROUTES=${_HTTP_ROUTES}", yamlTo: "", want: "does not set HTTP_ROUTES"},
+		{name: "unverified server by default", yamlFrom: "_DB_SSLMODE: verify-ca", yamlTo: "_DB_SSLMODE: require", want: "_DB_SSLMODE must default"},
+		{name: "server CA not mounted", yamlFrom: "\"$$secrets\" \\\n          \"$$auth\"", yamlTo: "\"$$auth\"", want: "mounts no CA"},
+		{name: "require without the opt-in", overrides: map[string]string{"_DB_SSLMODE": "require"}, want: "preflight fails"},
+		{name: "verify-full against an IP", overrides: map[string]string{"_DB_SSLMODE": "verify-full"}, want: "preflight fails"},
 		{name: "misspelt key", yamlFrom: "    waitFor: [deploy-ingest]", yamlTo: "    waitfor: [deploy-ingest]", want: "field waitfor not found"},
 	}
 	for _, tt := range tests {
