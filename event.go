@@ -1,99 +1,162 @@
 package function
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
+	"mime"
 	"net/http"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 
 	"example.com/pscmessages/store"
 )
 
-// maxEventBytes bounds one delivery: a 10 MB Pub/Sub message grows by a third
-// in base64, plus its envelope.
-const maxEventBytes = 16 << 20
-
 // serveEvent answers 2xx once the event is stored or kept as a dead letter (the
 // platform then acknowledges it), and 5xx on a transient failure, so the
-// platform delivers it again.
+// platform delivers it again. A delivery that is not a decodable Pub/Sub
+// event will never be, so it is kept in dead_letters and acknowledged too.
 func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		s.writeError(w, r, &apiError{status: http.StatusMethodNotAllowed, msg: "deliveries are POSTed", allow: "POST"})
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxEventBytes)
-	e, err := eventFromRequest(r)
+	cfg, err := s.config()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.Ingest(r.Context(), *e); err != nil {
+	d, err := readDelivery(r, deliveryLimit(cfg))
+	if errors.Is(err, errOverBudget) {
+		s.requestLog(r).Warn("delivery not read: memory budget exhausted; it will be redelivered")
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer d.release()
+	m, data, poison := eventFromDelivery(r, d, cfg)
+	kept := keptPayload{prefix: d.body, size: d.size, sum: d.sum}
+	if poison != nil {
+		err = s.deadLetter(r.Context(), m, poison.reason, kept)
+	} else {
+		err = s.ingest(r.Context(), m, data, kept)
+	}
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// eventFromRequest decodes a CloudEvent in binary or structured mode, or turns
-// a legacy Pub/Sub push body (no ce-id header) into the messagePublished event
-// Eventarc would have sent, as functions-framework-go does.
-func eventFromRequest(r *http.Request) (*event.Event, error) {
-	ct := r.Header.Get("Content-Type")
-	if r.Header.Get("ce-id") != "" || strings.HasPrefix(ct, "application/cloudevents") {
-		e, err := cehttp.NewEventFromHTTPRequest(r)
-		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				return nil, &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("delivery exceeds %d bytes", maxEventBytes)}
-			}
-			return nil, badRequest("not a valid CloudEvent: %v", err)
-		}
-		return e, nil
+// eventMeta is what identifies a delivered event.
+type eventMeta struct {
+	id, source, typ string
+	traceparent     string
+}
+
+// eventFromDelivery decodes a CloudEvent in binary or structured mode, or a
+// legacy Pub/Sub push body (no ce-* headers), into its identity and its data
+// (the messagePublished payload). It does not copy the body: data is a slice
+// of it, or of what structured mode decoded. A delivery that is none of these
+// returns a poison reason.
+func eventFromDelivery(r *http.Request, d *delivery, cfg settings) (eventMeta, []byte, *poisonError) {
+	h := r.Header
+	m := eventMeta{id: h.Get("ce-id"), source: h.Get("ce-source"), typ: h.Get("ce-type"), traceparent: h.Get("traceparent")}
+	if d.oversized {
+		return m, nil, &poisonError{fmt.Sprintf("the delivery of %d bytes%s exceeds the %d bytes a message of at most MAX_CONTENT_BYTES (%d) can take; kept: its first %d bytes, size and sha256",
+			d.size, map[bool]string{true: " or more", false: ""}[d.size >= maxDeliveryBytes], deliveryLimit(cfg), cfg.maxContentBytes, len(d.body))}
 	}
-	body, err := io.ReadAll(r.Body)
-	var tooBig *http.MaxBytesError
+	mt, _, _ := mime.ParseMediaType(h.Get("Content-Type"))
 	switch {
-	case errors.As(err, &tooBig):
-		return nil, &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("delivery exceeds %d bytes", maxEventBytes)}
-	case err != nil:
-		return nil, badRequest("reading the delivery failed")
+	case mt == "application/cloudevents-batch+json":
+		return m, nil, &poisonError{"batched CloudEvents are not supported"}
+	case mt == "application/cloudevents+json":
+		return structuredEvent(d.body)
+	case h.Get("ce-specversion") != "" || h.Get("ce-id") != "":
+		if v := h.Get("ce-specversion"); v != "1.0" && v != "0.3" {
+			return m, nil, &poisonError{fmt.Sprintf("unsupported CloudEvents specversion %q (ce-specversion): want 1.0", v)}
+		}
+		return m, d.body, checkIdentity(m)
 	}
-	var push struct {
-		Message struct {
-			MessageID   string    `json:"messageId"`
-			PublishTime time.Time `json:"publishTime"`
-		} `json:"message"`
-		Subscription string `json:"subscription"`
+	return legacyPushEvent(r, d.body)
+}
+
+// checkIdentity requires what a CloudEvent must have to be deduplicated.
+func checkIdentity(m eventMeta) *poisonError {
+	switch {
+	case m.id == "":
+		return &poisonError{"the CloudEvent has no id (ce-id)"}
+	case m.source == "":
+		return &poisonError{"the CloudEvent has no source (ce-source)"}
+	case m.typ == "":
+		return &poisonError{"the CloudEvent has no type (ce-type)"}
 	}
-	if json.Unmarshal(body, &push) != nil || push.Message.MessageID == "" {
-		return nil, badRequest("neither a CloudEvent (ce-* headers or application/cloudevents+json) nor a Pub/Sub push body")
+	return nil
+}
+
+// structuredEvent decodes a structured-mode CloudEvent.
+func structuredEvent(body []byte) (eventMeta, []byte, *poisonError) {
+	var ce struct {
+		SpecVersion string          `json:"specversion"`
+		ID          string          `json:"id"`
+		Source      string          `json:"source"`
+		Type        string          `json:"type"`
+		Data        json.RawMessage `json:"data"`
+		DataBase64  []byte          `json:"data_base64"`
+		Traceparent string          `json:"traceparent"`
 	}
-	e := event.New()
-	e.SetID(push.Message.MessageID)
-	e.SetType(MessagePublishedType)
+	if err := json.Unmarshal(body, &ce); err != nil {
+		return eventMeta{}, nil, &poisonError{"not a structured CloudEvent (application/cloudevents+json): " + err.Error()}
+	}
+	m := eventMeta{id: ce.ID, source: ce.Source, typ: ce.Type, traceparent: ce.Traceparent}
+	if ce.SpecVersion != "1.0" && ce.SpecVersion != "0.3" {
+		return m, nil, &poisonError{fmt.Sprintf("unsupported CloudEvents specversion %q: want 1.0", ce.SpecVersion)}
+	}
+	data := []byte(ce.Data)
+	if ce.DataBase64 != nil {
+		data = ce.DataBase64
+	}
+	return m, data, checkIdentity(m)
+}
+
+// legacyPushBody is a Pub/Sub push body; Pub/Sub sends ids and times both in
+// camelCase and snake_case.
+type legacyPushBody struct {
+	Message struct {
+		MessageID      string `json:"messageId"`
+		MessageIDSnake string `json:"message_id"`
+	} `json:"message"`
+	Subscription string `json:"subscription"`
+}
+
+// legacyPushEvent turns a Pub/Sub push body into the messagePublished event
+// Eventarc would have sent, as functions-framework-go does: the body already
+// has the messagePublished data shape.
+func legacyPushEvent(r *http.Request, body []byte) (eventMeta, []byte, *poisonError) {
+	var push legacyPushBody
+	m := eventMeta{typ: MessagePublishedType, traceparent: r.Header.Get("traceparent")}
+	if json.Unmarshal(body, &push) != nil || cmp.Or(push.Message.MessageID, push.Message.MessageIDSnake) == "" {
+		return m, nil, &poisonError{"neither a CloudEvent (ce-* headers or application/cloudevents+json) nor a Pub/Sub push body with message.messageId"}
+	}
+	m.id = cmp.Or(push.Message.MessageID, push.Message.MessageIDSnake)
 	// Message ids are unique per topic; a push endpoint without the topic in
 	// its path is keyed by its subscription, which belongs to one topic.
 	origin := topicFromPath(r.URL.Path)
 	if origin == "" {
 		origin = push.Subscription
 	}
-	e.SetSource("//pubsub.googleapis.com/" + origin)
-	if !push.Message.PublishTime.IsZero() {
-		e.SetTime(push.Message.PublishTime)
-	}
-	// The push body already has the messagePublished data shape.
-	if err := e.SetData("application/json", body); err != nil {
-		return nil, badRequest("invalid push body: %v", err)
-	}
-	return &e, nil
+	m.source = "//pubsub.googleapis.com/" + origin
+	return m, body, nil
 }
 
 // topicFromPath finds "projects/P/topics/T" in a push endpoint's path, where
@@ -133,12 +196,33 @@ type poisonError struct{ reason string }
 
 func (e *poisonError) Error() string { return e.reason }
 
+// keptPayload is what a dead letter keeps of a delivery: the payload, or only
+// its prefix with the size and sha256 of the whole (zero when prefix is all
+// of it; the store computes them then).
+type keptPayload struct {
+	prefix []byte
+	size   int64
+	sum    []byte
+}
+
 // Ingest stores the message of one messagePublished event. A message that can
 // never be stored is kept in the dead-letter table and acknowledged; a
 // transient failure returns an error so the platform delivers it again. A
-// redelivery of a stored message (same topic and message id) stores nothing.
+// redelivery of a stored message (same topic, message id and publish time)
+// stores nothing.
 func (s *service) Ingest(ctx context.Context, e event.Event) error {
-	log := s.eventLog(e)
+	m := eventMeta{id: e.ID(), source: e.Source(), typ: e.Type()}
+	m.traceparent, _ = e.Extensions()["traceparent"].(string)
+	if p := checkIdentity(m); p != nil {
+		return s.deadLetter(ctx, m, p.reason, keptPayload{prefix: e.Data()})
+	}
+	return s.ingest(ctx, m, e.Data(), keptPayload{prefix: e.Data()})
+}
+
+// ingest stores the message in data (a messagePublished payload), or keeps
+// the event as a dead letter when it can never be stored.
+func (s *service) ingest(ctx context.Context, m eventMeta, data []byte, kept keptPayload) error {
+	log := s.metaLog(m)
 	cfg, err := s.config()
 	if err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
@@ -148,25 +232,20 @@ func (s *service) Ingest(ctx context.Context, e event.Event) error {
 		log.Warn("event not stored: database unavailable; it will be redelivered", "error", err.Error())
 		return fmt.Errorf("database unavailable: %w", err)
 	}
-	content, key, err := decodeEvent(e, cfg.maxContentBytes)
+	content, key, err := decodeMessage(m, data, cfg.maxContentBytes)
 	var added store.Added
 	if err == nil {
 		added, err = st.Add(ctx, content, key)
-		if errors.Is(err, store.ErrKeyReused) {
+		switch {
+		case errors.Is(err, store.ErrKeyReused):
 			err = &poisonError{"the message id was already stored with different content"}
+		case errors.Is(err, store.ErrInvalid):
+			err = &poisonError{"the message cannot be stored: " + err.Error()}
 		}
 	}
 	var poison *poisonError
 	if errors.As(err, &poison) {
-		if err := st.AddDeadLetter(ctx, store.DeadLetter{
-			EventID: e.ID(), EventSource: e.Source(), EventType: e.Type(),
-			Reason: poison.reason, Payload: e.Data(),
-		}); err != nil {
-			log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", err.Error())
-			return err
-		}
-		log.Warn("event kept in dead_letters", "reason", poison.reason)
-		return nil
+		return s.keepDeadLetter(ctx, st, log, m, poison.reason, kept)
 	}
 	if err != nil {
 		log.Warn("event not stored; it will be redelivered", "error", err.Error())
@@ -178,14 +257,75 @@ func (s *service) Ingest(ctx context.Context, e event.Event) error {
 	return nil
 }
 
-// decodeEvent returns the content and the deduplication key of an event, or a
-// *poisonError when it can never be stored.
+// deadLetter keeps an event that is poison before its data is even looked at.
+func (s *service) deadLetter(ctx context.Context, m eventMeta, reason string, kept keptPayload) error {
+	log := s.metaLog(m)
+	st, err := s.db.get(ctx)
+	if err != nil {
+		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", err.Error(), "reason", reason)
+		return fmt.Errorf("database unavailable: %w", err)
+	}
+	return s.keepDeadLetter(ctx, st, log, m, reason, kept)
+}
+
+func (s *service) keepDeadLetter(ctx context.Context, st *store.Store, log *slog.Logger, m eventMeta, reason string, kept keptPayload) error {
+	if err := st.AddDeadLetter(ctx, store.DeadLetter{
+		EventID: m.id, EventSource: m.source, EventType: m.typ, Reason: reason,
+		Payload: kept.prefix, PayloadSize: kept.size, PayloadSHA256: kept.sum,
+	}); err != nil {
+		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", err.Error(), "reason", reason)
+		return err
+	}
+	log.Warn("event kept in dead_letters", "reason", reason)
+	return nil
+}
+
+// metaLog is the logger of one event; hostile ids and sources are cut and
+// made valid UTF-8 so they cannot swell or break a log line.
+func (s *service) metaLog(m eventMeta) *slog.Logger {
+	traceID, spanID, sampled := traceFromHeaders(m.traceparent, "")
+	return s.withTrace(traceID, spanID, sampled).With("event_id", logText(m.id), "event_source", logText(m.source))
+}
+
+func logText(s string) string {
+	const max = 256
+	if len(s) > max {
+		s = s[:max] + "…"
+	}
+	return strings.ToValidUTF8(s, "\ufffd")
+}
+
+// Bounds on what identifies a Pub/Sub message, checked before it is used as
+// a deduplication key: real message ids are decimal numbers of ~17 digits,
+// and a source names a project (30 bytes) and a topic (255 bytes).
+const (
+	maxMessageIDBytes = 256
+	maxSourceBytes    = 1024
+)
+
+// decodeEvent is decodeMessage for an event decoded by sdk-go.
 func decodeEvent(e event.Event, maxContent int) (content, key string, err error) {
-	if e.Type() != MessagePublishedType {
-		return "", "", &poisonError{fmt.Sprintf("event type %q is not %s", e.Type(), MessagePublishedType)}
+	return decodeMessage(eventMeta{id: e.ID(), source: e.Source(), typ: e.Type()}, e.Data(), maxContent)
+}
+
+// decodeMessage returns the content and the deduplication key of an event, or a
+// *poisonError when it can never be stored.
+//
+// The key is "pubsub:" + source + "#" + message id + "@" + publish time. Pub/Sub
+// promises unique ids per topic and a redelivery carries the same publish time,
+// so a redelivery maps to the same key. The publish time is there for an
+// emulator restarted on a kept database: its ids start again at 1, and without
+// the time its new message 1 would be taken for a redelivery of the stored one
+// (same content: silently dropped; other content: a dead letter). A message
+// without a publish time keeps the key "pubsub:" + source + "#" + id, which is
+// also the key of every message stored before the time was added; see the
+// README (Pub/Sub) for what that means for an upgrade.
+func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string, err error) {
+	if m.typ != MessagePublishedType {
+		return "", "", &poisonError{fmt.Sprintf("event type %q is not %s", logText(m.typ), MessagePublishedType)}
 	}
 	var d MessagePublishedData
-	if err := json.Unmarshal(e.Data(), &d); err != nil {
+	if err := json.Unmarshal(raw, &d); err != nil {
 		return "", "", &poisonError{"event data is not a Pub/Sub message: " + err.Error()}
 	}
 	data := d.Message.Data
@@ -209,9 +349,31 @@ func decodeEvent(e event.Event, maxContent int) (content, key string, err error)
 	if err := checkContent(content, maxContent); err != nil {
 		return "", "", &poisonError{err.Error()}
 	}
-	id := d.Message.MessageID
-	if id == "" {
-		id = e.ID()
+	id := cmp.Or(d.Message.MessageID, m.id)
+	if reason := checkKeyPart("message id", id, maxMessageIDBytes); reason != "" {
+		return "", "", &poisonError{reason}
 	}
-	return content, "pubsub:" + e.Source() + "#" + id, nil
+	if reason := checkKeyPart("event source", m.source, maxSourceBytes); reason != "" {
+		return "", "", &poisonError{reason}
+	}
+	key = "pubsub:" + m.source + "#" + id
+	if !d.Message.PublishTime.IsZero() {
+		key += "@" + d.Message.PublishTime.UTC().Format(time.RFC3339Nano)
+	}
+	return content, key, nil
+}
+
+// checkKeyPart says why s cannot be part of a deduplication key, or "".
+func checkKeyPart(what, s string, max int) string {
+	switch {
+	case s == "":
+		return "the " + what + " is empty"
+	case len(s) > max:
+		return fmt.Sprintf("the %s is %d bytes, more than %d", what, len(s), max)
+	case strings.IndexByte(s, 0) >= 0:
+		return "the " + what + " contains a NUL byte"
+	case !utf8.ValidString(s):
+		return "the " + what + " is not valid UTF-8"
+	}
+	return ""
 }

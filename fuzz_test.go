@@ -110,9 +110,8 @@ func TestBadDeliveries(t *testing.T) {
 		status             int
 	}{
 		{"GET", "GET", "", nil, 405},
-		{"not an event", "POST", `{"hello":"world"}`, jsonCT, 400},
-		{"not JSON", "POST", `garbage`, jsonCT, 400},
-		{"CloudEvent without required attributes", "POST", `{}`, map[string]string{"Content-Type": "application/json", "ce-id": "1"}, 400},
+		// Deliveries that are not events are kept as dead letters:
+		// TestUndeliverableDeliveriesAreKept.
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,136 @@
+package function
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"example.com/pscmessages/store"
+)
+
+// Bounds of the event path. A Pub/Sub message may carry 10 MB of data, which
+// a push delivery carries base64-encoded (13.4 MB) in a JSON envelope; the
+// function stores at most MAX_CONTENT_BYTES of it. So a delivery is read into
+// memory only up to what a storable message can need (deliveryLimit); a larger
+// one is streamed through a digest, keeping its first
+// store.MaxDeadLetterPayload bytes for the dead letter, and is never held
+// whole.
+const (
+	// envelopeAllowance is what a delivery may carry besides the base64 of
+	// its data: the JSON envelope, the ids and up to 100 attributes (Pub/Sub
+	// allows 256-byte keys and 1024-byte values).
+	envelopeAllowance = 256 << 10
+	// maxDeliveryBytes is how much of an oversized delivery is read (and
+	// hashed) before the rest is left unread: more than any Pub/Sub
+	// delivery (10 MB of data, base64 in JSON) can be.
+	maxDeliveryBytes = 32 << 20
+	// eventMemoryBudget bounds the memory that deliveries being decoded may
+	// hold at once, process-wide. A delivery weighs decodeCopies times the
+	// bytes it buffers (the body, the decoded data, the content, the copy
+	// the database driver sends), at most the whole budget so that one
+	// alone always fits. With the default limits a delivery weighs ~2.4 MB,
+	// so 26 fit before any waits, beyond Cloud Run's concurrency of 20.
+	eventMemoryBudget = 64 << 20
+	decodeCopies      = 4
+)
+
+// budgetWait is how long a delivery waits for its share of the budget before
+// it is answered 503 (with Retry-After) and delivered again.
+var budgetWait = 10 * time.Second
+
+// deliveryLimit is the largest delivery decoded: the base64 of the largest
+// body a message may be sent as (MAX_BODY_BYTES), plus the envelope.
+func deliveryLimit(cfg settings) int64 {
+	return (cfg.maxBodyBytes+2)/3*4 + envelopeAllowance
+}
+
+// eventBudget is the process's memory budget for deliveries.
+var eventBudget = semaphore.NewWeighted(eventMemoryBudget)
+
+// delivery is the body of one request to IngestPubSub, as read.
+type delivery struct {
+	// body is the whole body when it is at most the limit; otherwise only
+	// its first store.MaxDeadLetterPayload bytes.
+	body []byte
+	// oversized is set when the body exceeded the limit; size and sum then
+	// describe as much of it as was read (all of it unless it exceeded
+	// maxDeliveryBytes too).
+	oversized bool
+	size      int64
+	sum       []byte
+	release   func()
+}
+
+// errOverBudget is a delivery that found no room in the memory budget; it
+// is answered 503 with Retry-After, so the platform delivers it again later.
+var errOverBudget = errors.New("too many large deliveries in progress; retry later")
+
+// readDelivery reads r's body within limit bytes and the process budget. The
+// caller must call d.release once done with d.body.
+func readDelivery(r *http.Request, limit int64) (*delivery, error) {
+	keep := limit + 1 // one more than the limit tells an oversized body
+	if n := r.ContentLength; n >= 0 && n <= limit {
+		keep = n + 1
+	} else if n > limit {
+		keep = store.MaxDeadLetterPayload // only the prefix is kept
+	}
+	weight := min(decodeCopies*keep, eventMemoryBudget)
+	ctx, cancel := context.WithTimeout(r.Context(), budgetWait)
+	defer cancel()
+	if err := eventBudget.Acquire(ctx, weight); err != nil {
+		return nil, errOverBudget
+	}
+	d := &delivery{release: func() { eventBudget.Release(weight) }}
+	h := sha256.New()
+	buf, eof, err := readUpTo(io.TeeReader(r.Body, h), make([]byte, 0, keep), keep)
+	if err != nil {
+		d.release()
+		return nil, err
+	}
+	if eof && int64(len(buf)) <= limit {
+		d.body = buf
+		return d, nil
+	}
+	// Oversized: keep the prefix, hash the rest without holding it.
+	d.oversized = true
+	d.body = buf[:min(len(buf), store.MaxDeadLetterPayload)]
+	n, err := io.Copy(h, io.LimitReader(r.Body, maxDeliveryBytes-int64(len(buf))))
+	if err != nil {
+		d.release()
+		return nil, readError(err)
+	}
+	d.size = int64(len(buf)) + n
+	d.sum = h.Sum(nil)
+	return d, nil
+}
+
+// readUpTo appends from r to buf until EOF (eof true) or until buf holds n
+// bytes. It never grows buf beyond n bytes.
+func readUpTo(r io.Reader, buf []byte, n int64) (_ []byte, eof bool, _ error) {
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)] // grow
+		}
+		m, err := r.Read(buf[len(buf):min(int64(cap(buf)), n)])
+		buf = buf[:len(buf)+m]
+		if errors.Is(err, io.EOF) {
+			return buf, true, nil
+		}
+		if err != nil {
+			return nil, false, readError(err)
+		}
+	}
+	return buf, false, nil
+}
+
+// readError is a body that could not be read: the client left or was cut by
+// the server's read timeout. Nobody may read the answer; if someone does, the
+// delivery is retried.
+func readError(err error) error {
+	return &apiError{status: http.StatusBadRequest, msg: "reading the delivery failed: " + err.Error()}
+}

@@ -1,0 +1,334 @@
+package function
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Tests of issue 8 on the event path, through the HTTP entry point as the
+// platform calls it: every delivery ends stored (2xx), kept in dead_letters
+// with its reason (2xx), or failed transiently (5xx); none fails another.
+
+const testSource = "//pubsub.googleapis.com/projects/test-project/topics/messages"
+
+// ingestServer serves f's IngestPubSub as Handler does.
+func ingestServer(t testing.TB, f *fixture) string {
+	t.Helper()
+	srv := httptest.NewServer(frameworkWrap(f.svc.serveEvent))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// pushBody is a messagePublished payload (the body of a binary-mode event).
+func pushBody(id string, data []byte, publishTime string) string {
+	msg := map[string]any{"data": base64.StdEncoding.EncodeToString(data)}
+	if id != "" {
+		msg["messageId"] = id
+	}
+	if publishTime != "" {
+		msg["publishTime"] = publishTime
+	}
+	b, _ := json.Marshal(map[string]any{"message": msg, "subscription": "projects/test-project/subscriptions/s"})
+	return string(b)
+}
+
+func binaryHeaders(id, source string) map[string]string {
+	return map[string]string{
+		"Content-Type": "application/json", "ce-id": id, "ce-source": source,
+		"ce-specversion": "1.0", "ce-type": MessagePublishedType,
+	}
+}
+
+type deadLetterRow struct {
+	reason  string
+	payload []byte
+	size    int64
+	sum     []byte
+}
+
+func deadLetters(t testing.TB, url string) []deadLetterRow {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT reason, coalesce(payload, ''), coalesce(payload_size, -1), coalesce(payload_sha256, '') FROM dead_letters ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (d deadLetterRow, err error) {
+		err = r.Scan(&d.reason, &d.payload, &d.size, &d.sum)
+		return d, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestUndeliverableDeliveriesAreKept is item 6: what cannot be decoded as a
+// Pub/Sub event is acknowledged and kept, once however often it is
+// redelivered, never answered 4xx (which Pub/Sub would redeliver forever) and
+// never stored under a made-up key.
+func TestUndeliverableDeliveriesAreKept(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	good := pushBody("1", []byte("hello"), "")
+	noSource := binaryHeaders("42", "")
+	delete(noSource, "ce-source")
+	cases := []struct {
+		name, body string
+		header     map[string]string
+		reason     string
+	}{
+		{"specversion 9.9", good, map[string]string{"Content-Type": "application/json", "ce-id": "1", "ce-source": testSource, "ce-specversion": "9.9", "ce-type": MessagePublishedType}, "specversion"},
+		{"JSON that is not an event", `{"hello":"world"}`, jsonCT, "neither a CloudEvent"},
+		{"not JSON", "garbage", jsonCT, "neither a CloudEvent"},
+		{"no content type, not JSON", "other garbage", nil, "neither a CloudEvent"},
+		{"ce-id without the other attributes", `{}`, map[string]string{"Content-Type": "application/json", "ce-id": "1"}, "specversion"},
+		{"ce-id without ce-source", good, noSource, "no source"},
+		{"structured without source", `{"specversion":"1.0","id":"9","type":"` + MessagePublishedType + `","data":` + good + `}`, map[string]string{"Content-Type": "application/cloudevents+json"}, "no source"},
+		{"structured, specversion 9.9", `{"specversion":"9.9","id":"9","source":"s","type":"t"}`, map[string]string{"Content-Type": "application/cloudevents+json"}, "specversion"},
+		{"structured, not JSON", `{"specversion":`, map[string]string{"Content-Type": "application/cloudevents+json"}, "not a structured CloudEvent"},
+		{"batch", `[]`, map[string]string{"Content-Type": "application/cloudevents-batch+json"}, "batched"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for attempt := range 2 {
+				r := do(t, "POST", base+"/", tc.body, tc.header)
+				if r.status != http.StatusNoContent {
+					t.Fatalf("delivery %d: %d %s, want 204 (kept as a dead letter)", attempt, r.status, r.body)
+				}
+			}
+			dl := deadLetters(t, f.url)
+			if len(dl) != i+1 {
+				t.Fatalf("%d dead letters after %d cases, want one per case however often delivered", len(dl), i+1)
+			}
+			if got := dl[i]; !strings.Contains(got.reason, tc.reason) || string(got.payload) != tc.body {
+				t.Fatalf("dead letter %q with payload %q, want a reason with %q and the delivery", got.reason, got.payload, tc.reason)
+			}
+		})
+	}
+	if n := countRows(t, f.url, "SELECT count(*) FROM messages"); n != 0 {
+		t.Fatalf("%d messages stored from undeliverable deliveries", n)
+	}
+}
+
+// hostileDelivery is a delivery whose identity cannot be a key.
+type hostileDelivery struct {
+	name   string
+	body   string
+	header map[string]string
+	reason string
+}
+
+func hostileDeliveries() []hostileDelivery {
+	long := make([]byte, 1500)
+	rand.Read(long)
+	longID := hex.EncodeToString(long) // 3,000 random characters
+	ffHeaders := binaryHeaders("id-\xff-raw", testSource)
+	return []hostileDelivery{
+		{"NUL in message id", pushBody("a\u0000b", []byte("nul id"), ""), binaryHeaders("nul-1", testSource), "NUL"},
+		{"3,000-character message id", pushBody(longID, []byte("long id"), ""), binaryHeaders(longID, testSource), "message id is 3000 bytes"},
+		{"8,000-character ce-source", pushBody("src-1", []byte("long source"), ""), binaryHeaders("src-1", testSource+"/"+strings.Repeat("s", 8000)), "event source is"},
+		{"raw 0xff in ce-id", pushBody("", []byte("ff id"), ""), ffHeaders, "not valid UTF-8"},
+	}
+}
+
+// TestHostileIdentitiesAreDeadLettered is item 1: hostile ids and sources end
+// as dead letters (2xx), and 100 concurrent good events and 100 concurrent
+// POSTs sharing their batches are all stored.
+func TestHostileIdentitiesAreDeadLettered(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	hostile := hostileDeliveries()
+	client := &http.Client{Timeout: 30 * time.Second}
+	post := func(url, body string, header map[string]string) (int, string, error) {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+		for k, v := range header {
+			req.Header[http.CanonicalHeaderKey(k)] = []string{v} // raw bytes, as a hostile publisher sends them
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 1000)
+	const good = 100
+	for round := range 2 { // the platform redelivers; a redelivery changes nothing
+		for _, h := range hostile {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if st, b, err := post(base+"/", h.body, h.header); err != nil || st != http.StatusNoContent {
+					errs <- fmt.Sprintf("%s (round %d): %d %s %v, want 204", h.name, round, st, b, err)
+				}
+			}()
+		}
+		for i := range good {
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				id := fmt.Sprintf("good-%d", i)
+				if st, b, err := post(base+"/", pushBody(id, []byte("event "+id), ""), binaryHeaders(id, testSource)); err != nil || st != http.StatusNoContent {
+					errs <- fmt.Sprintf("good event %d: %d %s %v", i, st, b, err)
+				}
+			}()
+			go func() {
+				defer wg.Done()
+				b, _ := json.Marshal(map[string]string{"content": fmt.Sprintf("post %d-%d", round, i)})
+				if st, body, err := post(f.srv.URL+"/", string(b), jsonCT); err != nil || st != http.StatusOK {
+					errs <- fmt.Sprintf("POST %d: %d %s %v", i, st, body, err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if n := countRows(t, f.url, "SELECT count(*) FROM messages WHERE content LIKE 'event good-%'"); n != good {
+		t.Errorf("%d good events stored, want %d", n, good)
+	}
+	if n := countRows(t, f.url, "SELECT count(*) FROM messages WHERE content LIKE 'post %'"); n != 2*good {
+		t.Errorf("%d POSTs stored, want %d", n, 2*good)
+	}
+	dl := deadLetters(t, f.url)
+	if len(dl) != len(hostile) {
+		t.Fatalf("%d dead letters, want %d (one per hostile event)", len(dl), len(hostile))
+	}
+	for _, h := range hostile {
+		found := false
+		for _, d := range dl {
+			found = found || strings.Contains(d.reason, h.reason)
+		}
+		if !found {
+			t.Errorf("%s: no dead letter with %q among %v", h.name, h.reason, dl)
+		}
+	}
+}
+
+// TestReusedMessageIDs is item 3 through HTTP: a redelivery (same id, same
+// publish time, same content) stores nothing; the same id and publish time
+// with other content is a dead letter logged at WARNING; the same id with a
+// new publish time (an emulator restarted on a kept database numbers its
+// messages from 1 again) is a new message and is stored.
+func TestReusedMessageIDs(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	const t1, t2 = "2026-11-30T10:00:00.123Z", "2026-11-30T11:30:00.5Z"
+	steps := []struct {
+		content, publishTime string
+		messages, dead       int
+	}{
+		{"A", t1, 1, 0},
+		{"A", t1, 1, 0}, // redelivery
+		{"B", t1, 1, 1}, // same id and time, other content: kept, not dropped
+		{"B", t1, 1, 1}, // its redelivery: kept once
+		{"A", t2, 2, 1}, // restarted emulator: same id and content, new message
+		{"C", t2, 2, 2},
+		{"D", "", 3, 2}, // no publish time: keyed by id alone
+		{"D", "", 3, 2},
+	}
+	for i, s := range steps {
+		r := do(t, "POST", base+"/", pushBody("7", []byte(s.content), s.publishTime), binaryHeaders("7", testSource))
+		if r.status != http.StatusNoContent {
+			t.Fatalf("step %d: %d %s", i, r.status, r.body)
+		}
+		m := countRows(t, f.url, "SELECT count(*) FROM messages")
+		d := countRows(t, f.url, "SELECT count(*) FROM dead_letters")
+		if m != s.messages || d != s.dead {
+			t.Fatalf("step %d (%q at %q): %d messages and %d dead letters, want %d and %d", i, s.content, s.publishTime, m, d, s.messages, s.dead)
+		}
+	}
+	if !strings.Contains(f.logs.String(), `"severity":"WARNING","message":"event kept in dead_letters"`) ||
+		!strings.Contains(f.logs.String(), "already stored with different content") {
+		t.Fatalf("no WARNING about the reused id in the logs:\n%s", f.logs.String())
+	}
+}
+
+// TestOversizedDeliveryIsDigested is item 4: a 10 MB message is kept as a
+// dead letter holding a prefix, the size and the sha256 of the delivery,
+// never the whole of it, and is acknowledged.
+func TestOversizedDeliveryIsDigested(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	data := bytes.Repeat([]byte("0123456789"), 1<<20) // 10 MB
+	body := pushBody("big-1", data, "")
+	sum := sha256.Sum256([]byte(body))
+	for attempt := range 2 {
+		// Bytes allocated, not time: what a delivery costs in this process
+		// (server and client). Decoding the message whole (read, base64,
+		// JSON, copies) allocated ~50 MB; streaming it through a digest
+		// allocates a small fraction of its size.
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		r := do(t, "POST", base+"/", body, binaryHeaders("big-1", testSource))
+		runtime.ReadMemStats(&after)
+		if r.status != http.StatusNoContent {
+			t.Fatalf("delivery %d: %d %s, want 204", attempt, r.status, r.body)
+		}
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(len(body))/4 {
+			t.Errorf("delivery %d of %d bytes allocated %d bytes, want under a quarter of its size", attempt, len(body), alloc)
+		}
+	}
+	dl := deadLetters(t, f.url)
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	d := dl[0]
+	if d.size != int64(len(body)) || !bytes.Equal(d.sum, sum[:]) || len(d.payload) > 64<<10 || !strings.HasPrefix(body, string(d.payload)) || !strings.Contains(d.reason, "exceeds") {
+		t.Fatalf("dead letter: size %d sha %x, %d bytes kept, reason %q; want size %d sha %x, a prefix of at most 64 KiB",
+			d.size, d.sum, len(d.payload), d.reason, len(body), sum)
+	}
+}
+
+// TestEventMemoryBudget: a delivery that finds the process's memory budget
+// taken waits, then is answered 503 with Retry-After (redelivered later).
+func TestEventMemoryBudget(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	if !eventBudget.TryAcquire(eventMemoryBudget) {
+		t.Fatal("budget in use")
+	}
+	defer func(d time.Duration) { budgetWait = d }(budgetWait)
+	budgetWait = 100 * time.Millisecond
+	released := false
+	defer func() {
+		if !released {
+			eventBudget.Release(eventMemoryBudget)
+		}
+	}()
+	r := do(t, "POST", base+"/", pushBody("b-1", []byte("x"), ""), binaryHeaders("b-1", testSource))
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Fatalf("with the budget taken: %d (Retry-After %q) %s, want 503 with Retry-After", r.status, r.header.Get("Retry-After"), r.body)
+	}
+	eventBudget.Release(eventMemoryBudget)
+	released = true
+	if r := do(t, "POST", base+"/", pushBody("b-1", []byte("x"), ""), binaryHeaders("b-1", testSource)); r.status != http.StatusNoContent {
+		t.Fatalf("after release: %d %s", r.status, r.body)
+	}
+}
