@@ -6,21 +6,22 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
 
-	"github.com/GoogleCloudPlatform/functions-framework-go/funcframework"
-
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store/localpg"
 )
 
-// runServe serves the registered functions through functions-framework-go,
-// so requests are handled exactly as on Cloud Run. With FUNCTION_TARGET set it
-// serves that one function at every path; without it, Messages answers at /
-// and IngestPubSub at /IngestPubSub.
+// runServe serves the functions as functions-framework-go does on Cloud Run
+// (function.Handler), on its own http.Server so that it has timeouts and a
+// graceful shutdown. With FUNCTION_TARGET set it serves that one function at
+// every path; without it, Messages answers at / and IngestPubSub at
+// /IngestPubSub. On SIGTERM or Ctrl-C it stops accepting, lets the requests in
+// flight finish, closes the pool, then stops the local PostgreSQL.
 func runServe(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	fresh := fs.Bool("fresh", false, "delete the local PostgreSQL data folder before starting")
@@ -34,6 +35,22 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	fs.Parse(args)
 
+	target := os.Getenv("FUNCTION_TARGET")
+	handler, err := function.Handler(target)
+	if err != nil {
+		return err
+	}
+	// Bind first: a port that is taken fails at once, before a database is
+	// started, and the address printed below is already accepting.
+	addr := net.JoinHostPort(envOr("HOST", "127.0.0.1"), envOr("PORT", "8080"))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s (set PORT to a free port): %w", addr, err)
+	}
+	defer ln.Close()
+
+	// Deferred in this order, so on the way out the pool closes (pending
+	// writes finish) before the local PostgreSQL stops.
 	if os.Getenv("DATABASE_URL") == "" && os.Getenv("DB_HOST") == "" {
 		cluster, err := startLocalPostgres(ctx, *fresh)
 		if err != nil {
@@ -50,40 +67,70 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	defer function.Close()
 
-	target := os.Getenv("FUNCTION_TARGET")
-	if target == "" {
-		// The framework serves each function only at /Name; the legacy
-		// contract lives at /, so Messages is registered there too.
-		if err := funcframework.RegisterHTTPFunctionContext(ctx, "/", function.Messages); err != nil {
-			return err
-		}
-	}
-	host, port := envOr("HOST", "127.0.0.1"), envOr("PORT", "8080")
+	srv := newLocalServer(handler)
 	errc := make(chan error, 1)
-	go func() { errc <- funcframework.StartHostPort(host, port) }()
-	if err := waitListening(ctx, net.JoinHostPort(host, port), errc); err != nil {
-		return err
-	}
-	base := "http://" + net.JoinHostPort(host, port)
+	go func() { errc <- srv.Serve(ln) }()
+	base := "http://" + ln.Addr().String()
 	if target != "" {
 		fmt.Printf("serving %s at %s/\n", target, base)
 	} else {
 		fmt.Printf("serving Messages at %s/ and IngestPubSub at %s/IngestPubSub\n", base, base)
 	}
-	// Deferred last, so it runs first: in-flight deliveries finish while
-	// the server and the pool are still up.
 	stopPubSub, err := ps.start(ctx, base)
 	if err != nil {
+		srv.Close()
 		return err
 	}
-	defer stopPubSub()
 	select {
 	case err := <-errc:
-		return err
+		stopPubSub()
+		return fmt.Errorf("serving on %s: %w", addr, err)
 	case <-ctx.Done():
-		fmt.Println("shutting down")
-		return nil
 	}
+	fmt.Println("shutting down: finishing the requests in flight")
+	// In-flight deliveries finish first, while the server and pool are up.
+	stopPubSub()
+	return drain(srv, shutdownTimeout)
+}
+
+// Timeouts of the local server. Cloud Run's front end bounds what reaches a
+// deployed function; locally nothing else does, so a client that trickles a
+// body (or never finishes its headers) would hold a connection and a
+// goroutine forever.
+const (
+	// readHeaderTimeout bounds the request line and headers.
+	readHeaderTimeout = 5 * time.Second
+	// readTimeout bounds the whole request, body included: ample for the
+	// largest delivery (maxDeliveryBytes) over loopback.
+	readTimeout = 15 * time.Second
+	// idleTimeout closes a keep-alive connection with no request.
+	idleTimeout = 60 * time.Second
+	// shutdownTimeout bounds the drain on SIGTERM/Ctrl-C: the longest a
+	// request may take is a cold pool open (30 s) plus a query.
+	shutdownTimeout = 40 * time.Second
+)
+
+// newLocalServer is the local runner's http.Server around the functions.
+func newLocalServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+	}
+}
+
+// drain stops accepting, waits up to timeout for the requests in flight to be
+// answered, then cuts what is left. A cut request was never answered, so its
+// client sees an error and retries; nothing it sent was acknowledged.
+func drain(srv *http.Server, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		srv.Close()
+		return fmt.Errorf("requests still running after %s were cut: %w", timeout, err)
+	}
+	return nil
 }
 
 func envOr(name, def string) string {
@@ -91,25 +138,6 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
-}
-
-// waitListening returns once addr accepts connections, so the address printed
-// is ready for curl.
-func waitListening(ctx context.Context, addr string, errc <-chan error) error {
-	for {
-		select {
-		case err := <-errc:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // defaultPGData is outside the home folder because, run as root, the server

@@ -1,0 +1,320 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"example.com/pscmessages/store/localpg"
+)
+
+// serveChild is `go run ./cmd` (runServe, in a child process started from the
+// test binary, as TestPubSubServeProcess runs it) without the Pub/Sub side.
+type serveChild struct {
+	cmd            *exec.Cmd
+	base           string
+	stdout, stderr psBuffer
+	exited         chan struct{}
+	stdin          io.WriteCloser
+}
+
+// startServeChild starts the child on PORT port with env and returns at once;
+// ready is closed when it prints its "serving" line.
+func startServeChild(t testing.TB, port string, env map[string]string) (*serveChild, <-chan struct{}) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestPubSubServeProcess$")
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch {
+		case name == "FUNCTION_TARGET", name == "DATABASE_URL", name == "PORT", name == "HOST",
+			strings.HasPrefix(name, "PUBSUB_"), strings.HasPrefix(name, "DB_"):
+			continue
+		}
+		cmd.Env = append(cmd.Env, kv)
+	}
+	cmd.Env = append(cmd.Env, serveArgsEnv+"=-pubsub=false", "HOST=127.0.0.1", "PORT="+port)
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	s := &serveChild{cmd: cmd, base: "http://127.0.0.1:" + port, exited: make(chan struct{})}
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = &s.stderr
+	if s.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		once := sync.Once{}
+		for sc.Scan() {
+			fmt.Fprintln(&s.stdout, sc.Text())
+			if strings.HasPrefix(sc.Text(), "serving ") {
+				once.Do(func() { close(ready) })
+			}
+		}
+		cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			<-s.exited
+		}
+		if t.Failed() {
+			t.Logf("serve stdout:\n%s\nserve stderr:\n%s", psTail(s.stdout.String(), 3000), psTail(s.stderr.String(), 3000))
+		}
+	})
+	return s, ready
+}
+
+func serveDatabase(t testing.TB) string {
+	t.Helper()
+	c := localpg.ForTest(t, localpg.Options{})
+	if err := c.CreateDatabase(context.Background(), "serve"); err != nil {
+		t.Fatal(err)
+	}
+	return c.SuperuserURL("serve")
+}
+
+// TestServePortTaken: a taken port fails at once, naming the address, and
+// nothing claims to be serving (it used to print "serving ..." because the
+// port answered, then fail with "address already in use").
+func TestServePortTaken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() { // accept, as whatever holds the port would
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	// No database: the port is checked before one would be started.
+	s, _ := startServeChild(t, port, map[string]string{"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"})
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not exit within 30 s with its port taken")
+	}
+	if s.cmd.ProcessState.Success() {
+		t.Fatal("serve exited 0 with its port taken")
+	}
+	if out := s.stdout.String(); strings.Contains(out, "serving") {
+		t.Fatalf("serve claimed to be serving on a taken port:\n%s", out)
+	}
+	if e := s.stderr.String(); !strings.Contains(e, "address already in use") || !strings.Contains(e, port) {
+		t.Fatalf("stderr does not say the port is taken:\n%s", e)
+	}
+}
+
+// TestServeDrainsOnSIGTERM is item 9: under load, SIGTERM lets every request
+// the server accepted finish; clients see answers or a refused connection,
+// never a connection cut mid-request, and the process exits 0.
+func TestServeDrainsOnSIGTERM(t *testing.T) {
+	url := serveDatabase(t)
+	s, ready := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url})
+	select {
+	case <-ready:
+	case <-s.exited:
+		t.Fatal("serve exited early")
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not start in 60 s")
+	}
+	// Slow requests: headers sent, body finished only after SIGTERM. Their
+	// handlers are running when the signal arrives, so a drain must wait
+	// for them.
+	const slow = 8
+	slowErrs := make(chan error, slow)
+	release := make(chan struct{})
+	for i := range slow {
+		go func() {
+			pr, pw := io.Pipe()
+			body := fmt.Sprintf(`{"content": "slow %d"}`, i)
+			req, _ := http.NewRequest("POST", s.base+"/messages", pr)
+			req.ContentLength = int64(len(body))
+			req.Header.Set("Content-Type", "application/json")
+			go func() {
+				pw.Write([]byte(body[:5]))
+				<-release
+				pw.Write([]byte(body[5:]))
+				pw.Close()
+			}()
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusCreated {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+			slowErrs <- err
+		}()
+	}
+	// Load: keep-alive clients posting as fast as they can. Each request
+	// has an Idempotency-Key, which lets net/http retry one sent on a
+	// keep-alive connection the server closed as idle (a race of HTTP/1.1
+	// itself, not a dropped request).
+	var (
+		ok, refused atomic.Int64
+		cut         = make(chan error, 1000)
+		wg          sync.WaitGroup
+		stop        atomic.Bool
+	)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 32}, Timeout: 60 * time.Second}
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				body := fmt.Sprintf(`{"content": "load %d-%d"}`, w, i)
+				req, _ := http.NewRequest("POST", s.base+"/messages", strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Idempotency-Key", fmt.Sprintf("load-%d-%d", w, i))
+				resp, err := client.Do(req)
+				switch {
+				case err == nil:
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusCreated {
+						ok.Add(1)
+					} else {
+						cut <- fmt.Errorf("load %d-%d: status %d", w, i, resp.StatusCode)
+					}
+				case isDialError(err):
+					refused.Add(1)
+					return // the listener is closed: never accepted
+				default:
+					cut <- fmt.Errorf("load %d-%d: %w", w, i, err)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(1500 * time.Millisecond)
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(500 * time.Millisecond)
+	close(release)
+	for range slow {
+		if err := <-slowErrs; err != nil {
+			t.Errorf("a request in flight at SIGTERM was not answered: %v", err)
+		}
+	}
+	select {
+	case <-s.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not exit within 60 s of SIGTERM")
+	}
+	stop.Store(true)
+	wg.Wait()
+	close(cut)
+	for err := range cut {
+		t.Errorf("cut: %v", err)
+	}
+	if !s.cmd.ProcessState.Success() {
+		t.Errorf("serve exited with %v after SIGTERM, want 0", s.cmd.ProcessState)
+	}
+	stored := psQueryInt(t, url, "SELECT count(*) FROM messages WHERE content LIKE 'load %'")
+	if int64(stored) < ok.Load() || ok.Load() == 0 {
+		t.Errorf("%d load requests answered 201, %d rows stored", ok.Load(), stored)
+	}
+	if n := psQueryInt(t, url, "SELECT count(*) FROM messages WHERE content LIKE 'slow %'"); n != slow {
+		t.Errorf("%d of %d slow requests stored", n, slow)
+	}
+	t.Logf("%d answered, %d refused after the listener closed", ok.Load(), refused.Load())
+}
+
+// TestServeTimeouts: clients that trickle their headers or body are cut by
+// the server's timeouts instead of holding a connection forever.
+func TestServeTimeouts(t *testing.T) {
+	url := serveDatabase(t)
+	s, ready := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url})
+	select {
+	case <-ready:
+	case <-s.exited:
+		t.Fatal("serve exited early")
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not start in 60 s")
+	}
+	addr := strings.TrimPrefix(s.base, "http://")
+	cases := map[string]struct {
+		head  string // sent at once
+		drip  string // then one byte a second
+		limit time.Duration
+	}{
+		"headers": {"POST /messages HTTP/1.1\r\nHost: x\r\n", strings.Repeat("X-Slow: 1\r\n", 100), readHeaderTimeout},
+		"body":    {"POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n", strings.Repeat("x", 1000), readTimeout},
+	}
+	var wg sync.WaitGroup
+	for name, tc := range cases {
+		for i := range 5 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer c.Close()
+				start := time.Now()
+				c.Write([]byte(tc.head))
+				closed := make(chan struct{})
+				go func() { // the server closes the connection (after an answer, maybe)
+					io.Copy(io.Discard, c)
+					close(closed)
+				}()
+				for j := 0; j < len(tc.drip); j++ {
+					select {
+					case <-closed:
+						if d := time.Since(start); d > tc.limit+5*time.Second {
+							t.Errorf("%s %d: cut after %v, want about %v", name, i, d, tc.limit)
+						}
+						return
+					case <-time.After(time.Second):
+					}
+					if _, err := c.Write([]byte{tc.drip[j]}); err != nil {
+						return // cut
+					}
+					if time.Since(start) > tc.limit+10*time.Second {
+						t.Errorf("%s %d: a client trickling 1 byte/s still connected after %v", name, i, time.Since(start))
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+// isDialError is a connection the server never accepted: refused, or reset
+// while it waited in the closed listener's backlog.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
