@@ -63,7 +63,10 @@ type delivery struct {
 	oversized bool
 	size      int64
 	sum       []byte
-	release   func()
+	// fields are the ids an oversized delivery carries, as far as they
+	// could be found without decoding it.
+	fields  *fieldSniffer
+	release func()
 }
 
 // errOverBudget is a delivery that found no room in the memory budget; it
@@ -96,10 +99,13 @@ func readDelivery(r *http.Request, limit int64) (*delivery, error) {
 		d.body = buf
 		return d, nil
 	}
-	// Oversized: keep the prefix, hash the rest without holding it.
+	// Oversized: keep the prefix, hash the rest without holding it, and
+	// pick out what names the event on the way.
 	d.oversized = true
 	d.body = buf[:min(len(buf), store.MaxDeadLetterPayload)]
-	n, err := io.Copy(h, io.LimitReader(r.Body, maxDeliveryBytes-int64(len(buf))))
+	d.fields = newFieldSniffer("id", "source", "type", "messageId", "message_id", "subscription")
+	d.fields.Write(buf)
+	n, err := io.Copy(io.MultiWriter(h, d.fields), io.LimitReader(r.Body, maxDeliveryBytes-int64(len(buf))))
 	if err != nil {
 		d.release()
 		return nil, readError(err)
@@ -133,4 +139,57 @@ func readUpTo(r io.Reader, buf []byte, n int64) (_ []byte, eof bool, _ error) {
 // delivery is retried.
 func readError(err error) error {
 	return &apiError{status: http.StatusBadRequest, msg: "reading the delivery failed: " + err.Error()}
+}
+
+// fieldSniffer finds the first string value of some JSON keys in a stream it
+// is written, holding no more than maxSniffedValue bytes of each: it names the
+// event of an oversized delivery, which is never decoded whole. It matches the
+// compact form `"key":"value"` that Pub/Sub and Eventarc send. Inside a JSON
+// string every quote is escaped, so `"key":"` can only be structure, though
+// possibly of a nested object: the result names a dead letter, it keys
+// nothing (a dead letter is deduplicated by the digest of the whole delivery).
+type fieldSniffer struct {
+	keys   []string
+	found  map[string]string
+	match  []int  // per key: bytes of `"key":"` matched so far
+	active int    // index of the key whose value is being read, or -1
+	value  []byte // the value read so far
+}
+
+const maxSniffedValue = maxSourceBytes + 1 // one more than any key part may be
+
+func newFieldSniffer(keys ...string) *fieldSniffer {
+	return &fieldSniffer{keys: keys, found: map[string]string{}, match: make([]int, len(keys)), active: -1}
+}
+
+func (f *fieldSniffer) Write(p []byte) (int, error) {
+	for _, c := range p {
+		if f.active >= 0 {
+			if c == '"' && (len(f.value) == 0 || f.value[len(f.value)-1] != '\\') {
+				f.found[f.keys[f.active]] = string(f.value)
+				f.active, f.value = -1, f.value[:0]
+			} else if len(f.value) < maxSniffedValue {
+				f.value = append(f.value, c)
+			}
+			continue
+		}
+		for i, k := range f.keys {
+			pat := `"` + k + `":"`
+			switch {
+			case c == pat[f.match[i]]:
+				f.match[i]++
+			case c == pat[0]:
+				f.match[i] = 1
+			default:
+				f.match[i] = 0
+			}
+			if f.match[i] == len(pat) {
+				f.match[i] = 0
+				if _, seen := f.found[k]; !seen {
+					f.active = i
+				}
+			}
+		}
+	}
+	return len(p), nil
 }

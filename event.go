@@ -73,6 +73,16 @@ func eventFromDelivery(r *http.Request, d *delivery, cfg settings) (eventMeta, [
 	h := r.Header
 	m := eventMeta{id: h.Get("ce-id"), source: h.Get("ce-source"), typ: h.Get("ce-type"), traceparent: h.Get("traceparent")}
 	if d.oversized {
+		if h.Get("ce-id") == "" { // structured mode or a push body
+			f := d.fields.found
+			m.id, m.source, m.typ = cmp.Or(f["id"], f["messageId"], f["message_id"]), f["source"], f["type"]
+			if f["messageId"] != "" || f["message_id"] != "" {
+				m.typ = cmp.Or(m.typ, MessagePublishedType)
+				if origin := cmp.Or(topicFromPath(r.URL.Path), f["subscription"]); m.source == "" && origin != "" {
+					m.source = "//pubsub.googleapis.com/" + origin
+				}
+			}
+		}
 		return m, nil, &poisonError{fmt.Sprintf("the delivery of %d bytes%s exceeds the %d bytes a message of at most MAX_CONTENT_BYTES (%d) can take; kept: its first %d bytes, size and sha256",
 			d.size, map[bool]string{true: " or more", false: ""}[d.size >= maxDeliveryBytes], deliveryLimit(cfg), cfg.maxContentBytes, len(d.body))}
 	}

@@ -35,8 +35,8 @@ func ingestServer(t testing.TB, f *fixture) string {
 	return srv.URL
 }
 
-// pushBody is a messagePublished payload (the body of a binary-mode event).
-func pushBody(id string, data []byte, publishTime string) string {
+// eventBody is a messagePublished payload (the body of a binary-mode event).
+func eventBody(id string, data []byte, publishTime string) string {
 	msg := map[string]any{"data": base64.StdEncoding.EncodeToString(data)}
 	if id != "" {
 		msg["messageId"] = id
@@ -48,7 +48,7 @@ func pushBody(id string, data []byte, publishTime string) string {
 	return string(b)
 }
 
-func binaryHeaders(id, source string) map[string]string {
+func ceHeaders(id, source string) map[string]string {
 	return map[string]string{
 		"Content-Type": "application/json", "ce-id": id, "ce-source": source,
 		"ce-specversion": "1.0", "ce-type": MessagePublishedType,
@@ -91,8 +91,8 @@ func deadLetters(t testing.TB, url string) []deadLetterRow {
 func TestUndeliverableDeliveriesAreKept(t *testing.T) {
 	f := newFixture(t, nil)
 	base := ingestServer(t, f)
-	good := pushBody("1", []byte("hello"), "")
-	noSource := binaryHeaders("42", "")
+	good := eventBody("1", []byte("hello"), "")
+	noSource := ceHeaders("42", "")
 	delete(noSource, "ce-source")
 	cases := []struct {
 		name, body string
@@ -144,12 +144,12 @@ func hostileDeliveries() []hostileDelivery {
 	long := make([]byte, 1500)
 	rand.Read(long)
 	longID := hex.EncodeToString(long) // 3,000 random characters
-	ffHeaders := binaryHeaders("id-\xff-raw", testSource)
+	ffHeaders := ceHeaders("id-\xff-raw", testSource)
 	return []hostileDelivery{
-		{"NUL in message id", pushBody("a\u0000b", []byte("nul id"), ""), binaryHeaders("nul-1", testSource), "NUL"},
-		{"3,000-character message id", pushBody(longID, []byte("long id"), ""), binaryHeaders(longID, testSource), "message id is 3000 bytes"},
-		{"8,000-character ce-source", pushBody("src-1", []byte("long source"), ""), binaryHeaders("src-1", testSource+"/"+strings.Repeat("s", 8000)), "event source is"},
-		{"raw 0xff in ce-id", pushBody("", []byte("ff id"), ""), ffHeaders, "not valid UTF-8"},
+		{"NUL in message id", eventBody("a\u0000b", []byte("nul id"), ""), ceHeaders("nul-1", testSource), "NUL"},
+		{"3,000-character message id", eventBody(longID, []byte("long id"), ""), ceHeaders(longID, testSource), "message id is 3000 bytes"},
+		{"8,000-character ce-source", eventBody("src-1", []byte("long source"), ""), ceHeaders("src-1", testSource+"/"+strings.Repeat("s", 8000)), "event source is"},
+		{"raw 0xff in ce-id", eventBody("", []byte("ff id"), ""), ffHeaders, "not valid UTF-8"},
 	}
 }
 
@@ -192,7 +192,7 @@ func TestHostileIdentitiesAreDeadLettered(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				id := fmt.Sprintf("good-%d", i)
-				if st, b, err := post(base+"/", pushBody(id, []byte("event "+id), ""), binaryHeaders(id, testSource)); err != nil || st != http.StatusNoContent {
+				if st, b, err := post(base+"/", eventBody(id, []byte("event "+id), ""), ceHeaders(id, testSource)); err != nil || st != http.StatusNoContent {
 					errs <- fmt.Sprintf("good event %d: %d %s %v", i, st, b, err)
 				}
 			}()
@@ -254,7 +254,7 @@ func TestReusedMessageIDs(t *testing.T) {
 		{"D", "", 3, 2},
 	}
 	for i, s := range steps {
-		r := do(t, "POST", base+"/", pushBody("7", []byte(s.content), s.publishTime), binaryHeaders("7", testSource))
+		r := do(t, "POST", base+"/", eventBody("7", []byte(s.content), s.publishTime), ceHeaders("7", testSource))
 		if r.status != http.StatusNoContent {
 			t.Fatalf("step %d: %d %s", i, r.status, r.body)
 		}
@@ -277,7 +277,7 @@ func TestOversizedDeliveryIsDigested(t *testing.T) {
 	f := newFixture(t, nil)
 	base := ingestServer(t, f)
 	data := bytes.Repeat([]byte("0123456789"), 1<<20) // 10 MB
-	body := pushBody("big-1", data, "")
+	body := eventBody("big-1", data, "")
 	sum := sha256.Sum256([]byte(body))
 	for attempt := range 2 {
 		// Bytes allocated, not time: what a delivery costs in this process
@@ -286,7 +286,7 @@ func TestOversizedDeliveryIsDigested(t *testing.T) {
 		// allocates a small fraction of its size.
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		r := do(t, "POST", base+"/", body, binaryHeaders("big-1", testSource))
+		r := do(t, "POST", base+"/", body, ceHeaders("big-1", testSource))
 		runtime.ReadMemStats(&after)
 		if r.status != http.StatusNoContent {
 			t.Fatalf("delivery %d: %d %s, want 204", attempt, r.status, r.body)
@@ -322,13 +322,13 @@ func TestEventMemoryBudget(t *testing.T) {
 			eventBudget.Release(eventMemoryBudget)
 		}
 	}()
-	r := do(t, "POST", base+"/", pushBody("b-1", []byte("x"), ""), binaryHeaders("b-1", testSource))
+	r := do(t, "POST", base+"/", eventBody("b-1", []byte("x"), ""), ceHeaders("b-1", testSource))
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 		t.Fatalf("with the budget taken: %d (Retry-After %q) %s, want 503 with Retry-After", r.status, r.header.Get("Retry-After"), r.body)
 	}
 	eventBudget.Release(eventMemoryBudget)
 	released = true
-	if r := do(t, "POST", base+"/", pushBody("b-1", []byte("x"), ""), binaryHeaders("b-1", testSource)); r.status != http.StatusNoContent {
+	if r := do(t, "POST", base+"/", eventBody("b-1", []byte("x"), ""), ceHeaders("b-1", testSource)); r.status != http.StatusNoContent {
 		t.Fatalf("after release: %d %s", r.status, r.body)
 	}
 }

@@ -316,6 +316,11 @@ func TestTransientFailureIsNeverDeadLettered(t *testing.T) {
 // stored (the guard that each body is otherwise acceptable).
 func TestOversizeDeliveriesAreRefused(t *testing.T) {
 	url := os.Getenv("DATABASE_URL")
+	cfg, err := shared.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxEventBytes := int(deliveryLimit(cfg)) // what IngestPubSub decodes at most
 	pad := map[string]string{"pad": strings.Repeat("x", maxEventBytes)}
 	topic := "projects/test-project/topics/oversize"
 	sub := "projects/test-project/subscriptions/oversize"
