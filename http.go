@@ -53,14 +53,10 @@ func (s *service) serveRoot(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		contents := make([]string, len(list.Messages))
-		for i, m := range list.Messages {
-			contents[i] = m.Content
-		}
 		if list.Next != 0 {
 			w.Header().Set("Link", fmt.Sprintf(`</?before=%d&limit=%d>; rel="next"`, list.Next, pageLimit(page)))
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"messages": contents})
+		writeListing(w, list.Messages, func(m store.Message) any { return m.Content }, "")
 		return nil
 	case http.MethodPost:
 		added, err := s.create(r)
@@ -82,18 +78,12 @@ func (s *service) serveCollection(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return err
 		}
-		body := struct {
-			Messages []store.Message `json:"messages"`
-			Next     string          `json:"next,omitempty"`
-		}{Messages: list.Messages}
-		if body.Messages == nil {
-			body.Messages = []store.Message{}
-		}
+		next := ""
 		if list.Next != 0 {
-			body.Next = fmt.Sprintf("/messages?before=%d&limit=%d", list.Next, pageLimit(page))
-			w.Header().Set("Link", fmt.Sprintf(`<%s>; rel="next"`, body.Next))
+			next = fmt.Sprintf("/messages?before=%d&limit=%d", list.Next, pageLimit(page))
+			w.Header().Set("Link", fmt.Sprintf(`<%s>; rel="next"`, next))
 		}
-		writeJSON(w, http.StatusOK, body)
+		writeListing(w, list.Messages, func(m store.Message) any { return m }, next)
 		return nil
 	case http.MethodPost:
 		added, err := s.create(r)

@@ -1,0 +1,52 @@
+package function
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// TestListingIsStreamed is item 5 on the HTTP side: a page is encoded one
+// message at a time, so answering it allocates about the page itself (the
+// rows as read), not a second, growing copy of the whole answer. It counts
+// bytes allocated, not time.
+func TestListingIsStreamed(t *testing.T) {
+	f := newFixture(t, map[string]string{"MAX_CONTENT_BYTES": fmt.Sprint(64 << 10)})
+	const rows, size = 200, 64 << 10
+	execSQL(t, f.url, "SELECT 1") // the fixture's database exists
+	if r := postContent(t, f.srv.URL, "first"); r.status != 200 {
+		t.Fatalf("POST: %d %s", r.status, r.body)
+	}
+	execSQL(t, f.url, "INSERT INTO messages (content) SELECT repeat(chr(97 + g % 26), $1) FROM generate_series(1, $2) g", size, rows)
+	pageBytes := uint64(rows * size)
+	for _, path := range []string{"/?limit=1000", "/messages?limit=1000"} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		resp, err := http.Get(f.srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		runtime.ReadMemStats(&after)
+		if resp.StatusCode != 200 || uint64(n) < pageBytes {
+			t.Fatalf("GET %s: %d, %d bytes", path, resp.StatusCode, n)
+		}
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > pageBytes*3/2 {
+			t.Errorf("GET %s of %d bytes allocated %d bytes, want under 1.5 times the page", path, n, alloc)
+		}
+	}
+	// And the answer is still one JSON document.
+	r := do(t, "GET", f.srv.URL+"/messages?limit=2", "", nil)
+	var body struct {
+		Messages []map[string]any `json:"messages"`
+		Next     string           `json:"next"`
+	}
+	if err := json.Unmarshal(r.body, &body); err != nil || len(body.Messages) != 2 || !strings.HasPrefix(body.Next, "/messages?before=") {
+		t.Fatalf("GET /messages?limit=2: %v %s", err, r.body)
+	}
+}
