@@ -35,6 +35,10 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	fs.Parse(args)
 
+	if err := checkServeEnv(os.Getenv); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+
 	target := os.Getenv("FUNCTION_TARGET")
 	handler, err := function.Handler(target)
 	if err != nil {

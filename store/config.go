@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"strconv"
@@ -124,6 +125,13 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	if err := c.validate(); err != nil {
 		return Config{}, err
 	}
+	// Parse the connection settings now, so that a malformed DATABASE_URL,
+	// an unreadable DB_ROOT_CERT or a plaintext sslmode with IAM stops a
+	// process at start instead of failing every request. Nothing here
+	// touches the network.
+	if _, err := c.poolConfig(); err != nil {
+		return Config{}, err
+	}
 	return c, nil
 }
 
@@ -181,7 +189,11 @@ func (c *Config) poolConfig() (*pgxpool.Config, error) {
 		// pgx's parse errors can quote fragments of the string, a password
 		// included, so a DATABASE_URL error says no more than this.
 		if c.ConnString != "" {
-			return nil, &ConfigError{Var: source, Msg: "invalid connection string (check its syntax, quoting and port)"}
+			return nil, &ConfigError{Var: source, Msg: connStringProblem(c.ConnString, err)}
+		}
+		var pathErr *fs.PathError
+		if errors.As(err, &pathErr) {
+			return nil, &ConfigError{Var: "DB_ROOT_CERT", Msg: "cannot read the CA file " + strconv.Quote(pathErr.Path) + ": " + pathErr.Err.Error()}
 		}
 		cause := err
 		if inner := errors.Unwrap(err); inner != nil {
