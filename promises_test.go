@@ -33,9 +33,12 @@ func eventServer(t testing.TB, f *fixture) string {
 }
 
 // pushBody is a Pub/Sub push body (the data of a messagePublished event).
+// Every message has the same publish time, as a redelivery does, so only the
+// topic (or subscription) and the id tell two of them apart.
 func pushBody(id string, data []byte, attrs map[string]string, subscription string) string {
 	b, _ := json.Marshal(map[string]any{
-		"message":      map[string]any{"data": base64.StdEncoding.EncodeToString(data), "messageId": id, "attributes": attrs},
+		"message": map[string]any{"data": base64.StdEncoding.EncodeToString(data), "messageId": id, "attributes": attrs,
+			"publishTime": "2026-11-30T12:00:00.123Z"},
 		"subscription": subscription,
 	})
 	return string(b)
