@@ -1,6 +1,7 @@
 package function
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -150,8 +151,9 @@ func readError(err error) error {
 // nothing (a dead letter is deduplicated by the digest of the whole delivery).
 type fieldSniffer struct {
 	keys   []string
+	pats   []string // `"key":"` per key
 	found  map[string]string
-	match  []int  // per key: bytes of `"key":"` matched so far
+	match  []int  // per key: bytes of its pattern matched so far
 	active int    // index of the key whose value is being read, or -1
 	value  []byte // the value read so far
 }
@@ -159,37 +161,67 @@ type fieldSniffer struct {
 const maxSniffedValue = maxSourceBytes + 1 // one more than any key part may be
 
 func newFieldSniffer(keys ...string) *fieldSniffer {
-	return &fieldSniffer{keys: keys, found: map[string]string{}, match: make([]int, len(keys)), active: -1}
+	f := &fieldSniffer{keys: keys, found: map[string]string{}, match: make([]int, len(keys)), active: -1}
+	for _, k := range keys {
+		f.pats = append(f.pats, `"`+k+`":"`)
+	}
+	return f
 }
 
 func (f *fieldSniffer) Write(p []byte) (int, error) {
-	for _, c := range p {
-		if f.active >= 0 {
-			if c == '"' && (len(f.value) == 0 || f.value[len(f.value)-1] != '\\') {
-				f.found[f.keys[f.active]] = string(f.value)
-				f.active, f.value = -1, f.value[:0]
-			} else if len(f.value) < maxSniffedValue {
-				f.value = append(f.value, c)
+	n := len(p)
+	for len(p) > 0 {
+		if f.active < 0 && f.idle() {
+			// Every pattern starts with a quote: skip to the next one
+			// (base64 data, the bulk of a delivery, has none).
+			i := bytes.IndexByte(p, '"')
+			if i < 0 {
+				break
 			}
-			continue
+			p = p[i:]
 		}
-		for i, k := range f.keys {
-			pat := `"` + k + `":"`
-			switch {
-			case c == pat[f.match[i]]:
-				f.match[i]++
-			case c == pat[0]:
-				f.match[i] = 1
-			default:
-				f.match[i] = 0
-			}
-			if f.match[i] == len(pat) {
-				f.match[i] = 0
-				if _, seen := f.found[k]; !seen {
-					f.active = i
-				}
+		f.step(p[0])
+		p = p[1:]
+	}
+	return n, nil
+}
+
+// idle reports whether no pattern is partly matched.
+func (f *fieldSniffer) idle() bool {
+	for _, m := range f.match {
+		if m != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *fieldSniffer) step(c byte) {
+	if f.active >= 0 {
+		if c == '"' && (len(f.value) == 0 || f.value[len(f.value)-1] != '\\') {
+			f.found[f.keys[f.active]] = string(f.value)
+			f.active, f.value = -1, f.value[:0]
+		} else if len(f.value) < maxSniffedValue {
+			f.value = append(f.value, c)
+		}
+		return
+	}
+	for i, pat := range f.pats {
+		switch {
+		case c == pat[f.match[i]]:
+			f.match[i]++
+		case c == pat[0]:
+			f.match[i] = 1
+		default:
+			f.match[i] = 0
+		}
+		if f.match[i] == len(pat) {
+			f.match[i] = 0
+			if _, seen := f.found[f.keys[i]]; !seen {
+				f.active = i
+				clear(f.match)
+				return
 			}
 		}
 	}
-	return len(p), nil
 }

@@ -332,3 +332,22 @@ func TestEventMemoryBudget(t *testing.T) {
 		t.Fatalf("after release: %d %s", r.status, r.body)
 	}
 }
+
+// TestFieldSniffer: the ids of an oversized delivery are found in its stream
+// whatever the chunking, after data of any size, and are bounded.
+func TestFieldSniffer(t *testing.T) {
+	body := `{"message":{"attributes":{"k":"\"messageId\":\"no"},"data":"` + strings.Repeat("QUJD", 1000) +
+		`","messageId":"123","message_id":"123"},"subscription":"projects/p/subscriptions/s","id":"` + strings.Repeat("x", 5000) + `"}`
+	for _, chunk := range []int{1, 7, 4096, len(body)} {
+		f := newFieldSniffer("id", "messageId", "subscription", "source")
+		for b := []byte(body); len(b) > 0; {
+			n := min(chunk, len(b))
+			f.Write(b[:n])
+			b = b[n:]
+		}
+		if f.found["messageId"] != "123" || f.found["subscription"] != "projects/p/subscriptions/s" ||
+			len(f.found["id"]) != maxSniffedValue || f.found["source"] != "" {
+			t.Fatalf("chunks of %d: found %q", chunk, f.found)
+		}
+	}
+}

@@ -22,6 +22,8 @@ var commands = map[string]func(ctx context.Context, args []string) error{
 	"migrate": runMigrate,
 	"publish": runPublish,
 	"bench":   runBench,
+	// bench-rss measures peak memory under large deliveries and pages.
+	"bench-rss": runBenchRSS,
 }
 
 func main() {
