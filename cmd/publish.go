@@ -52,6 +52,13 @@ func publish(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		return err
 	}
 
+	if addr := os.Getenv("PUBSUB_EMULATOR_HOST"); addr != "" {
+		// The library would retry an address where nothing listens for a
+		// minute per message before saying so.
+		if err := checkEmulator(ctx, addr); err != nil {
+			return err
+		}
+	}
 	client, err := pubsub.NewClient(ctx, *project)
 	if err != nil {
 		if os.Getenv("PUBSUB_EMULATOR_HOST") == "" {

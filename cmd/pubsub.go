@@ -205,10 +205,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	if cfg.Subscription == "" {
 		cfg.Subscription = envOr("PUBSUB_SUBSCRIPTION", cfg.Topic+"-ingest")
 	}
-	var (
-		fake     *pstest.Server
-		idPrefix string
-	)
+	var fake *pstest.Server
 	addr := cfg.Emulator
 	if addr == "" {
 		fake = pstest.NewServerWithAddress("127.0.0.1:0")
@@ -218,13 +215,8 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 			}
 		}()
 		addr = fake.Addr
-		// pstest numbers messages m0, m1, ... afresh in every process, but
-		// IngestPubSub deduplicates by topic and message id, and the local
-		// database outlives the process: the m0 of a second run would be
-		// taken for a redelivery of the first run's m0 and dropped. Real
-		// message ids never repeat in a topic; qualifying pstest's by the
-		// emulator's start keeps that promise.
-		idPrefix = time.Now().UTC().Format("20060102T150405.000Z") + "-"
+	} else if err := checkEmulator(ctx, addr); err != nil {
+		return nil, err
 	}
 	client, err := pubsub.NewClient(ctx, cfg.Project, emulatorOptions(addr)...)
 	if err != nil {
@@ -232,9 +224,20 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	}
 	topic := "projects/" + cfg.Project + "/topics/" + cfg.Topic
 	subName := "projects/" + cfg.Project + "/subscriptions/" + cfg.Subscription
-	if err := ensureSubscription(ctx, client, topic, subName); err != nil {
+	sctx, cancelSetup := context.WithTimeout(ctx, emulatorSetupTimeout)
+	epoch, _, err := ensureSubscription(sctx, client, topic, subName)
+	cancelSetup()
+	if err != nil {
 		client.Close()
+		if cfg.Emulator != "" && sctx.Err() != nil {
+			err = fmt.Errorf("PUBSUB_EMULATOR_HOST=%s accepts connections but did not create the topic and subscription within %v: %w", addr, emulatorSetupTimeout, err)
+		}
 		return nil, err
+	}
+	if epoch == "" {
+		cfg.Log.Warn("the subscription was not created by the runner, so message ids are used as the emulator numbers them; "+
+			"after an emulator restart, new messages can be taken for old ones. Delete the subscription to let the runner create it",
+			"subscription", subName)
 	}
 
 	sub := client.Subscriber(subName)
@@ -245,7 +248,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 		subscription: subName,
 		source:       "//pubsub.googleapis.com/" + topic,
 		endpoint:     cfg.Endpoint,
-		idPrefix:     idPrefix,
+		idPrefix:     idPrefix(epoch),
 		client:       newDeliveryClient(cfg.Concurrency),
 		timeout:      deliveryTimeout,
 		nackDelay:    nackDelay,
@@ -262,6 +265,28 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 
 	// Not ctx: shutdown is stop's to order, after the caller's ctx is done.
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	// resync recreates what a restarted emulator has lost and takes on the
+	// subscription's epoch. The watchdog calls it as soon as the emulator
+	// is back: the client's own reconnect backoff would take tens of
+	// seconds to find the subscription gone.
+	var syncMu sync.Mutex
+	resync := func() {
+		syncMu.Lock()
+		defer syncMu.Unlock()
+		epoch, created, err := ensureSubscription(rctx, client, topic, subName)
+		if err != nil {
+			cfg.Log.Error("recreating the subscription failed", "error", err)
+			return
+		}
+		if created {
+			cfg.Log.Warn("the emulator had lost the subscription (restarted?): recreated it; new message ids are qualified by its new epoch",
+				"subscription", subName, "pubsub_emulator_host", addr, "epoch", epoch)
+		}
+		b.setPrefix(idPrefix(epoch))
+	}
+	if fake == nil {
+		go watchEmulator(rctx, addr, cfg.Log.With("pubsub_emulator_host", addr), resync)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -270,17 +295,13 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 			if rctx.Err() != nil {
 				return
 			}
-			// A restarted emulator has lost the topic and subscription:
-			// recreate them rather than give up.
 			cfg.Log.Error("pulling stopped; retrying in 2s", "error", err)
 			select {
 			case <-rctx.Done():
 				return
 			case <-time.After(2 * time.Second):
 			}
-			if err := ensureSubscription(rctx, client, topic, subName); err != nil {
-				cfg.Log.Error("recreating the subscription failed", "error", err)
-			}
+			resync()
 		}
 	}()
 	var once sync.Once
@@ -308,11 +329,14 @@ func emulatorOptions(addr string) []option.ClientOption {
 
 // ensureSubscription creates topic and subscription unless they exist, so
 // starting the runner again, or against a long-running emulator, just works.
-func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) error {
-	_, err := c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic})
+// It returns the subscription's epoch label (see idPrefix), "" when someone
+// else created it without one, and whether it created the subscription.
+func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) (epoch string, created bool, err error) {
+	_, err = c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic})
 	if err != nil && status.Code(err) != codes.AlreadyExists {
-		return fmt.Errorf("creating topic %s: %w", topic, err)
+		return "", false, fmt.Errorf("creating topic %s: %w", topic, err)
 	}
+	epoch = newEpoch()
 	_, err = c.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
 		Name:               sub,
 		Topic:              topic,
@@ -323,21 +347,22 @@ func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string
 			MinimumBackoff: durationpb.New(nackDelay),
 			MaximumBackoff: durationpb.New(time.Minute),
 		},
+		Labels: map[string]string{epochLabel: epoch},
 	})
 	if status.Code(err) == codes.AlreadyExists {
 		got, err := c.SubscriptionAdminClient.GetSubscription(ctx, &pubsubpb.GetSubscriptionRequest{Subscription: sub})
 		if err != nil {
-			return fmt.Errorf("reading subscription %s: %w", sub, err)
+			return "", false, fmt.Errorf("reading subscription %s: %w", sub, err)
 		}
 		if got.Topic != topic {
-			return fmt.Errorf("subscription %s exists but is attached to %s, not %s; set PUBSUB_SUBSCRIPTION", sub, got.Topic, topic)
+			return "", false, fmt.Errorf("subscription %s exists but is attached to %s, not %s; set PUBSUB_SUBSCRIPTION", sub, got.Topic, topic)
 		}
-		return nil
+		return got.Labels[epochLabel], false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("creating subscription %s: %w", sub, err)
+		return "", false, fmt.Errorf("creating subscription %s: %w", sub, err)
 	}
-	return nil
+	return epoch, true, nil
 }
 
 // newDeliveryClient keeps a warm connection per delivery slot: with
@@ -355,7 +380,8 @@ type bridge struct {
 	subscription string // projects/P/subscriptions/S
 	source       string // ce-source: //pubsub.googleapis.com/projects/P/topics/T
 	endpoint     string
-	idPrefix     string // qualifies an emulator's per-process message ids
+	mu           sync.Mutex
+	idPrefix     string // qualifies an emulator's message ids; see idPrefix()
 	client       *http.Client
 	timeout      time.Duration
 	nackDelay    time.Duration
@@ -384,6 +410,20 @@ func (b *bridge) handle(ctx context.Context, m *pubsub.Message) {
 		t.Stop()
 	}
 	m.Nack()
+}
+
+func (b *bridge) prefix() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.idPrefix
+}
+
+// setPrefix changes the prefix of later deliveries; a restarted emulator
+// starts a new epoch.
+func (b *bridge) setPrefix(p string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.idPrefix = p
 }
 
 // pushMessage is the Pub/Sub message in Eventarc's event data. Eventarc
@@ -418,7 +458,7 @@ func (e *deliveryError) Error() string {
 // asked for, if any. The request outlives ctx (bounded by b.timeout): an
 // in-flight delivery finishes even at shutdown, so its answer decides.
 func (b *bridge) deliver(ctx context.Context, m *pubsub.Message) (retryAfter time.Duration, err error) {
-	id := b.idPrefix + m.ID
+	id := b.prefix() + m.ID
 	published := m.PublishTime.UTC().Format(time.RFC3339Nano)
 	body, err := json.Marshal(pushEnvelope{
 		Message: pushMessage{

@@ -117,16 +117,7 @@ func psStartServe(t testing.TB, env map[string]string, args ...string) *psServe 
 	t.Helper()
 	port := psFreePort(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPubSubServeProcess$")
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		switch {
-		case name == "FUNCTION_TARGET", name == "DATABASE_URL", name == "PORT", name == "HOST",
-			name == "GOOGLE_CLOUD_PROJECT", strings.HasPrefix(name, "PUBSUB_"), strings.HasPrefix(name, "DB_"):
-			continue
-		}
-		cmd.Env = append(cmd.Env, kv)
-	}
-	cmd.Env = append(cmd.Env, serveArgsEnv+"="+strings.Join(append([]string{"-pubsub"}, args...), " "),
+	cmd.Env = append(psChildEnv(), serveArgsEnv+"="+strings.Join(append([]string{"-pubsub"}, args...), " "),
 		"HOST=127.0.0.1", "PORT="+port)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -176,6 +167,22 @@ func psStartServe(t testing.TB, env map[string]string, args ...string) *psServe 
 		t.Fatalf("serve did not start pulling in 30 s:\n%s\n%s", s.stdout.String(), s.stderr.String())
 	}
 	return nil
+}
+
+// psChildEnv is this process's environment without the settings a child
+// runner gets from its test.
+func psChildEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch {
+		case name == "FUNCTION_TARGET", name == "DATABASE_URL", name == "PORT", name == "HOST",
+			name == "GOOGLE_CLOUD_PROJECT", strings.HasPrefix(name, "PUBSUB_"), strings.HasPrefix(name, "DB_"):
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
 }
 
 // stop sends SIGTERM, as Ctrl-C or Cloud Run would, and waits for the exit.
@@ -290,6 +297,22 @@ func (e *psEnv) tryPublishAll(topic string, payloads [][]byte) ([]string, error)
 		ids[i] = id
 	}
 	return ids, nil
+}
+
+// psIDPrefix is what the runner puts before the emulator's message ids for
+// topic's subscription: the epoch it labelled the subscription with.
+func psIDPrefix(t testing.TB, client *pubsub.Client, topic string) string {
+	t.Helper()
+	sub, err := client.SubscriptionAdminClient.GetSubscription(context.Background(),
+		&pubsubpb.GetSubscriptionRequest{Subscription: "projects/" + psProject + "/subscriptions/" + topic + "-ingest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	epoch := sub.Labels[epochLabel]
+	if epoch == "" {
+		t.Fatalf("subscription %s has no %s label", sub.Name, epochLabel)
+	}
+	return idPrefix(epoch)
 }
 
 // psQueryInt runs a query returning one integer.
@@ -446,6 +469,7 @@ func TestPubSubEndToEnd(t *testing.T) {
 			subscription: "projects/" + psProject + "/subscriptions/single-ingest",
 			source:       "//pubsub.googleapis.com/projects/" + psProject + "/topics/single",
 			endpoint:     s.base + "/IngestPubSub",
+			idPrefix:     psIDPrefix(t, env.client, "single"),
 			client:       newDeliveryClient(1),
 			timeout:      10 * time.Second,
 			log:          slog.New(slog.DiscardHandler),
@@ -464,7 +488,7 @@ func TestPubSubEndToEnd(t *testing.T) {
 		ids := env.publishAll(t, "single", [][]byte{{0xff, 0xfe, 'x'}})
 		psWaitFor(t, 10*time.Second, "the message acked", func() bool { return env.fake.Message(ids[0]).Acks > 0 })
 		source := "//pubsub.googleapis.com/projects/" + psProject + "/topics/single"
-		if n := psQueryInt(t, url, "SELECT count(*) FROM dead_letters WHERE event_id = $1 AND event_source = $2 AND reason LIKE '%UTF-8%'", ids[0], source); n != 1 {
+		if n := psQueryInt(t, url, "SELECT count(*) FROM dead_letters WHERE event_id = $1 AND event_source = $2 AND reason LIKE '%UTF-8%'", psIDPrefix(t, env.client, "single")+ids[0], source); n != 1 {
 			t.Fatalf("%d dead letters for %s, want 1", n, ids[0])
 		}
 		// Long enough for a nack's pause and a redelivery, were there one.
@@ -616,9 +640,10 @@ func TestPubSubDelivery(t *testing.T) {
 			t.Fatal("no delivery")
 		}
 		published := fake.Message(id).PublishTime
+		ceID := psIDPrefix(t, client, "shape") + id // the emulator's id, qualified by its epoch
 		for name, want := range map[string]string{
 			"Content-Type":   "application/json",
-			"Ce-Id":          id,
+			"Ce-Id":          ceID,
 			"Ce-Source":      "//pubsub.googleapis.com/projects/" + psProject + "/topics/shape",
 			"Ce-Type":        "google.cloud.pubsub.topic.v1.messagePublished",
 			"Ce-Specversion": "1.0",
@@ -647,13 +672,13 @@ func TestPubSubDelivery(t *testing.T) {
 		}
 		m := body.Message
 		if m.Data != base64.StdEncoding.EncodeToString([]byte("héllo")) || m.Attributes["origin"] != "test" ||
-			m.MessageID != id || m.PublishTime != c.header.Get("Ce-Time") ||
+			m.MessageID != ceID || m.PublishTime != c.header.Get("Ce-Time") ||
 			body.Subscription != "projects/"+psProject+"/subscriptions/shape-ingest" {
 			t.Errorf("body %s", c.body)
 		}
 		// And the function's own decoding of it.
 		var d function.MessagePublishedData
-		if err := json.Unmarshal(c.body, &d); err != nil || string(d.Message.Data) != "héllo" || d.Message.MessageID != id || !d.Message.PublishTime.Equal(published) {
+		if err := json.Unmarshal(c.body, &d); err != nil || string(d.Message.Data) != "héllo" || d.Message.MessageID != ceID || !d.Message.PublishTime.Equal(published) {
 			t.Errorf("function.MessagePublishedData: %+v, %v", d, err)
 		}
 		psWaitFor(t, 10*time.Second, "the ack", func() bool { return acked(id) })

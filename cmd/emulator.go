@@ -1,0 +1,106 @@
+package main
+
+// What the runner and the publish command do about an emulator that is not
+// there, goes away, or comes back empty.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+)
+
+const (
+	// emulatorDialTimeout bounds the check that something listens at
+	// PUBSUB_EMULATOR_HOST. Without it the client library retries an
+	// unreachable emulator for its whole 60 s RPC timeout.
+	emulatorDialTimeout = 3 * time.Second
+	// emulatorSetupTimeout bounds creating the topic and subscription, for
+	// an address that accepts connections but does not answer Pub/Sub.
+	emulatorSetupTimeout = 15 * time.Second
+	// emulatorWatchInterval is how often the runner checks that the
+	// emulator still listens, so that an outage is reported while it lasts.
+	emulatorWatchInterval = 2 * time.Second
+)
+
+// checkEmulator returns an error naming PUBSUB_EMULATOR_HOST when nothing
+// accepts connections at addr within emulatorDialTimeout.
+func checkEmulator(ctx context.Context, addr string) error {
+	d := net.Dialer{Timeout: emulatorDialTimeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return emulatorError(addr, err)
+	}
+	c.Close()
+	return nil
+}
+
+// emulatorError says which variable points where, and what to do about it.
+func emulatorError(addr string, err error) error {
+	port := addr
+	if _, p, splitErr := net.SplitHostPort(addr); splitErr == nil {
+		port = p
+	}
+	return fmt.Errorf("PUBSUB_EMULATOR_HOST=%s: no Pub/Sub emulator answers there (%v); start one with "+
+		"`gcloud beta emulators pubsub start --host-port=127.0.0.1:%s`, or unset PUBSUB_EMULATOR_HOST", addr, err, port)
+}
+
+// watchEmulator logs when the emulator at addr stops accepting connections
+// and when it is back, until ctx ends. The client library retries quietly
+// meanwhile; this is what tells the user why nothing is delivered. When the
+// emulator is back, back is called: a restarted emulator has lost the topic
+// and subscription, and the runner recreates them at once.
+func watchEmulator(ctx context.Context, addr string, log *slog.Logger, back func()) {
+	down := false
+	t := time.NewTicker(emulatorWatchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := checkEmulator(ctx, addr)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && !down:
+			down = true
+			log.Error("the Pub/Sub emulator is gone; waiting for it to come back", "error", err.Error())
+		case err == nil && down:
+			down = false
+			log.Warn("the Pub/Sub emulator at PUBSUB_EMULATOR_HOST=" + addr + " answers again; checking the topic and subscription, which a restarted emulator has lost")
+			back()
+		}
+	}
+}
+
+// epochLabel is the label of the runner's subscription that holds the
+// emulator's epoch: the time the subscription was created, which is the
+// emulator's start for a subscription the runner made.
+const epochLabel = "pscmessages-epoch"
+
+// newEpoch is a label value (lower case, digits, - and _): it qualifies the
+// message ids of one emulator lifetime.
+func newEpoch() string {
+	return strings.ToLower(strings.ReplaceAll(time.Now().UTC().Format("20060102T150405.000Z"), ".", "_"))
+}
+
+// idPrefix is what the runner puts before an emulator's message ids.
+// Emulators number messages afresh each time they start (pstest m0, m1, ...;
+// the official emulator 1, 2, ...), while IngestPubSub deduplicates by topic
+// and message id and the local database outlives the emulator: without it the
+// first message after a restart would be taken for the first one before, and
+// dropped (same content) or dead-lettered (other content). Real message ids
+// never repeat in a topic; qualifying an emulator's by its epoch keeps that
+// promise. The epoch lives in the emulator, on the subscription, so a runner
+// started again against the same emulator uses the same prefix and a
+// redelivery is still recognised.
+func idPrefix(epoch string) string {
+	if epoch == "" {
+		return ""
+	}
+	return epoch + "-"
+}
