@@ -1,9 +1,17 @@
 package store
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Group commit. One INSERT per request leaves a small machine's database
@@ -12,20 +20,45 @@ import (
 // stores them with one statement: at low load a request is written at once, on
 // its own; under load the batch grows with the queue. Each caller is answered
 // only after the statement holding its row has committed.
+//
+// One row never fails another. A row that can never be stored is refused
+// before the batch (validate). A batch statement that still fails for a
+// reason tied to a row (a data exception, a program limit, a constraint) is
+// split in halves and each half tried again, down to the row that fails
+// alone; that row gets an error wrapping ErrInvalid, the others commit. This
+// costs at most 2n-1 statements for a batch of n rows.
+//
+// Two instances never deadlock each other on keys: every batch claims its
+// keys in one order (sorted by key), so no two batches can each wait for a
+// key the other holds. A deadlock or serialization failure from elsewhere,
+// and a key that another transaction committed after this statement looked,
+// commit nothing and are retried up to maxConflictRetries times.
 const (
 	maxBatchRows  = 256
 	maxBatchBytes = 4 << 20
+	// maxConflictRetries is how many times a batch that failed with 40P01,
+	// 40001 or 23505 is run again, after a jittered pause of up to
+	// 20 ms × attempt.
+	maxConflictRetries = 3
 )
 
+// MaxKeyBytes is the longest idempotency key Add accepts (1 KiB). Keys are
+// indexed by btrees, whose rows are limited to about 2.7 kB; 1 KiB leaves
+// room for any page layout and is more than a Pub/Sub topic (255 characters)
+// and message id, or an Idempotency-Key (255 characters), need.
+const MaxKeyBytes = 1 << 10
+
 type writeRequest struct {
-	content string
-	key     string
-	done    chan writeResult // buffered: the writer never blocks on a caller that left
+	content     string
+	key         string
+	fingerprint []byte         // sha256 of content, for keyed rows
+	done        chan writeResult // buffered: the writer never blocks on a caller that left
 }
 
 type writeResult struct {
-	added Added
-	err   error
+	added       Added
+	fingerprint []byte // of the content the key was first used for
+	err         error
 }
 
 type batcher struct {
@@ -33,6 +66,7 @@ type batcher struct {
 	queue chan *writeRequest
 	stop  chan struct{}
 	wg    sync.WaitGroup
+	clean cleaner
 }
 
 func newBatcher(s *Store) *batcher {
@@ -46,6 +80,13 @@ func newBatcher(s *Store) *batcher {
 // statement runs, the row may still be committed: only an answer means stored.
 func (b *batcher) add(ctx context.Context, content, key string) (Added, error) {
 	req := &writeRequest{content: content, key: key, done: make(chan writeResult, 1)}
+	if err := validate(content, key); err != nil {
+		return Added{}, err
+	}
+	if key != "" {
+		sum := sha256.Sum256([]byte(content))
+		req.fingerprint = sum[:]
+	}
 	select {
 	case b.queue <- req:
 	case <-b.stop:
@@ -64,6 +105,7 @@ func (b *batcher) add(ctx context.Context, content, key string) (Added, error) {
 func (b *batcher) close() {
 	close(b.stop)
 	b.wg.Wait()
+	b.clean.wait()
 }
 
 func (b *batcher) loop() {
@@ -87,217 +129,114 @@ func (b *batcher) loop() {
 			}
 		}
 		b.write(batch)
+		b.clean.maybeStart(b.s)
 	}
 }
-
-// insertBatch is one plain multi-row INSERT: the cheapest statement that
-// stores a batch (a CTE that numbers the rows and joins them back to their ids
-// cost the database about a fifth more per batch). PostgreSQL does not promise
-// that RETURNING follows the input order, so each returned row carries what
-// identifies it: its key, or for a row without one, its content. Rows without
-// a key and with equal content are interchangeable: they are inserted by one
-// statement, so their timestamps are equal too. A row whose key already
-// exists returns nothing.
-const insertBatch = `
-INSERT INTO messages (content, idempotency_key)
-SELECT * FROM unnest($1::text[], $2::text[])
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id, content, idempotency_key, created_at, updated_at`
-
-const selectByKeys = `SELECT idempotency_key, ` + messageColumns + ` FROM messages WHERE idempotency_key = ANY($1::text[])`
 
 // write stores one batch and answers every request in it.
 func (b *batcher) write(batch []*writeRequest) {
 	// A key repeated inside one batch is written once; its other requests
-	// become replays of that row.
-	first := make(map[string]int, len(batch))
+	// are answered as later requests with that key would be.
+	first := make(map[string]*writeRequest, len(batch))
 	var rows []*writeRequest
-	dupOf := make([]int, len(batch)) // index into rows
-	for i, req := range batch {
-		if j, ok := first[req.key]; ok && req.key != "" {
-			dupOf[i] = j
-			continue
-		}
+	for _, req := range batch {
 		if req.key != "" {
-			first[req.key] = len(rows)
+			if _, ok := first[req.key]; ok {
+				continue
+			}
+			first[req.key] = req
 		}
-		dupOf[i] = len(rows)
 		rows = append(rows, req)
 	}
+	// Deterministic lock order: see the comment at the top of this file.
+	slices.SortStableFunc(rows, func(a, b *writeRequest) int { return cmp.Compare(a.key, b.key) })
 
-	results, err := b.insert(rows)
-	for i, req := range batch {
-		if err != nil {
-			req.done <- writeResult{err: err}
+	results := make(map[*writeRequest]writeResult, len(rows))
+	b.commit(rows, results)
+	for _, req := range batch {
+		if res, ok := results[req]; ok {
+			req.done <- res
 			continue
 		}
-		res := results[dupOf[i]]
-		if rows[dupOf[i]] != req {
-			res.added.Replayed = true
+		res := results[first[req.key]]
+		if res.err == nil {
+			res = replayOf(res.added.Message, res.fingerprint, req)
 		}
 		req.done <- res
 	}
 }
 
-// insert returns one result per row. The error is the statement's; a failed
-// lookup of replayed keys fails only those rows, since the others are committed.
-func (b *batcher) insert(rows []*writeRequest) ([]writeResult, error) {
-	contents := make([]string, len(rows))
-	keys := make([]*string, len(rows))
-	for i, r := range rows {
-		contents[i] = r.content
-		if r.key != "" {
-			keys[i] = &r.key
-		}
+// replayOf is the answer to a request whose key already stored message m
+// with the given content fingerprint: the first answer, or ErrKeyReused.
+func replayOf(m Message, fingerprint []byte, req *writeRequest) writeResult {
+	if string(fingerprint) != string(req.fingerprint) {
+		return writeResult{err: ErrKeyReused}
 	}
-	// The statement's deadline is the store's, not one caller's: the batch
-	// belongs to all of them.
-	ctx := context.Background()
-	var stored []insertedRow
-	err := b.s.run(ctx, func(ctx context.Context) error {
-		stored = stored[:0]
-		res, err := b.s.pool.Query(ctx, insertBatch, contents, keys)
-		if err != nil {
+	return writeResult{added: Added{Replayed: true, Message: Message{
+		ID: m.ID, Content: req.content, CreatedAt: m.CreatedAt, UpdatedAt: m.CreatedAt,
+	}}, fingerprint: fingerprint}
+}
+
+// commit stores rows (sorted by key, distinct keys) and records one result
+// per row, splitting the batch when one of its rows makes it fail.
+func (b *batcher) commit(rows []*writeRequest, results map[*writeRequest]writeResult) {
+	err := b.insertRetrying(rows, results)
+	if err == nil {
+		return
+	}
+	if rowTied(err) {
+		if len(rows) > 1 {
+			mid := len(rows) / 2
+			b.commit(rows[:mid], results)
+			b.commit(rows[mid:], results)
+			return
+		}
+		err = fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	for _, r := range rows {
+		results[r] = writeResult{err: err}
+	}
+}
+
+// insertRetrying runs insert, again after a conflict that committed nothing.
+func (b *batcher) insertRetrying(rows []*writeRequest, results map[*writeRequest]writeResult) error {
+	for attempt := 0; ; attempt++ {
+		err := b.insert(rows, results)
+		if err == nil || attempt == maxConflictRetries || !isConflict(err) {
 			return err
 		}
-		defer res.Close()
-		for res.Next() {
-			var r insertedRow
-			if err := res.Scan(&r.m.ID, &r.m.Content, &r.key, &r.m.CreatedAt, &r.m.UpdatedAt); err != nil {
-				return err
-			}
-			stored = append(stored, r)
-		}
-		return res.Err()
-	})
-	if err != nil {
-		return nil, err
+		time.Sleep(time.Duration(rand.Int64N(int64(20*time.Millisecond) * int64(attempt+1))))
 	}
-	out, err := matchInserted(rows, stored)
-	if err != nil {
-		return nil, err
-	}
-	results := make([]writeResult, len(rows))
-	var replayKeys []string
-	for i, a := range out {
-		results[i].added = a
-		if a.Replayed {
-			replayKeys = append(replayKeys, rows[i].key)
-		}
-	}
-	if len(replayKeys) == 0 {
-		return results, nil
-	}
-	existing, err := b.s.byKeys(ctx, replayKeys)
-	for i, r := range rows {
-		if !out[i].Replayed {
-			continue
-		}
-		m, ok := existing[r.key]
-		switch {
-		case err != nil:
-			results[i] = writeResult{err: err}
-		case !ok:
-			// Deleted between the conflict and this read; a retry inserts anew.
-			results[i] = writeResult{err: fmt.Errorf("%w: message for an idempotency key vanished during the write", ErrUnavailable)}
-		default:
-			results[i].added.Message = m
-		}
-	}
-	return results, nil
 }
 
-// insertedRow is one row that insertBatch returned.
-type insertedRow struct {
-	m   Message
-	key *string
+// isConflict reports a failure caused by concurrent transactions, which
+// commits nothing and may succeed when run again: a deadlock, a
+// serialization failure, or a unique key that another transaction committed
+// after this statement's snapshot.
+func isConflict(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "40P01", "40001", "23505":
+		return true
+	}
+	return false
 }
 
-// matchInserted gives each input row the stored row that is its own, or marks
-// it replayed when its key stored nothing. The rows it was given are
-// distinct in key (write folds repeated keys), and every keyless row is stored,
-// so the match is exact. It first follows the input order, which is what
-// PostgreSQL does in practice, and matches by key and content only when the
-// order differs.
-func matchInserted(rows []*writeRequest, stored []insertedRow) ([]Added, error) {
-	out := make([]Added, len(rows))
-	j := 0
-	inOrder := true
-	for i, r := range rows {
-		if j < len(stored) && isRowOf(stored[j], r) {
-			out[i] = Added{Message: stored[j].m}
-			j++
-			continue
-		}
-		if r.key == "" {
-			inOrder = false
-			break
-		}
-		out[i] = Added{Replayed: true}
+// rowTied reports a statement failure that one row's data can cause:
+// SQLSTATE class 22 (data exception: bad encoding, value too long), 23
+// (integrity constraint), 54 (program limit: index row too large) and XX
+// (internal error, e.g. a corrupt value).
+func rowTied(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
 	}
-	if inOrder && j == len(stored) {
-		return out, nil
+	switch pgErr.Code[:2] {
+	case "22", "23", "54", "XX":
+		return true
 	}
-
-	byKey := make(map[string]int, len(stored))
-	byContent := make(map[string][]int)
-	for k, st := range stored {
-		if st.key != nil {
-			byKey[*st.key] = k
-		} else {
-			byContent[st.m.Content] = append(byContent[st.m.Content], k)
-		}
-	}
-	matched := 0
-	for i, r := range rows {
-		if r.key != "" {
-			if k, ok := byKey[r.key]; ok {
-				out[i] = Added{Message: stored[k].m}
-				matched++
-			} else {
-				out[i] = Added{Replayed: true}
-			}
-			continue
-		}
-		same := byContent[r.content]
-		if len(same) == 0 {
-			return nil, fmt.Errorf("insert returned no row for a message without a key")
-		}
-		out[i] = Added{Message: stored[same[0]].m}
-		byContent[r.content] = same[1:]
-		matched++
-	}
-	if matched != len(stored) {
-		return nil, fmt.Errorf("insert returned %d rows, %d of them unmatched", len(stored), len(stored)-matched)
-	}
-	return out, nil
-}
-
-// isRowOf reports whether the stored row st is the one that input r wrote.
-func isRowOf(st insertedRow, r *writeRequest) bool {
-	if r.key != "" {
-		return st.key != nil && *st.key == r.key
-	}
-	return st.key == nil && st.m.Content == r.content
-}
-
-func (s *Store) byKeys(ctx context.Context, keys []string) (map[string]Message, error) {
-	found := make(map[string]Message, len(keys))
-	err := s.read(ctx, func(ctx context.Context) error {
-		rows, err := s.pool.Query(ctx, selectByKeys, keys)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var key string
-			var m Message
-			if err := rows.Scan(&key, &m.ID, &m.Content, &m.CreatedAt, &m.UpdatedAt); err != nil {
-				return err
-			}
-			found[key] = m
-		}
-		return rows.Err()
-	})
-	return found, err
+	return false
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -18,3 +19,8 @@ func MigrateTo(ctx context.Context, conn *pgx.Conn, v int32) error {
 
 // DeadLetterKey exposes deadLetterKey to tests.
 var DeadLetterKey = deadLetterKey
+
+// ExpireKeys runs the cleanup of idempotency records older than retention.
+func (s *Store) ExpireKeys(ctx context.Context, retention time.Duration) (int, error) {
+	return s.expireKeys(ctx, retention)
+}

@@ -43,6 +43,9 @@ func (p Privilege) SQL() (privilege, object string) {
 //   - messages: List and Get read, Add inserts and reads back its RETURNING
 //     and replayed rows, Update and Delete change rows.
 //   - messages_id_seq: Add draws ids with nextval() itself.
+//   - idempotency_keys: Add reads what keys were first used for and records
+//     new ones; the writer's cleanup deletes expired records (and clears
+//     their key in messages, with the UPDATE above).
 //   - dead_letters: AddDeadLetter inserts with ON CONFLICT (dedupe_key), and
 //     PostgreSQL requires SELECT on a conflict target's columns, so that
 //     column (a digest) is readable and no others. (Schemas granted before
@@ -60,6 +63,9 @@ func FunctionPrivileges() []Privilege {
 		{Kind: "TABLE", Object: "messages", Action: "UPDATE"},
 		{Kind: "TABLE", Object: "messages", Action: "DELETE"},
 		{Kind: "SEQUENCE", Object: "messages_id_seq", Action: "USAGE"},
+		{Kind: "TABLE", Object: "idempotency_keys", Action: "SELECT"},
+		{Kind: "TABLE", Object: "idempotency_keys", Action: "INSERT"},
+		{Kind: "TABLE", Object: "idempotency_keys", Action: "DELETE"},
 		{Kind: "TABLE", Object: "dead_letters", Action: "INSERT"},
 		{Kind: "TABLE", Object: "dead_letters", Action: "SELECT", Column: "dedupe_key"},
 		{Kind: "SEQUENCE", Object: "dead_letters_id_seq", Action: "USAGE"},

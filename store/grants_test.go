@@ -34,6 +34,7 @@ func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
 				`GRANT USAGE ON SCHEMA "public" TO ` + tt.grantee,
 				`GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "messages" TO ` + tt.grantee,
 				`GRANT USAGE ON SEQUENCE "messages_id_seq" TO ` + tt.grantee,
+				`GRANT SELECT, INSERT, DELETE ON TABLE "idempotency_keys" TO ` + tt.grantee,
 				`GRANT INSERT, SELECT ("dedupe_key") ON TABLE "dead_letters" TO ` + tt.grantee,
 				`GRANT USAGE ON SEQUENCE "dead_letters_id_seq" TO ` + tt.grantee,
 				`GRANT SELECT ON TABLE "` + store.VersionTable + `" TO ` + tt.grantee,
@@ -119,6 +120,9 @@ func grantsExercise(ctx context.Context, st *store.Store, key string) error {
 		return err
 	}
 	if err := st.AddDeadLetter(ctx, dl); err != nil { // a redelivery hits the conflict
+		return err
+	}
+	if _, err := st.ExpireKeys(ctx, 0); err != nil { // the writer's cleanup
 		return err
 	}
 	return st.Delete(ctx, added.ID)

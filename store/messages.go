@@ -138,20 +138,25 @@ func scanMessage(row pgx.CollectableRow) (Message, error) {
 type Added struct {
 	Message
 	// Replayed is true when the key had already stored this message; Message
-	// is then that earlier message. A key first used for different content
-	// is not a replay: Add returns ErrKeyReused.
+	// is then the first answer given for the key (its id and created_at,
+	// UpdatedAt equal to CreatedAt), whatever happened to the row since. A
+	// key first used for different content is not a replay: Add returns
+	// ErrKeyReused.
 	Replayed bool
 }
 
 // Add stores content, at most once per non-empty key, and returns only after
 // the row is committed. Concurrent calls are coalesced into one INSERT.
+//
+// A key is remembered for IdempotencyRetention. Within it, the same key with
+// the same content is a replay (the first answer), and with other content
+// ErrKeyReused, whatever happened to the row since. Content or a key that
+// can never be stored (NUL, invalid UTF-8, a key over MaxKeyBytes) gives an
+// error wrapping ErrInvalid.
 func (s *Store) Add(ctx context.Context, content, key string) (Added, error) {
 	a, err := s.writer.add(ctx, content, key)
 	if err != nil {
 		return Added{}, fmt.Errorf("adding message: %w", err)
-	}
-	if a.Replayed && a.Content != content {
-		return Added{}, fmt.Errorf("adding message: %w", ErrKeyReused)
 	}
 	return a, nil
 }

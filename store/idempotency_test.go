@@ -1,0 +1,203 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"example.com/pscmessages/store"
+)
+
+// TestKeyReusedForOtherContent: issue 8 item 3. The same key with other
+// content is refused, one after the other and within one batch.
+func TestKeyReusedForOtherContent(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	if _, err := st.Add(ctx, "A", "pubsub:t#7"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Add(ctx, "B", "pubsub:t#7"); !errors.Is(err, store.ErrKeyReused) {
+		t.Fatalf("Add B under the key of A: %v, want ErrKeyReused", err)
+	}
+	// Concurrently, in shared batches: exactly one content wins per key.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	stored, reused := map[string]string{}, 0
+	for i := range 200 {
+		wg.Go(func() {
+			key, content := fmt.Sprintf("http:k%d", i/2), fmt.Sprint("content ", i%2)
+			_, err := st.Add(ctx, content, key)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case errors.Is(err, store.ErrKeyReused):
+				reused++
+			case err != nil:
+				t.Error(err)
+			default:
+				if c, ok := stored[key]; ok {
+					t.Errorf("%s stored %q and %q", key, c, content)
+				}
+				stored[key] = content
+			}
+		})
+	}
+	wg.Wait()
+	if len(stored) != 100 || reused != 100 {
+		t.Fatalf("%d keys stored, %d refused; want 100 each", len(stored), reused)
+	}
+	if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 101 {
+		t.Fatalf("%d rows, want 101", n)
+	}
+}
+
+// TestRetryGetsTheFirstAnswer: issue 8 item 7. A retry gets the first answer
+// whatever happened to the row since; the key never stores anything else.
+func TestRetryGetsTheFirstAnswer(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	const key = "http:K"
+	first, err := st.Add(ctx, "a", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := func(step string) {
+		t.Helper()
+		a, err := st.Add(ctx, "a", key)
+		if err != nil {
+			t.Fatalf("%s: retry: %v", step, err)
+		}
+		if !a.Replayed || a.ID != first.ID || !a.CreatedAt.Equal(first.CreatedAt) || a.Content != "a" {
+			t.Fatalf("%s: retry answered %+v, want the first answer %+v", step, a, first)
+		}
+		if _, err := st.Add(ctx, "b", key); !errors.Is(err, store.ErrKeyReused) {
+			t.Fatalf("%s: other content under the key: %v, want ErrKeyReused", step, err)
+		}
+	}
+	same("unchanged")
+	if _, err := st.Update(ctx, first.ID, "b"); err != nil {
+		t.Fatal(err)
+	}
+	same("after PUT b")
+	if err := st.Delete(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	same("after DELETE")
+	if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 0 {
+		t.Fatalf("a retry after DELETE stored a row: %d rows", n)
+	}
+}
+
+// TestReplaysDoNotBurnIDs: issue 8 item 8. 1 row + 100 replays draw one id.
+func TestReplaysDoNotBurnIDs(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	for range 101 {
+		if _, err := st.Add(ctx, "x", "http:replayed"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := queryInt(t, url, "SELECT last_value FROM messages_id_seq"); n != 1 {
+		t.Fatalf("sequence at %d after 1 row and 100 replays, want 1", n)
+	}
+}
+
+// TestIDsBeyond32Bits: issue 8 item 8. Past 2^31 writes and reads go on.
+func TestIDsBeyond32Bits(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	if _, err := connect(t, url).Exec(ctx, "SELECT setval('messages_id_seq', 2147483647)"); err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for _, key := range []string{"", "http:big"} {
+		a, err := st.Add(ctx, "beyond", key)
+		if err != nil {
+			t.Fatalf("Add past 2^31 (key %q): %v", key, err)
+		}
+		if a.ID <= 1<<31-1 {
+			t.Fatalf("id %d", a.ID)
+		}
+		ids = append(ids, a.ID)
+	}
+	if m, err := st.Get(ctx, ids[1]); err != nil || m.Content != "beyond" {
+		t.Fatalf("Get(%d) = %+v, %v", ids[1], m, err)
+	}
+	if l, err := st.List(ctx, store.Page{Limit: 1}); err != nil || len(l.Messages) != 1 || l.Next != ids[1] {
+		t.Fatalf("List = %+v, %v", l, err)
+	}
+}
+
+// TestKeysStoredBeforeTheUpgrade: keys of rows written before the
+// idempotency_keys table existed (backfilled by the migration) or by an
+// older instance during a rollout (found through messages) keep deduplicating.
+func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
+	ctx := context.Background()
+	name := fmt.Sprintf("s%d", dbSeq.Add(1))
+	if err := cluster.CreateDatabase(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	url := cluster.SuperuserURL(name)
+	conn := connect(t, url)
+	if err := store.MigrateTo(ctx, conn, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO messages (content, idempotency_key) VALUES ('old', 'http:before')"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(ctx, store.Config{ConnString: url, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// An older instance, still running during the rollout, writes a keyed
+	// row without a record.
+	if _, err := conn.Exec(ctx, "INSERT INTO messages (content, idempotency_key) VALUES ('rollout', 'http:during')"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ content, key string }{{"old", "http:before"}, {"rollout", "http:during"}} {
+		want := queryInt(t, url, "SELECT id FROM messages WHERE idempotency_key = $1", tc.key)
+		a, err := st.Add(ctx, tc.content, tc.key)
+		if err != nil || !a.Replayed || a.ID != int64(want) {
+			t.Errorf("retry of %s: %+v, %v; want a replay of %d", tc.key, a, err, want)
+		}
+		if _, err := st.Add(ctx, "other", tc.key); !errors.Is(err, store.ErrKeyReused) {
+			t.Errorf("other content under %s: %v, want ErrKeyReused", tc.key, err)
+		}
+	}
+	if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 2 {
+		t.Fatalf("%d rows, want 2", n)
+	}
+}
+
+// TestExpiredKeysAreReleased: after IdempotencyRetention the record is
+// deleted, in bounded batches, and the key stores a new message.
+func TestExpiredKeysAreReleased(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	first, err := st.Add(ctx, "a", "http:old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Add(ctx, "x", "http:recent"); err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, url)
+	if _, err := conn.Exec(ctx, "UPDATE idempotency_keys SET recorded_at = now() - $1::bigint * interval '1 second' - interval '1 minute' WHERE key = 'http:old'",
+		int64(store.IdempotencyRetention/time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.ExpireKeys(ctx, store.IdempotencyRetention); err != nil || n != 1 {
+		t.Fatalf("ExpireKeys = %d, %v; want 1", n, err)
+	}
+	again, err := st.Add(ctx, "b", "http:old")
+	if err != nil || again.Replayed || again.ID == first.ID {
+		t.Fatalf("the expired key: %+v, %v; want a new message", again, err)
+	}
+	if r, err := st.Add(ctx, "x", "http:recent"); err != nil || !r.Replayed {
+		t.Fatalf("a recent key: %+v, %v; want a replay", r, err)
+	}
+}

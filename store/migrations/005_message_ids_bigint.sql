@@ -1,0 +1,21 @@
+-- 64-bit message ids (issue 8). The tutorial's SERIAL is a 32-bit integer:
+-- at 2^31 every insert fails. Widening the column rewrites the table and its
+-- indexes under an ACCESS EXCLUSIVE lock, which blocks reads and writes of
+-- messages for as long as the rewrite takes (measured in store/doc.go: about
+-- 1.5 s per million rows on a shared 2-core machine). Run it ahead of a deploy with
+-- `go run ./cmd migrate` (README, Deploy), not from a cold-starting function.
+--
+-- The lock_timeout keeps the ALTER from queueing behind a long transaction:
+-- while it waited, every later query on messages would queue behind it. If it
+-- times out, nothing changed; run the migration again.
+SET LOCAL lock_timeout = '10s';
+ALTER TABLE messages ALTER COLUMN id TYPE bigint;
+-- The sequence's maximum follows its type: a sequence at int4's maximum
+-- becomes one at int8's.
+ALTER SEQUENCE messages_id_seq AS bigint;
+
+---- create above / drop below ----
+
+SET LOCAL lock_timeout = '10s';
+ALTER SEQUENCE messages_id_seq AS integer;
+ALTER TABLE messages ALTER COLUMN id TYPE integer;
