@@ -51,7 +51,7 @@ const MaxKeyBytes = 1 << 10
 type writeRequest struct {
 	content     string
 	key         string
-	fingerprint []byte         // sha256 of content, for keyed rows
+	fingerprint []byte           // sha256 of content, for keyed rows
 	done        chan writeResult // buffered: the writer never blocks on a caller that left
 }
 
