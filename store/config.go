@@ -48,6 +48,10 @@ type Config struct {
 	// Migrate applies schema migrations on open (DB_MIGRATE, default true). With
 	// it off, Open only checks that the schema is current and usable.
 	Migrate bool
+	// Pooler is DB_POOLER: PoolerNone (default, a direct connection) or
+	// PoolerTransaction, for a transaction-mode pooler such as PgBouncer in
+	// front of the database. It applies to DATABASE_URL and DB_* alike.
+	Pooler Pooler
 
 	// TokenSource overrides Google default credentials in IAM mode.
 	TokenSource oauth2.TokenSource
@@ -103,6 +107,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	if c.Migrate, err = boolVar(getenv, "DB_MIGRATE", true); err != nil {
+		return Config{}, err
+	}
+	if c.Pooler, err = poolerFromEnv(getenv); err != nil {
 		return Config{}, err
 	}
 
@@ -215,6 +222,9 @@ func (c *Config) poolConfig() (*pgxpool.Config, error) {
 				return nil, &ConfigError{Var: source, Msg: "sslmode allows a plaintext fallback, which would send the IAM token unencrypted: use require, verify-ca or verify-full"}
 			}
 		}
+	}
+	if err := c.applyPooler(pc, connString); err != nil {
+		return nil, err
 	}
 	if c.ConnectTimeout > 0 {
 		cc.ConnectTimeout = c.ConnectTimeout

@@ -168,9 +168,10 @@ func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string) ([]Priv
 
 // AdminConn opens one connection with cfg exactly as [Open] configures its
 // pool — the same environment variables, TLS rules and IAM token logins — for
-// administrative work such as migrating and granting. That work needs a
-// single session rather than a pool: migrations hold a session-level
-// advisory lock.
+// administrative work such as migrating and granting: one connection, not a
+// pool, so that each step's transaction and the check after it see the same
+// server. Like the pool it is safe behind a transaction-mode pooler
+// (DB_POOLER): no step keeps session state between transactions.
 func AdminConn(ctx context.Context, cfg Config) (*pgx.Conn, error) {
 	pc, err := cfg.loginConfig(ctx)
 	if err != nil {

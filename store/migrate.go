@@ -5,6 +5,7 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -17,19 +18,91 @@ var migrationFiles embed.FS
 // VersionTable records the applied schema version (tern's bookkeeping).
 const VersionTable = "messages_schema_version"
 
-// Migrate applies every pending migration on conn. Tern holds a PostgreSQL
-// advisory lock while it works, so instances cold-starting together apply each
-// migration once and the others wait, then find nothing to do.
+// MigrationLock is the advisory lock key that serialises migrations. It is
+// tern's own key, so this build and an older one that still migrates with
+// tern's session lock wait for each other.
+const MigrationLock int64 = 9628173550095224
+
+// Migrate applies every pending migration on conn, all in one transaction
+// that first takes pg_advisory_xact_lock(MigrationLock): instances
+// cold-starting together apply each migration once, the others wait, then
+// find nothing to do.
+//
+// Why a transaction-scoped lock and not tern's own Migrate: tern holds a
+// session-level advisory lock (pg_advisory_lock, then pg_advisory_unlock in a
+// later statement). Behind a transaction-mode pooler (DB_POOLER=transaction)
+// those two statements may run on different server connections, which
+// leaves the lock held on a pooled connection, where it blocks the next
+// migration or lets two run at once. A lock that ends with its transaction
+// needs no session, so migrations work the same direct and through a
+// pooler, and a failed migration leaves nothing half-applied. Tern still
+// loads and renders the migration files and its version table is kept as it
+// was, so databases migrated by earlier builds carry on. Migrations marked
+// "---- tern: disable-tx ----" (say, CREATE INDEX CONCURRENTLY) cannot run
+// this way and are refused.
 func Migrate(ctx context.Context, conn *pgx.Conn) error {
-	m, err := newMigrator(ctx, conn)
+	return migrateTo(ctx, conn, -1)
+}
+
+// migrateTo migrates up to version target; a negative target means the
+// latest. It never migrates down.
+func migrateTo(ctx context.Context, conn *pgx.Conn, target int32) error {
+	m, err := migrate.NewMigrator(ctx, nil, VersionTable) // nil: tern takes no lock and touches no table
 	if err != nil {
 		return err
 	}
-	if err := m.Migrate(ctx); err != nil {
+	if err := m.LoadMigrations(migrationsFS()); err != nil {
+		return fmt.Errorf("loading migrations: %w", err)
+	}
+	for _, mig := range m.Migrations {
+		if disableTx.MatchString(mig.UpSQL) {
+			return fmt.Errorf("migration %s is marked tern: disable-tx, which Migrate cannot run in its transaction", mig.Name)
+		}
+	}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", MigrationLock); err != nil {
+			return fmt.Errorf("waiting for the migration lock: %w", err)
+		}
+		vt := pgx.Identifier{VersionTable}.Sanitize()
+		// Tern's version table, created as tern creates it. No arguments:
+		// pgx sends this as one simple-protocol query.
+		if _, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+vt+" (version int4 NOT NULL);\n"+
+			"INSERT INTO "+vt+" (version) SELECT 0 WHERE NOT EXISTS (SELECT FROM "+vt+")"); err != nil {
+			return fmt.Errorf("preparing %s: %w", VersionTable, err)
+		}
+		var current int32
+		if err := tx.QueryRow(ctx, "SELECT version FROM "+vt).Scan(&current); err != nil {
+			return fmt.Errorf("reading %s: %w", VersionTable, err)
+		}
+		if current < 0 || int(current) > len(m.Migrations) {
+			return fmt.Errorf("schema version %d is newer than this build's %d migrations", current, len(m.Migrations))
+		}
+		if target < 0 || int(target) > len(m.Migrations) {
+			target = int32(len(m.Migrations))
+		}
+		if current >= target {
+			return nil
+		}
+		for _, mig := range m.Migrations[current:target] {
+			if _, err := tx.Exec(ctx, mig.UpSQL); err != nil {
+				return fmt.Errorf("migration %s: %w", mig.Name, err)
+			}
+			// As tern does: a migration's SET must not outlive it.
+			if _, err := tx.Exec(ctx, "RESET ALL"); err != nil {
+				return err
+			}
+		}
+		_, err := tx.Exec(ctx, "UPDATE "+vt+" SET version = $1::int4", target)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("applying migrations: %w", err)
 	}
 	return nil
 }
+
+// disableTx is tern's marker for a migration that must run outside a transaction.
+var disableTx = regexp.MustCompile(`(?m)^---- tern: disable-tx ----$`)
 
 // Migrations returns the migrations' up SQL in order, for printing.
 func Migrations() ([]string, error) {
@@ -53,17 +126,6 @@ func migrationsFS() fs.FS {
 		panic(err) // the embedded folder is fixed at build time
 	}
 	return sub
-}
-
-func newMigrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) {
-	m, err := migrate.NewMigrator(ctx, conn, VersionTable)
-	if err != nil {
-		return nil, fmt.Errorf("preparing %s: %w", VersionTable, err)
-	}
-	if err := m.LoadMigrations(migrationsFS()); err != nil {
-		return nil, fmt.Errorf("loading migrations: %w", err)
-	}
-	return m, nil
 }
 
 // SchemaVersion is the schema version this build migrates to and expects.
