@@ -36,6 +36,10 @@ type BouncerOptions struct {
 	// Users may log in (auth_type trust still needs them in auth_file);
 	// nil means just the superuser postgres.
 	Users []string
+	// Password is what the pooler logs in to the upstream with, for every
+	// user: the cluster's Options.Password ("" for a trust cluster).
+	// Clients log in to the pooler itself without one.
+	Password string
 	// Port is the TCP port on 127.0.0.1; 0 picks a free one at the first
 	// start and keeps it across Stop and Start.
 	Port int
@@ -250,7 +254,7 @@ func (b *Bouncer) Destroy() error {
 func (b *Bouncer) writeConfig() error {
 	var users strings.Builder
 	for _, u := range b.opts.Users {
-		fmt.Fprintf(&users, "%q \"\"\n", u)
+		fmt.Fprintf(&users, "%q %q\n", u, b.opts.Password)
 	}
 	ini := fmt.Sprintf(`[databases]
 * = host=%s port=%d
