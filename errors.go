@@ -29,8 +29,10 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		writeJSON(w, apiErr.status, map[string]string{"error": apiErr.msg})
 	case errors.Is(err, store.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "message not found"})
-	case errors.As(err, &cfgErr):
-		s.requestLog(r).Error("request failed: invalid configuration", "error", err.Error())
+	case errors.As(err, &cfgErr), errors.Is(err, store.ErrPermanent):
+		// The cause is logged at Error once (by config or the lazy pool);
+		// each request that meets it is a Debug line, not another alarm.
+		s.requestLog(r).Debug("request failed: the service is misconfigured", "error", err.Error())
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the service is misconfigured; see its logs"})
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrSchema), errors.Is(err, store.ErrClosed):
 		retry := time.Second
@@ -38,7 +40,7 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 			retry = unavail.retryAfter
 		}
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(retry, time.Second).Seconds()))))
-		s.requestLog(r).Warn("request failed: database unavailable", "error", err.Error())
+		s.requestLog(r).Warn("request failed: database unavailable", "error", causeText(err))
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "database unavailable, retry later"})
 	default:
 		s.requestLog(r).Error("request failed", "error", err.Error())

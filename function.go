@@ -54,8 +54,11 @@ func serveEvent(w http.ResponseWriter, r *http.Request) { shared.serveEvent(w, r
 // CheckConfig reports an invalid configuration, naming the variable, so a
 // local runner can refuse to start instead of answering 500s.
 func CheckConfig() error {
-	_, err := shared.config()
-	return err
+	cfg, err := shared.config()
+	if err != nil {
+		return err
+	}
+	return cfg.db.Check()
 }
 
 // Close closes the shared pool, letting pending writes finish. Local runners

@@ -27,6 +27,9 @@ type lazyStore struct {
 	retryAt  time.Time
 	lastErr  error
 	closed   bool // set by close: no pool is opened after it
+	// lastPermanent is the message of the last permanent failure logged,
+	// so that it is logged at Error once per cause, not on every attempt.
+	lastPermanent string
 }
 
 const (
@@ -72,17 +75,31 @@ func (l *lazyStore) get(ctx context.Context) (*store.Store, error) {
 		backoff := min(minBackoff<<min(l.failures-1, 16), maxBackoff)
 		l.retryAt = time.Now().Add(backoff)
 		var cfgErr *store.ConfigError
-		if !errors.As(err, &cfgErr) && !errors.Is(err, store.ErrUnavailable) {
+		permanent := errors.As(err, &cfgErr) || errors.Is(err, store.ErrPermanent)
+		if !permanent && !errors.Is(err, store.ErrUnavailable) {
 			err = fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 		}
 		l.lastErr = err
-		l.log.Error("opening the database failed", "error", err.Error(), "attempt", l.failures, "retry_in", backoff.String())
+		if permanent {
+			// Retrying will not heal it: said once per cause, at Error,
+			// and again only when the cause changes or after a success.
+			level := slog.LevelError
+			if err.Error() == l.lastPermanent {
+				level = slog.LevelDebug
+			}
+			l.lastPermanent = err.Error()
+			l.log.Log(ctx, level, "cannot use the database; fix the configuration (retrying every "+maxBackoff.String()+" meanwhile)", "error", err.Error(), "attempt", l.failures)
+		} else {
+			l.lastPermanent = ""
+			l.log.Warn("database unavailable; will retry", "error", causeText(err), "attempt", l.failures, "retry_in", backoff.String())
+		}
 		return nil, &unavailableError{retryAfter: backoff, err: err}
 	}
 	if l.failures > 0 {
 		l.log.Info("database opened", "after_attempts", l.failures+1)
 	}
 	l.failures = 0
+	l.lastPermanent = ""
 	l.st.Store(st)
 	return st, nil
 }

@@ -13,6 +13,8 @@ import (
 
 	"cloud.google.com/go/compute/metadata"
 	"github.com/cloudevents/sdk-go/v2/event"
+
+	"example.com/pscmessages/store"
 )
 
 // newLogger writes JSON lines in Cloud Logging's structured format.
@@ -123,4 +125,28 @@ func (p *projectID) get() string {
 		}
 	})
 	return p.id
+}
+
+// causeText is err's message for a log line whose message already says
+// "database unavailable": the sentinel's own prefix is dropped, so the line
+// does not read "database unavailable: database unavailable: ...", and line
+// breaks become spaces, so a line stays one line in any format.
+func causeText(err error) string {
+	text := err.Error()
+	for {
+		rest, ok := strings.CutPrefix(text, store.ErrUnavailable.Error()+": ")
+		if !ok {
+			break
+		}
+		text = rest
+	}
+	return oneLine(text)
+}
+
+// oneLine joins a multi-line message into one line.
+func oneLine(s string) string {
+	if !strings.ContainsAny(s, "\n\r\t") {
+		return s
+	}
+	return strings.Join(strings.Fields(s), " ")
 }

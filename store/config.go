@@ -70,6 +70,8 @@ const (
 type ConfigError struct {
 	Var string
 	Msg string
+
+	file bool // a file the settings name cannot be read
 }
 
 func (e *ConfigError) Error() string { return e.Var + ": " + e.Msg }
@@ -132,14 +134,24 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	if err := c.validate(); err != nil {
 		return Config{}, err
 	}
-	// Parse the connection settings now, so that a malformed DATABASE_URL,
-	// an unreadable DB_ROOT_CERT or a plaintext sslmode with IAM stops a
-	// process at start instead of failing every request. Nothing here
-	// touches the network.
-	if _, err := c.poolConfig(); err != nil {
+	// Parse the connection settings now, so that a malformed DATABASE_URL
+	// or a plaintext sslmode with IAM stops a process at start instead of
+	// failing every request. Nothing here touches the network. Files (a CA
+	// certificate) are read by [Config.Check] and Open, so a configuration
+	// can be validated where its files are not mounted.
+	var ce *ConfigError
+	if _, err := c.poolConfig(); err != nil && !(errors.As(err, &ce) && ce.file) {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// Check parses the connection settings as Open will, reading the
+// certificate files they name, without touching the network. A local runner
+// calls it at start, so that an unreadable DB_ROOT_CERT stops it at once.
+func (c Config) Check() error {
+	_, err := c.poolConfig()
+	return err
 }
 
 // plaintextModes may send a password without TLS.
@@ -196,11 +208,12 @@ func (c *Config) poolConfig() (*pgxpool.Config, error) {
 		// pgx's parse errors can quote fragments of the string, a password
 		// included, so a DATABASE_URL error says no more than this.
 		if c.ConnString != "" {
-			return nil, &ConfigError{Var: source, Msg: connStringProblem(c.ConnString, err)}
+			var pathErr *fs.PathError
+			return nil, &ConfigError{Var: source, Msg: connStringProblem(c.ConnString, err), file: errors.As(err, &pathErr)}
 		}
 		var pathErr *fs.PathError
 		if errors.As(err, &pathErr) {
-			return nil, &ConfigError{Var: "DB_ROOT_CERT", Msg: "cannot read the CA file " + strconv.Quote(pathErr.Path) + ": " + pathErr.Err.Error()}
+			return nil, &ConfigError{Var: "DB_ROOT_CERT", Msg: "cannot read the CA file " + strconv.Quote(pathErr.Path) + ": " + pathErr.Err.Error(), file: true}
 		}
 		cause := err
 		if inner := errors.Unwrap(err); inner != nil {

@@ -185,7 +185,7 @@ func AdminConn(ctx context.Context, cfg Config) (*pgx.Conn, error) {
 	}
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
-		return nil, classify(fmt.Errorf("connecting as %q: %w", cc.User, err))
+		return nil, classifyAs(fmt.Errorf("connecting as %q: %w", cc.User, err), !cfg.IAMAuth)
 	}
 	return conn, nil
 }

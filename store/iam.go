@@ -29,7 +29,8 @@ func configureIAM(ctx context.Context, cfg *Config, pc *pgxpool.Config) error {
 		var err error
 		ts, err = google.DefaultTokenSource(context.Background(), IAMLoginScope)
 		if err != nil {
-			return fmt.Errorf("%w: finding Google default credentials: %w", ErrUnavailable, err)
+			// Found or not without the network: nothing a retry changes.
+			return &PermanentError{Msg: noCredentialsHint + " (" + err.Error() + ")", Err: err}
 		}
 	}
 	ts = oauth2.ReuseTokenSource(nil, ts)

@@ -13,6 +13,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -39,6 +40,10 @@ var (
 	ErrInvalid = errors.New("message cannot be stored")
 )
 
+// iamRefusedRetryDelay is how long Open waits before logging in again after
+// the server refused an IAM token, to tell a token race from a lasting refusal.
+const iamRefusedRetryDelay = time.Second
+
 // Store is a pool of connections plus the group-commit writer. It is safe for
 // concurrent use.
 type Store struct {
@@ -60,9 +65,19 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("creating pool: %w", err)
 	}
 	s := &Store{pool: pool, cfg: cfg}
-	if err := s.prepareSchema(ctx); err != nil {
+	err = s.prepareSchema(ctx)
+	if err != nil && cfg.IAMAuth && isPasswordRefused(err) {
+		// The token may have raced a rotation: one more login, a moment
+		// later, tells a race from a token that will never be accepted.
+		select {
+		case <-time.After(iamRefusedRetryDelay):
+			err = s.prepareSchema(ctx)
+		case <-ctx.Done():
+		}
+	}
+	if err != nil {
 		pool.Close()
-		return nil, err
+		return nil, classifyAs(err, true)
 	}
 	// One writer: while its batch commits, the next batch gathers. Measured
 	// with `go run ./cmd bench`, a second writer halves the batches, and the
@@ -102,12 +117,17 @@ func (s *Store) attempt(ctx context.Context, fn func(context.Context) error, ret
 	if err != nil && ctx.Err() == nil && retry(err) {
 		err = fn(ctx)
 	}
-	return classify(err)
+	// A warm IAM pool that gets a refused password on a new connection
+	// has most likely raced a token rotation: transient there.
+	return classifyAs(err, !s.cfg.IAMAuth)
 }
 
 // classify wraps transient failures in ErrUnavailable so callers can answer 503
 // or ask for redelivery; other errors pass through unchanged.
 func classify(err error) error {
+	if p := permanent(err, false); p != nil {
+		return p
+	}
 	if err == nil || errors.Is(err, ErrUnavailable) {
 		return err
 	}
@@ -118,6 +138,9 @@ func classify(err error) error {
 }
 
 func isTransient(err error) bool {
+	if errors.Is(err, ErrPermanent) {
+		return false
+	}
 	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) {
 		return true
 	}
