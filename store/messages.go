@@ -24,12 +24,20 @@ type Page struct {
 	Before int64
 	// Limit is the page size; 0 means DefaultPageSize.
 	Limit int
+	// MaxBytes bounds the content of a page; 0 means MaxPageBytes.
+	MaxBytes int
 }
 
-// Page sizes for List.
+// Page bounds for List.
 const (
 	DefaultPageSize = 100
 	MaxPageSize     = 1000
+	// MaxPageBytes is the most content a page holds (1 MiB). A page stops
+	// before the message that would take it over, and gives Next for the
+	// rest; its first message is always included, whatever its size, so a
+	// page holds at most MaxPageBytes or one message. 1,000 messages of
+	// 64 KB would otherwise be 65 MB in memory per request.
+	MaxPageBytes = 1 << 20
 )
 
 // Listing is one page of messages, oldest first.
@@ -41,34 +49,68 @@ type Listing struct {
 
 const messageColumns = "id, coalesce(content, ''), created_at, updated_at"
 
-// List returns the newest messages below p.Before, oldest first. It walks the
-// primary key backwards, so a page costs the same on any table size.
+// listPage reads the newest $2 messages below $1 whose content, counted from
+// the newest, stays within $3 bytes (the first always), and after them the
+// first message that does not fit, without its content, to say that more
+// exist. octet_length reads a stored value's size without decompressing it,
+// and a content that is not sent is never read from its TOAST table.
+const listPage = `
+SELECT id, CASE WHEN n = 1 OR total <= $3 THEN coalesce(content, '') END, created_at, updated_at
+FROM (
+    SELECT id, content, created_at, updated_at,
+        row_number() OVER w AS n,
+        sum(coalesce(octet_length(content), 0)) OVER w AS total,
+        coalesce(octet_length(content), 0) AS size
+    FROM (SELECT id, content, created_at, updated_at FROM messages
+          WHERE id < $1::bigint ORDER BY id DESC LIMIT $2) newest
+    WINDOW w AS (ORDER BY id DESC)
+) page
+WHERE n <= 2 OR total - size <= $3
+ORDER BY id DESC`
+
+// List returns the newest messages below p.Before, oldest first, at most
+// p.Limit of them and MaxPageBytes of content. It walks the primary key
+// backwards, so a page costs the same on any table size, and it holds no
+// more than the page in memory.
 func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 	limit := p.Limit
 	if limit <= 0 {
 		limit = DefaultPageSize
 	}
 	limit = min(limit, MaxPageSize)
+	budget := p.MaxBytes
+	if budget <= 0 {
+		budget = MaxPageBytes
+	}
 	before := p.Before
 	if before <= 0 {
 		before = 1 << 62
 	}
 	var out Listing
 	err := s.read(ctx, func(ctx context.Context) error {
-		rows, err := s.pool.Query(ctx,
-			"SELECT "+messageColumns+" FROM messages WHERE id < $1::bigint ORDER BY id DESC LIMIT $2",
-			before, limit+1)
+		rows, err := s.pool.Query(ctx, listPage, before, limit+1, budget)
 		if err != nil {
 			return err
 		}
-		msgs, err := pgx.CollectRows(rows, scanMessage)
-		if err != nil {
-			return err
-		}
+		defer rows.Close()
 		out = Listing{}
-		if len(msgs) > limit {
-			msgs = msgs[:limit]
-			out.Next = msgs[limit-1].ID
+		var msgs []Message
+		for rows.Next() {
+			var m Message
+			var content *string
+			if err := rows.Scan(&m.ID, &content, &m.CreatedAt, &m.UpdatedAt); err != nil {
+				return err
+			}
+			if content == nil || len(msgs) == limit {
+				out.Next = msgs[len(msgs)-1].ID
+				break
+			}
+			m.Content = *content
+			msgs = append(msgs, m)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
 		}
 		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
 			msgs[i], msgs[j] = msgs[j], msgs[i]
