@@ -756,7 +756,7 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 				fail("%s: %s sets %s; the functions log in with IAM tokens", g.step, fn, k)
 			}
 		}
-		cfg, err := store.ConfigFromEnv(func(k string) string { return env[k] })
+		cfg, err := store.ConfigFromEnv(cbGetenv(env))
 		switch {
 		case err != nil:
 			fail("%s: %s's environment is rejected by the code: %v", g.step, fn, err)
