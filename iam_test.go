@@ -138,7 +138,8 @@ func TestPasswordAuthNeverLogsSecrets(t *testing.T) {
 	env["DB_PASSWORD"] = "wrong-pw-value"
 	bad := newFixture(t, env)
 	r := postContent(t, bad.srv.URL, "x")
-	if r.status != 503 {
+	// A wrong password never heals by itself: 500, not 503 "retry later" (issue 12).
+	if r.status != 500 {
 		t.Fatalf("wrong password: %d %s", r.status, r.body)
 	}
 	// A connection string with a password, given as DATABASE_URL, is never echoed either.
@@ -148,7 +149,7 @@ func TestPasswordAuthNeverLogsSecrets(t *testing.T) {
 	for _, logs := range []string{f.logs.String(), bad.logs.String() + string(r.body), viaURL.logs.String()} {
 		assertNoSecrets(t, logs, "s3cret-pw", "wrong-pw-value", urlWithPw, "admin-secret")
 	}
-	if !strings.Contains(bad.logs.String(), "opening the database failed") {
+	if !strings.Contains(bad.logs.String(), "check DB_USER and DB_PASSWORD") {
 		t.Fatalf("the failure was not logged: %s", bad.logs)
 	}
 }
