@@ -710,7 +710,7 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 		if want := "go" + strings.ReplaceAll(facts.GoVersion, ".", ""); g.flag("--base-image") != want {
 			fail("%s: --base-image=%q; go.mod's go %s needs %s", g.step, g.flag("--base-image"), facts.GoVersion, want)
 		}
-		for _, f := range []string{"--source", "--region", "--network", "--subnet", "--service-account", "--max-instances", "--concurrency"} {
+		for _, f := range []string{"--source", "--region", "--network", "--subnet", "--service-account", "--max-instances", "--concurrency", "--memory"} {
 			if g.flag(f) == "" {
 				fail("%s: %s needs %s=VALUE", g.step, g, f)
 			}
@@ -765,6 +765,7 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 		case cfg.Migrate:
 			fail("%s: %s would migrate; set DB_MIGRATE=false and let the administrator migrate", g.step, fn)
 		}
+		cbCheckMemory(g, fn, fail)
 		maxInstances, err1 := strconv.Atoi(g.flag("--max-instances"))
 		if err1 != nil || maxInstances < 1 || cfg.MaxConns < 1 {
 			fail("%s: %s needs numeric --max-instances and DB_MAX_CONNS", g.step, fn)
@@ -1016,6 +1017,9 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "server CA not mounted", yamlFrom: "\"$$secrets\" \\\n          \"$$auth\"", yamlTo: "\"$$auth\"", want: "mounts no CA"},
 		{name: "require without the opt-in", overrides: map[string]string{"_DB_SSLMODE": "require"}, want: "preflight fails"},
 		{name: "verify-full against an IP", overrides: map[string]string{"_DB_SSLMODE": "verify-full"}, want: "preflight fails"},
+		{name: "no memory limit", yamlFrom: "          --memory=${_INGEST_MEMORY} \\\n", yamlTo: "", want: "needs --memory=VALUE"},
+		{name: "memory below the minimum", overrides: map[string]string{"_INGEST_MEMORY": "256Mi"}, want: "below Cloud Run's 512Mi minimum"},
+		{name: "concurrency beyond memory", overrides: map[string]string{"_CONCURRENCY": "1000"}, want: "lower the concurrency or raise the memory"},
 		{name: "misspelt key", yamlFrom: "    waitFor: [deploy-ingest]", yamlTo: "    waitfor: [deploy-ingest]", want: "field waitfor not found"},
 	}
 	for _, tt := range tests {
@@ -1127,4 +1131,37 @@ func TestCbSplit(t *testing.T) {
 			t.Errorf("%q split into %q; want %q", tt.script, got, tt.want)
 		}
 	}
+}
+
+// cbRuntimeBytes is what an idle instance holds (the runner idles at ~25 MiB,
+// go run ./cmd bench-rss), with room to spare.
+const cbRuntimeBytes = 32 << 20
+
+// cbCheckMemory requires --memory to hold the function's bound for its
+// --concurrency (function.MemoryBound) twice over, Go's GC headroom at
+// GOGC=100, plus the idle runtime, and at least Cloud Run's 512 MiB minimum
+// of the second generation execution environment.
+func cbCheckMemory(g cbGcloud, fn string, fail func(string, ...any)) {
+	conc, err := strconv.Atoi(g.flag("--concurrency"))
+	mem, ok := cbMiB(g.flag("--memory"))
+	if err != nil || conc < 1 || !ok {
+		fail("%s: %s needs a numeric --concurrency and --memory=NMi or NGi, not %q and %q", g.step, fn, g.flag("--concurrency"), g.flag("--memory"))
+		return
+	}
+	if mem < 512 {
+		fail("%s: %s has --memory=%dMi, below Cloud Run's 512Mi minimum", g.step, fn, mem)
+	}
+	if need := cbRuntimeBytes + 2*function.MemoryBound(fn, conc); int64(mem)<<20 < need {
+		fail("%s: %s at --concurrency=%d may hold %d MiB, more than --memory=%dMi; lower the concurrency or raise the memory", g.step, fn, conc, need>>20, mem)
+	}
+}
+
+// cbMiB reads a Cloud Run memory size in MiB (512Mi, 1Gi).
+func cbMiB(v string) (int, bool) {
+	for suffix, scale := range map[string]int{"Mi": 1, "Gi": 1024} {
+		if n, err := strconv.Atoi(strings.TrimSuffix(v, suffix)); err == nil && strings.HasSuffix(v, suffix) && n > 0 {
+			return n * scale, true
+		}
+	}
+	return 0, false
 }

@@ -1,0 +1,34 @@
+package function
+
+import "example.com/pscmessages/store"
+
+// MemoryBound is an upper bound, in bytes, on what the entry point target
+// ("Messages" or "IngestPubSub") holds for its requests in flight when
+// concurrency of them run at once, with the default limits. The deploy's
+// drift test (cmd/cloudbuild_test.go) checks --memory and --concurrency
+// against it; go run ./cmd bench-rss measures the real peak.
+//
+//   - IngestPubSub: each delivery holds at most decodeCopies times the
+//     largest delivery it decodes, and all of them together at most
+//     eventMemoryBudget; an oversized one holds only its prefix.
+//   - Messages: a POST holds its body about four times over (the body, the
+//     decoded JSON, the content, the copy sent to PostgreSQL); a GET holds
+//     its page as read plus the message being encoded.
+func MemoryBound(target string, concurrency int) int64 {
+	cfg := settings{maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes}
+	switch target {
+	case "IngestPubSub":
+		return min(int64(concurrency)*decodeCopies*deliveryLimit(cfg), eventMemoryBudget)
+	case "Messages":
+		post := decodeCopies * cfg.maxBodyBytes
+		get := 2 * pageBytes(cfg)
+		return int64(concurrency) * max(post, get)
+	}
+	return 0
+}
+
+// pageBytes bounds the content of one page of GET: store.List stops a page
+// at store.MaxPageBytes, or after its first message, however large.
+func pageBytes(cfg settings) int64 {
+	return store.MaxPageBytes + int64(cfg.maxContentBytes)
+}
