@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	function "example.com/pscmessages"
@@ -150,10 +151,28 @@ func defaultPGData() string {
 	return filepath.Join(os.TempDir(), "pscmessages-"+strconv.Itoa(os.Getuid()), "pgdata")
 }
 
+// localPasswordFile is the pgpass file, inside the data folder, that holds
+// the local cluster's superuser password.
+const localPasswordFile = "localpg.pgpass"
+
 // startLocalPostgres starts (or reuses) a local cluster and points the
 // function at it through DATABASE_URL.
+//
+// The cluster listens on 127.0.0.1 with scram-sha-256 for every connection
+// and a random superuser password kept in a 0600 pgpass file of the
+// developer's: other users of the machine cannot log in (with trust, any of
+// them could, and run COPY ... TO PROGRAM as the developer). A password,
+// rather than a socket in a private folder, keeps the plain TCP URL that
+// every subcommand, pgbench and psql already use; the pgpass file keeps the
+// password out of URLs, arguments and the environment.
+//
+// A data folder in use by another live runner is refused, naming its PID and
+// port, rather than shared: that runner stops its server when it exits.
 func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, error) {
 	dir := envOr("LOCAL_PGDATA", defaultPGData())
+	if err := localpg.CheckInUse(dir); err != nil {
+		return nil, inUse(dir, err)
+	}
 	if fresh {
 		if err := os.RemoveAll(dir); err != nil {
 			return nil, err
@@ -165,15 +184,52 @@ func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, erro
 	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
 		return nil, err
 	}
-	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Durable: true})
+	passfile := filepath.Join(dir, localPasswordFile)
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Durable: true, PasswordFile: passfile})
 	if errors.Is(err, localpg.ErrNotInstalled) {
 		return nil, fmt.Errorf("no database configured and no PostgreSQL binaries found.\n%w", err)
+	}
+	var busy *localpg.InUseError
+	if errors.As(err, &busy) {
+		return nil, inUse(dir, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("starting local PostgreSQL in %s: %w", dir, err)
 	}
-	url := cluster.SuperuserURL("postgres")
-	os.Setenv("DATABASE_URL", url)
+	os.Setenv("DATABASE_URL", cluster.URL("postgres", "", "postgres", "passfile="+passfile))
 	fmt.Printf("no DATABASE_URL or DB_HOST: started local PostgreSQL on 127.0.0.1:%d, data in %s (kept across runs; -fresh deletes it)\n", cluster.Port(), dir)
+	fmt.Printf("connect with: psql %s\n", shellQuote(psqlConninfo(cluster.Port(), passfile)))
 	return cluster, nil
+}
+
+// inUse turns a *localpg.InUseError into what a developer can act on.
+func inUse(dir string, err error) error {
+	var busy *localpg.InUseError
+	if !errors.As(err, &busy) {
+		return err
+	}
+	where := "its server still starting"
+	if busy.Port > 0 {
+		where = fmt.Sprintf("PostgreSQL on 127.0.0.1:%d", busy.Port)
+	}
+	return fmt.Errorf("the local PostgreSQL in %s belongs to another runner, PID %d (%s); it was left alone.\n"+
+		"Use that runner, stop it, or give this one its own folder: LOCAL_PGDATA=$(mktemp -d) (or set DATABASE_URL)", dir, busy.PID, where)
+}
+
+// psqlConninfo is a libpq connection string for the local cluster.
+func psqlConninfo(port int, passfile string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres passfile=%s", port, conninfoValue(passfile))
+}
+
+// conninfoValue quotes v for a libpq keyword=value string when it needs it.
+func conninfoValue(v string) string {
+	if v != "" && !strings.ContainsAny(v, " \t\n'\\") {
+		return v
+	}
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}
+
+// shellQuote quotes s as one word for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

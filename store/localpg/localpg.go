@@ -34,7 +34,10 @@ import (
 )
 
 // Options configures a cluster. The zero value is a fast trust-auth cluster in
-// a temporary directory on a free port.
+// a temporary directory on a free port: any local user can connect to it as
+// superuser while it runs, which is acceptable only for the throwaway
+// clusters of tests. Anything that lives longer sets Password or
+// PasswordFile.
 type Options struct {
 	// Dir is the data directory; "" means a new temporary directory that
 	// Destroy removes. A Dir that already holds a cluster (PG_VERSION exists)
@@ -49,6 +52,13 @@ type Options struct {
 	// Password, if set, becomes the password of superuser postgres and host
 	// connections must authenticate with scram-sha-256; "" means trust.
 	Password string
+	// PasswordFile, if set and Password is not, is a pgpass file holding the
+	// superuser password: read at every Start, created (mode 0600, owned by
+	// the caller) with a random password when missing. Clients connect with
+	// it as their passfile, so the password appears in no URL, argument or
+	// environment variable. Like Password, it makes host connections use
+	// scram-sha-256.
+	PasswordFile string
 	// TLS makes the server accept TLS with a certificate for 127.0.0.1,
 	// ::1 and localhost, signed by a throwaway CA stored in Cluster.CAFile.
 	// Plain connections keep working.
@@ -99,6 +109,7 @@ type Cluster struct {
 	mu      sync.Mutex
 	port    int
 	running bool
+	owner   *os.File      // the flocked ownerFile while we use the cluster; see lockOwner
 	logDone chan struct{} // closed once the server's output is copied to opts.Log
 }
 
@@ -144,6 +155,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := c.initdb(ctx); err != nil {
 		return nil, err
 	}
+	if opts.PasswordFile != "" && opts.Password == "" {
+		if c.opts.Password, err = loadOrCreatePassword(opts.PasswordFile); err != nil {
+			return nil, fmt.Errorf("localpg: password file: %w", err)
+		}
+	}
 	if opts.TLS {
 		if err := c.writeTLS(); err != nil {
 			return nil, fmt.Errorf("localpg: TLS files: %w", err)
@@ -152,7 +168,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := c.writeHBA(); err != nil {
 		return nil, fmt.Errorf("localpg: %w", err)
 	}
-	if opts.Password != "" {
+	if c.opts.Password != "" {
 		if err := c.setPassword(ctx); err != nil {
 			return nil, err
 		}
@@ -171,15 +187,23 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 func (c *Cluster) Start(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.lockOwner(); err != nil {
+		return err
+	}
 	return c.startLocked(ctx)
 }
 
 // Stop shuts the server down (pg_ctl stop -m fast: clients are disconnected,
-// data is kept). Stopping a stopped cluster does nothing.
+// data is kept) and gives up ownership of Dir. Stopping a stopped cluster
+// does nothing.
 func (c *Cluster) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.stopLocked(ctx)
+	if err := c.stopLocked(ctx); err != nil {
+		return err
+	}
+	c.unlockOwner()
+	return nil
 }
 
 // Kill simulates a crash: it SIGKILLs the postmaster and its children, so the
@@ -203,6 +227,7 @@ func (c *Cluster) Destroy() error {
 			return errors.Join(err, kerr)
 		}
 	}
+	c.unlockOwner()
 	if c.tempDir != "" {
 		if err := os.RemoveAll(c.tempDir); err != nil {
 			return fmt.Errorf("localpg: %w", err)
@@ -252,6 +277,10 @@ func buildURL(port int, user, password, database string, params ...string) strin
 	return u.String()
 }
 
+// PasswordFile returns Options.PasswordFile: "" unless the cluster was
+// started with one.
+func (c *Cluster) PasswordFile() string { return c.opts.PasswordFile }
+
 // SuperuserURL returns the URL of database as superuser postgres.
 func (c *Cluster) SuperuserURL(database string) string {
 	return c.URL(superuser, c.opts.Password, database)
@@ -299,9 +328,14 @@ func ForTest(t testing.TB, opts Options) *Cluster {
 }
 
 // initdb creates the cluster unless Dir already holds one, in which case it
-// stops a postmaster that a crashed run may have left behind.
+// stops a postmaster that a crashed run may have left behind. It never stops
+// the server of a live process: Dir's owner lock (lockOwner) is taken first,
+// and a live owner makes it fail with *InUseError.
 func (c *Cluster) initdb(ctx context.Context) error {
 	if _, err := os.Stat(filepath.Join(c.Dir, "PG_VERSION")); err == nil {
+		if err := c.lockOwner(); err != nil {
+			return err
+		}
 		if c.run(ctx, "pg_ctl", "status", "-D", c.Dir) == nil {
 			if err := c.pgctlStop(ctx, "fast"); err != nil {
 				return fmt.Errorf("localpg: stopping the server left running in %s: %w", c.Dir, err)
@@ -332,6 +366,10 @@ func (c *Cluster) initdb(ctx context.Context) error {
 			return fmt.Errorf("localpg: %w (running as root, the server runs as OS user postgres, which must be able to traverse every parent of %s)", err, c.Dir)
 		}
 		return fmt.Errorf("localpg: %w", err)
+	}
+	// After initdb, which wants an empty directory.
+	if err := c.lockOwner(); err != nil {
+		return err
 	}
 	return c.includeConf()
 }
@@ -453,6 +491,9 @@ func (c *Cluster) startLocked(ctx context.Context) error {
 		err := c.launch(ctx)
 		if err == nil {
 			c.running = true
+			if err := c.writeOwner(); err != nil {
+				return fmt.Errorf("localpg: recording the port in %s: %w", ownerFile, err)
+			}
 			return nil
 		}
 		// Another process may have taken the port between our probe and

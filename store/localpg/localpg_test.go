@@ -290,3 +290,52 @@ func TestFindBinDir(t *testing.T) {
 		t.Errorf("PG_BINDIR=%s: got %q, %v", dir, got, err)
 	}
 }
+
+// TestPasswordFile: a cluster with a PasswordFile refuses logins without the
+// password, keeps it across restarts of the same Dir, and keeps the file 0600.
+func TestPasswordFile(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	parent, err := os.MkdirTemp("", "localpg-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	if err := os.Chmod(parent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(parent, "data")
+	pass := filepath.Join(parent, "pgpass")
+	withFile := func(c *localpg.Cluster) string {
+		return c.URL("postgres", "", "postgres", "passfile="+pass)
+	}
+
+	c := localpg.ForTest(t, localpg.Options{Dir: dir, PasswordFile: pass})
+	if _, err := query[int](ctx, withFile(c), "SELECT 1"); err != nil {
+		t.Fatalf("with the passfile: %v", err)
+	}
+	if _, err := query[int](ctx, c.URL("postgres", "", "postgres", "passfile="+os.DevNull), "SELECT 1"); err == nil {
+		t.Fatal("logged in without the password")
+	}
+	first, err := os.ReadFile(pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := os.Chmod(pass, 0o644); err != nil { // someone loosened it
+		t.Fatal(err)
+	}
+	again := localpg.ForTest(t, localpg.Options{Dir: dir, PasswordFile: pass})
+	if _, err := query[int](ctx, withFile(again), "SELECT 1"); err != nil {
+		t.Fatalf("after a restart: %v", err)
+	}
+	if now, _ := os.ReadFile(pass); !bytes.Equal(now, first) {
+		t.Error("the password changed across restarts")
+	}
+	if fi, err := os.Stat(pass); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("password file mode %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+}
