@@ -24,6 +24,9 @@ var commands = map[string]func(ctx context.Context, args []string) error{
 	"bench":   runBench,
 	// bench-rss measures peak memory under large deliveries and pages.
 	"bench-rss": runBenchRSS,
+	// bench-instances runs many function processes against one small
+	// database, direct and through PgBouncer.
+	"bench-instances": runBenchInstances,
 }
 
 func main() {

@@ -186,9 +186,9 @@ func (b *Bouncer) Start(ctx context.Context) error {
 	cmd := exec.Command(b.opts.Binary, filepath.Join(b.Dir, "pgbouncer.ini"))
 	cmd.Dir = "/"
 	cmd.Env = serverEnv()
-	if b.cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.cred}
-	}
+	// Pdeathsig: a test binary killed by its -timeout takes its pooler with
+	// it instead of leaving it listening.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.cred, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("localpg: starting pgbouncer: %w", err)
 	}
