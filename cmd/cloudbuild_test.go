@@ -764,6 +764,8 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 			fail("%s: %s would not log in with IAM", g.step, fn)
 		case cfg.Migrate:
 			fail("%s: %s would migrate; set DB_MIGRATE=false and let the administrator migrate", g.step, fn)
+		case cfg.Pooler != cbPooler(c.subs["_DB_POOLER"]):
+			fail("%s: %s runs with DB_POOLER %q, not _DB_POOLER=%q", g.step, fn, cfg.Pooler, c.subs["_DB_POOLER"])
 		}
 		cbCheckMemory(g, fn, fail)
 		maxInstances, err1 := strconv.Atoi(g.flag("--max-instances"))
@@ -781,12 +783,28 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 	// Both revisions of both services may hold connections during a rollout.
 	maxConn, err1 := strconv.Atoi(c.subs["_DB_MAX_CONNECTIONS"])
 	reserved, err2 := strconv.Atoi(c.subs["_DB_RESERVED_CONNECTIONS"])
-	if err1 != nil || err2 != nil {
+	server, err3 := strconv.Atoi(c.subs["_DB_POOLER_SERVER_CONNS"])
+	switch {
+	case err1 != nil || err2 != nil:
 		fail("_DB_MAX_CONNECTIONS and _DB_RESERVED_CONNECTIONS must be numbers")
-	} else if 2*connections > maxConn-reserved {
+	case cbPooler(c.subs["_DB_POOLER"]) == store.PoolerTransaction:
+		// Through a transaction pooler the instance sees only its server
+		// pool, whatever the instances and rollouts.
+		if err3 != nil || server > maxConn-reserved {
+			fail("connection budget: the pooler's %q server connections exceed max_connections %d - %d reserved", c.subs["_DB_POOLER_SERVER_CONNS"], maxConn, reserved)
+		}
+	case 2*connections > maxConn-reserved:
 		fail("connection budget: 2 × %d connections exceed max_connections %d - %d reserved", connections, maxConn, reserved)
 	}
 	c.checkPreflight(fail)
+}
+
+// cbPooler is the DB_POOLER a _DB_POOLER substitution stands for.
+func cbPooler(sub string) store.Pooler {
+	if sub == "none" {
+		return store.PoolerNone
+	}
+	return store.Pooler(sub)
 }
 
 // checkPreflight runs the preflight script with bash, so its arithmetic is
@@ -984,8 +1002,8 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 			f.EnvVars["DB_TLS_MODE"] = true
 		}, want: "sets DB_SSLMODE, which the code does not read"},
 		{name: "DB_NAME dropped", yamlFrom: ",DB_NAME=${_DB_NAME},DB_USER=${_INGEST_SA}", yamlTo: ",DB_USER=${_INGEST_SA}", want: "does not set DB_NAME"},
-		{name: "password instead of IAM", yamlFrom: "DB_MIGRATE=false \\\n          \"$$secrets\"", yamlTo: "DB_MIGRATE=false,DB_PASSWORD=hunter2 \\\n          \"$$secrets\"", want: "sets DB_PASSWORD"},
-		{name: "functions migrate", yamlFrom: "DB_MIGRATE=false \\\n          \"$$secrets\"", yamlTo: "DB_MIGRATE=true \\\n          \"$$secrets\"", want: "would migrate"},
+		{name: "password instead of IAM", yamlFrom: "DB_POOLER=${_DB_POOLER} \\\n          \"$$secrets\"", yamlTo: "DB_POOLER=${_DB_POOLER},DB_PASSWORD=hunter2 \\\n          \"$$secrets\"", want: "sets DB_PASSWORD"},
+		{name: "functions migrate", yamlFrom: "DB_MIGRATE=false,DB_POOLER=${_DB_POOLER} \\\n          \"$$secrets\"", yamlTo: "DB_MIGRATE=true,DB_POOLER=${_DB_POOLER} \\\n          \"$$secrets\"", want: "would migrate"},
 		{name: "plaintext to the database", overrides: map[string]string{"_DB_SSLMODE": "disable"}, want: "rejected by the code"},
 		{name: "no Direct VPC egress range", yamlFrom: "--vpc-egress=private-ranges-only \\", yamlTo: "--vpc-egress=all-traffic \\", want: "--vpc-egress=\"all-traffic\""},
 		{name: "no subnet", yamlFrom: "          --subnet=${_SUBNET} \\\n", yamlTo: "", want: "needs --subnet=VALUE"},
@@ -1004,6 +1022,10 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "no dead-letter topic", yamlFrom: "--dead-letter-topic=projects/${PROJECT_ID}/topics/${_DEAD_LETTER_TOPIC}", yamlTo: "--dead-letter-topic=projects/${PROJECT_ID}/topics/other", want: "is not _DEAD_LETTER_TOPIC"},
 		{name: "too many instances", overrides: map[string]string{"_MAX_INSTANCES": "20"}, want: "connection budget"},
 		{name: "bigger pools", overrides: map[string]string{"_DB_MAX_CONNS": "10"}, want: "preflight fails"},
+		{name: "pooler not wired", yamlFrom: ",DB_MIGRATE=false,DB_POOLER=${_DB_POOLER} \\", yamlTo: ",DB_MIGRATE=false \\", overrides: map[string]string{"_DB_POOLER": "transaction"}, want: `not _DB_POOLER="transaction"`},
+		{name: "pooler's server pool too big", overrides: map[string]string{"_DB_POOLER": "transaction", "_DB_POOLER_SERVER_CONNS": "90"}, want: "server connections exceed"},
+		{name: "pooler budget in preflight", overrides: map[string]string{"_DB_POOLER": "transaction", "_DB_POOLER_SERVER_CONNS": "90"}, want: "preflight fails"},
+		{name: "unknown pooler", overrides: map[string]string{"_DB_POOLER": "session"}, want: "preflight fails"},
 		{name: "deploy before tests", yamlFrom: "waitFor: [preflight, test]\n    entrypoint: bash", yamlTo: "waitFor: [preflight]\n    entrypoint: bash", want: "without waiting for the tests"},
 		{name: "test image behind go.mod", yamlFrom: "golang:1.26-bookworm", yamlTo: "golang:1.25-bookworm", want: "go.mod says go 1.26"},
 		{name: "tests skipped", yamlFrom: "go test ./...", yamlTo: "go test ./cmd/", want: `does not run "go test ./..."`},
@@ -1164,4 +1186,21 @@ func cbMiB(v string) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// TestCloudBuildPoolerRaisesInstanceLimits: through a transaction pooler the
+// budget is the pooler's server pool, so instance limits far beyond
+// max_connections / DB_MAX_CONNS pass; the same limits direct do not.
+func TestCloudBuildPoolerRaisesInstanceLimits(t *testing.T) {
+	yamlText, facts := cbReadYAML(t), cbReadFacts(t)
+	many := cbClone(cbSampleSubstitutions)
+	many["_MAX_INSTANCES"], many["_INGEST_MAX_INSTANCES"] = "100", "50"
+	many["_DB_POOLER"] = "transaction"
+	if _, errs := cbCheck(yamlText, facts, many); len(errs) > 0 {
+		t.Errorf("150 instances through a pooler with 20 server connections: %v", errs)
+	}
+	many["_DB_POOLER"] = "none"
+	if _, errs := cbCheck(yamlText, facts, many); !slices.ContainsFunc(errs, func(err error) bool { return strings.Contains(err.Error(), "connection budget") }) {
+		t.Errorf("150 direct instances pass the budget: %v", errs)
+	}
 }
