@@ -56,7 +56,7 @@ func (s *service) serveRoot(w http.ResponseWriter, r *http.Request) error {
 		if list.Next != 0 {
 			w.Header().Set("Link", fmt.Sprintf(`</?before=%d&limit=%d>; rel="next"`, list.Next, pageLimit(page)))
 		}
-		writeListing(w, list.Messages, func(m store.Message) any { return m.Content }, "")
+		writeListing(w, list.Messages, true, "")
 		return nil
 	case http.MethodPost:
 		added, err := s.create(r)
@@ -83,7 +83,7 @@ func (s *service) serveCollection(w http.ResponseWriter, r *http.Request) error 
 			next = fmt.Sprintf("/messages?before=%d&limit=%d", list.Next, pageLimit(page))
 			w.Header().Set("Link", fmt.Sprintf(`<%s>; rel="next"`, next))
 		}
-		writeListing(w, list.Messages, func(m store.Message) any { return m }, next)
+		writeListing(w, list.Messages, false, next)
 		return nil
 	case http.MethodPost:
 		added, err := s.create(r)

@@ -1,39 +1,80 @@
 package function
 
 import (
-	"bufio"
+	"bytes"
 	"encoding/json"
 	"net/http"
+	"sync"
 
 	"example.com/pscmessages/store"
 )
 
-// writeListing answers a page as {"messages": [...]} (plus "next" when given),
-// encoding one message at a time straight to the connection. Encoding the page
-// as one value (json.Encoder buffers a whole value before it writes) held a
-// second copy of it, and more while that buffer grew: 1,000 rows of 64 KB are
-// a 65 MB answer. The page itself is bounded by store.List, in rows and bytes.
-func writeListing(w http.ResponseWriter, msgs []store.Message, item func(store.Message) any, next string) {
+// listingFlush is how much of an answer is gathered before it is written:
+// a page of short messages goes out in one write, a page of large ones in
+// pieces of about this size.
+const listingFlush = 32 << 10
+
+var listingBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// writeListing answers a page as {"messages": [...]} (plus "next" when given):
+// the messages, or with contentsOnly their contents as strings. It encodes
+// the page in runs of about listingFlush bytes of content and writes each run
+// as it is done. Encoding the page as one value (json.Encoder buffers a whole
+// value before it writes) held a second copy of it, and more while that buffer
+// grew: 1,000 rows of 64 KB were a 65 MB answer. The page itself is bounded by
+// store.List, in rows and bytes.
+func writeListing(w http.ResponseWriter, msgs []store.Message, contentsOnly bool, next string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, 32<<10)
-	enc := json.NewEncoder(bw)
+	buf := listingBufs.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 4*listingFlush { // a buffer grown by one huge message is not kept
+			buf.Reset()
+			listingBufs.Put(buf)
+		}
+	}()
+	buf.Reset()
+	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false)
-	bw.WriteString(`{"messages":[`)
-	for i, m := range msgs {
-		if i > 0 {
-			bw.WriteByte(',')
+	buf.WriteString(`{"messages":[`)
+	var contents []string
+	for start := 0; start < len(msgs); {
+		end, size := start, 0
+		for end < len(msgs) && (end == start || size+len(msgs[end].Content) <= listingFlush) {
+			size += len(msgs[end].Content)
+			end++
 		}
-		if enc.Encode(item(m)) != nil {
-			return // the client is gone
+		var run any = msgs[start:end]
+		if contentsOnly {
+			contents = contents[:0]
+			for _, m := range msgs[start:end] {
+				contents = append(contents, m.Content)
+			}
+			run = contents
 		}
+		if start > 0 {
+			buf.WriteByte(',')
+		}
+		// The run encodes as [a,b,...]\n; keep a,b,...
+		at := buf.Len()
+		enc.Encode(run) // messages or strings: cannot fail
+		b := buf.Bytes()
+		copy(b[at:], b[at+1:])
+		buf.Truncate(buf.Len() - len("[]\n"))
+		if buf.Len() >= listingFlush {
+			if _, err := w.Write(buf.Bytes()); err != nil {
+				return // the client is gone
+			}
+			buf.Reset()
+		}
+		start = end
 	}
-	bw.WriteByte(']')
+	buf.WriteByte(']')
 	if next != "" {
-		bw.WriteString(`,"next":`)
+		buf.WriteString(`,"next":`)
 		enc.Encode(next)
 	}
-	bw.WriteString("}\n")
-	bw.Flush()
+	buf.WriteString("}\n")
+	w.Write(buf.Bytes())
 }

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"example.com/pscmessages/store"
 )
@@ -43,6 +44,11 @@ func TestListingIsStreamed(t *testing.T) {
 		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > pageBytes*3/2 {
 			t.Errorf("GET %s of %d bytes allocated %d bytes, want under 1.5 times the page", path, n, alloc)
 		}
+		// Written in pieces, it is still one JSON document.
+		var page struct{ Messages []json.RawMessage }
+		if r := do(t, "GET", f.srv.URL+path, "", nil); json.Unmarshal(r.body, &page) != nil || len(page.Messages) == 0 {
+			t.Fatalf("GET %s: not one JSON document with messages: %.200s", path, r.body)
+		}
 	}
 	// And the answer is still one JSON document.
 	r := do(t, "GET", f.srv.URL+"/messages?limit=2", "", nil)
@@ -54,3 +60,35 @@ func TestListingIsStreamed(t *testing.T) {
 		t.Fatalf("GET /messages?limit=2: %v %s", err, r.body)
 	}
 }
+
+// BenchmarkListingEncode compares encoding a page of 100 short messages, as
+// GET / answers by default, one message at a time (writeListing) with
+// encoding it as one value (writeJSON, as GET did before).
+func BenchmarkListingEncode(b *testing.B) {
+	msgs := make([]store.Message, 100)
+	for i := range msgs {
+		msgs[i] = store.Message{ID: int64(i + 1), Content: fmt.Sprintf("benchmark message %d", i), CreatedAt: time.Now(), UpdatedAt: time.Now()}
+	}
+	b.Run("streamed", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			writeListing(discardWriter{}, msgs, true, "")
+		}
+	})
+	b.Run("one value", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			contents := make([]string, len(msgs))
+			for i, m := range msgs {
+				contents[i] = m.Content
+			}
+			writeJSON(discardWriter{}, http.StatusOK, map[string]any{"messages": contents})
+		}
+	})
+}
+
+type discardWriter struct{}
+
+func (discardWriter) Header() http.Header         { return http.Header{} }
+func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (discardWriter) WriteHeader(int)             {}
