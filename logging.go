@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"cloud.google.com/go/compute/metadata"
-	"github.com/cloudevents/sdk-go/v2/event"
 
 	"example.com/pscmessages/store"
 )
@@ -49,12 +48,6 @@ func cloudLoggingAttr(groups []string, a slog.Attr) slog.Attr {
 func (s *service) requestLog(r *http.Request) *slog.Logger {
 	traceID, spanID, sampled := traceFromHeaders(r.Header.Get("traceparent"), r.Header.Get("X-Cloud-Trace-Context"))
 	return s.withTrace(traceID, spanID, sampled).With("method", r.Method, "path", r.URL.Path)
-}
-
-func (s *service) eventLog(e event.Event) *slog.Logger {
-	tp, _ := e.Extensions()["traceparent"].(string)
-	traceID, spanID, sampled := traceFromHeaders(tp, "")
-	return s.withTrace(traceID, spanID, sampled).With("event_id", e.ID(), "event_source", e.Source())
 }
 
 func (s *service) withTrace(traceID, spanID string, sampled bool) *slog.Logger {
