@@ -191,7 +191,13 @@ func (b *batcher) commit(rows []*writeRequest, results map[*writeRequest]writeRe
 			b.commit(rows[mid:], results)
 			return
 		}
-		err = fmt.Errorf("%w: %w", ErrInvalid, err)
+		if isConflict(err) {
+			// Other transactions kept winning this key: transient, not
+			// the row's fault.
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		} else {
+			err = fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
 	}
 	for _, r := range rows {
 		results[r] = writeResult{err: err}

@@ -21,7 +21,9 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_recorded_at ON idempotency_keys (rec
 
 -- Keys stored before this migration keep deduplicating: each gets a record
 -- of its row as it is now (its current content is the best fingerprint
--- left). Their retention counts from this migration.
+-- left). Their retention counts from this migration. This reads messages
+-- without blocking its writers: about 10 s for 1,000,000 rows of which half
+-- had keys, on the machine of 005's figure.
 INSERT INTO idempotency_keys (key, fingerprint, message_id, created_at)
 SELECT idempotency_key, sha256(convert_to(coalesce(content, ''), 'UTF8')), id, created_at
 FROM messages WHERE idempotency_key IS NOT NULL
