@@ -91,7 +91,11 @@ func readDelivery(r *http.Request, limit int64) (*delivery, error) {
 	}
 	d := &delivery{release: func() { eventBudget.Release(weight) }}
 	h := sha256.New()
-	buf, eof, err := readUpTo(io.TeeReader(r.Body, h), make([]byte, 0, keep), keep)
+	initial := keep
+	if r.ContentLength < 0 { // chunked: grow as it comes, up to keep
+		initial = min(keep, 32<<10)
+	}
+	buf, eof, err := readUpTo(io.TeeReader(r.Body, h), make([]byte, 0, initial), keep)
 	if err != nil {
 		d.release()
 		return nil, err
@@ -120,8 +124,10 @@ func readDelivery(r *http.Request, limit int64) (*delivery, error) {
 // bytes. It never grows buf beyond n bytes.
 func readUpTo(r io.Reader, buf []byte, n int64) (_ []byte, eof bool, _ error) {
 	for int64(len(buf)) < n {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)] // grow
+		if len(buf) == cap(buf) { // grow, never beyond n
+			grown := make([]byte, len(buf), min(max(2*int64(cap(buf)), 512), n))
+			copy(grown, buf)
+			buf = grown
 		}
 		m, err := r.Read(buf[len(buf):min(int64(cap(buf)), n)])
 		buf = buf[:len(buf)+m]

@@ -351,3 +351,38 @@ func TestFieldSniffer(t *testing.T) {
 		}
 	}
 }
+
+// TestChunkedDeliveries: a delivery without Content-Length (chunked) is read
+// as one with it: stored when it fits, a digested dead letter when not.
+func TestChunkedDeliveries(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	post := func(body string) int {
+		req, _ := http.NewRequest("POST", base+"/", io.MultiReader(strings.NewReader(body))) // no length: chunked
+		for k, v := range ceHeaders("chunked-"+fmt.Sprint(len(body)), testSource) {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	small := eventBody("c-1", []byte(strings.Repeat("s", 60<<10)), "")
+	big := eventBody("c-2", bytes.Repeat([]byte("b"), 2<<20), "")
+	if st := post(small); st != http.StatusNoContent {
+		t.Fatalf("small chunked delivery: %d", st)
+	}
+	if st := post(big); st != http.StatusNoContent {
+		t.Fatalf("big chunked delivery: %d", st)
+	}
+	if n := countRows(t, f.url, "SELECT count(*) FROM messages"); n != 1 {
+		t.Fatalf("%d messages, want the small one", n)
+	}
+	dl := deadLetters(t, f.url)
+	sum := sha256.Sum256([]byte(big))
+	if len(dl) != 1 || dl[0].size != int64(len(big)) || !bytes.Equal(dl[0].sum, sum[:]) {
+		t.Fatalf("dead letters %v, want the big one with its size and sha256", dl)
+	}
+}
