@@ -307,10 +307,12 @@ func logText(s string) string {
 
 // Bounds on what identifies a Pub/Sub message, checked before it is used as
 // a deduplication key: real message ids are decimal numbers of ~17 digits,
-// and a source names a project (30 bytes) and a topic (255 bytes).
+// and a source names a project (30 bytes) and a topic (255 bytes), 326 bytes
+// in all. With the prefix and a publish time the key stays under
+// store.MaxKeyBytes.
 const (
 	maxMessageIDBytes = 256
-	maxSourceBytes    = 1024
+	maxSourceBytes    = 512
 )
 
 // decodeEvent is decodeMessage for an event decoded by sdk-go.
@@ -369,6 +371,9 @@ func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string
 	key = "pubsub:" + m.source + "#" + id
 	if !d.Message.PublishTime.IsZero() {
 		key += "@" + d.Message.PublishTime.UTC().Format(time.RFC3339Nano)
+	}
+	if len(key) > store.MaxKeyBytes { // only a publish time far out of range gets here
+		return "", "", &poisonError{fmt.Sprintf("the deduplication key is %d bytes, more than %d", len(key), store.MaxKeyBytes)}
 	}
 	return content, key, nil
 }
