@@ -1,0 +1,446 @@
+package main
+
+// Every gcloud command of cloudbuild.yaml, judged by gcloud itself: the
+// steps run as Cloud Build would run them (bash scripts with bash, gcloud
+// steps with the real gcloud CLI), after the defaults and a sample set of
+// substitutions, against the recording fake of gcloudfake_test.go. gcloud
+// parses and validates every flag before it sends anything, so an argument
+// it does not accept fails the step; the requests it sends show what the
+// flags mean to Google's APIs.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"example.com/pscmessages/store"
+)
+
+// cbGcloudSamples are the substitution sets every step runs with: the
+// defaults, and the opt-ins an operator may choose. New substitutions are
+// picked up from cloudbuild.yaml by themselves; add a set here when one
+// switches to another code path.
+var cbGcloudSamples = map[string]map[string]string{
+	"defaults":                {},
+	"public HTTP function":    {"_ALLOW_UNAUTHENTICATED": "true"},
+	"insecure database TLS":   {"_DB_SSLMODE": "require", "_DB_INSECURE_NO_VERIFY": "true"},
+	"all routes, other sizes": {"_HTTP_ROUTES": "all", "_MAX_INSTANCES": "2", "_CONCURRENCY": "10", "_INGEST_MEMORY": "1Gi"},
+}
+
+// cbStepRun is one step made ready to run: its program and arguments.
+type cbStepRun struct {
+	id   string
+	name string
+	args []string
+}
+
+// cbRunnableSteps returns the steps that call gcloud, expanded with subs, in
+// file order (which respects waitFor).
+func cbRunnableSteps(t *testing.T, yamlText []byte, subs map[string]string) ([]cbStepRun, *cbChecked) {
+	t.Helper()
+	overrides := cbClone(cbSampleSubstitutions)
+	for k, v := range subs {
+		overrides[k] = v
+	}
+	c, errs := cbCheck(yamlText, cbReadFacts(t), overrides)
+	if c == nil {
+		t.Fatal(errs)
+	}
+	// Only the defaults' subs map may lack what the overrides add.
+	for k, v := range overrides {
+		if _, ok := c.subs[k]; !ok {
+			t.Fatalf("sample substitution %s=%s is not in cloudbuild.yaml", k, v)
+		}
+	}
+	var steps []cbStepRun
+	for _, st := range c.cfg.Steps {
+		calls := slices.ContainsFunc(c.commands[st.ID], func(w []string) bool { return w[0] == "gcloud" })
+		if !calls {
+			continue
+		}
+		if script, ok := c.scripts[st.ID]; ok {
+			steps = append(steps, cbStepRun{id: st.ID, name: "bash", args: []string{"-c", script}})
+		} else {
+			steps = append(steps, cbStepRun{id: st.ID, name: "gcloud", args: c.commands[st.ID][0][1:]})
+		}
+	}
+	return steps, c
+}
+
+// cbSourceDir is a copy of what `gcloud run deploy --source=.` uploads: the
+// root package and go.mod.
+func cbSourceDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	files, _ := filepath.Glob("../*.go")
+	files = append(files, "../go.mod", "../go.sum")
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestCloudBuildGcloud runs every step that calls gcloud, twice: first
+// against an empty project (each describe answers "not found", so the create
+// branches run), then against what the first run made (the update
+// branches). Each substitution sample runs the steps whose commands differ
+// from the defaults'. Every step must succeed, and the requests must carry
+// what the pipeline means.
+func TestCloudBuildGcloud(t *testing.T) {
+	if _, err := exec.LookPath("gcloud"); err != nil {
+		t.Fatalf("gcloud is not installed (Debian: apt-get install google-cloud-cli): %v", err)
+	}
+	facts := cbReadFacts(t)
+	defaults, _ := cbRunnableSteps(t, cbReadYAML(t), nil)
+	dir := cbSourceDir(t)
+	names := cbKeys(cbGcloudSamples)
+	for _, name := range names {
+		steps, c := cbRunnableSteps(t, cbReadYAML(t), cbGcloudSamples[name])
+		if name != "defaults" {
+			steps = slices.DeleteFunc(steps, func(st cbStepRun) bool {
+				return slices.ContainsFunc(defaults, func(d cbStepRun) bool { return d.id == st.id && slices.Equal(d.args, st.args) })
+			})
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel() // each sample has its own fake; gcloud mostly waits
+			if len(steps) == 0 {
+				t.Fatalf("the sample changes no gcloud command; drop it or make it matter")
+			}
+			fake := newGcloudFake(t)
+			env := fake.gcloudEnv(t, cbBuiltins["PROJECT_ID"])
+			for _, branch := range []string{"create", "update"} {
+				m := fake.mark()
+				for _, st := range steps {
+					sm := fake.mark()
+					out, err := fake.run(t, env, dir, st.name, st.args...)
+					if err != nil {
+						t.Fatalf("%s run: step %s failed: %v\n%s\nrequests:\n%s", branch, st.id, err, out, fakeDump(fake.requests(sm)))
+					}
+				}
+				if len(fake.unknown) > 0 {
+					t.Fatalf("requests to APIs the fake does not know (add them to gcloudAPIs): %v", fake.unknown)
+				}
+				reqs := fake.requests(m)
+				for _, err := range cbJudgeRequests(facts, c.subs, branch, steps, reqs) {
+					t.Errorf("%s run: %v", branch, err)
+				}
+				if t.Failed() {
+					t.Logf("requests of the %s run:\n%s", branch, fakeDump(reqs))
+					return
+				}
+			}
+		})
+	}
+}
+
+// cbRequestsFor returns the requests matching method and a path suffix.
+func cbRequestsFor(reqs []fakeRequest, method, pathPart string) []fakeRequest {
+	var out []fakeRequest
+	for _, r := range reqs {
+		if r.Method == method && strings.Contains(r.Path, pathPart) && r.Status/100 == 2 {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// cbDig walks a decoded JSON value: cbDig(v, "spec", "template", "metadata").
+func cbDig(v any, keys ...string) any {
+	for _, k := range keys {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
+}
+
+func cbStr(v any, keys ...string) string {
+	s, _ := cbDig(v, keys...).(string)
+	return s
+}
+
+// cbJudgeRequests checks that the requests gcloud sent carry what the
+// pipeline means. steps are the steps that ran: a sample that runs only the
+// HTTP function's deploy is judged on that alone.
+func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps []cbStepRun, reqs []fakeRequest) []error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	ran := func(id string) bool { return slices.ContainsFunc(steps, func(s cbStepRun) bool { return s.id == id }) }
+	project := cbBuiltins["PROJECT_ID"]
+	email := func(id string) string { return id + "@" + project + ".iam.gserviceaccount.com" }
+
+	// Cloud Run services: Knative (v1 API) create on the first run, replace on the second.
+	method := map[string]string{"create": "POST", "update": "PUT"}[branch]
+	services := map[string]map[string]any{} // function target → service
+	for _, r := range cbRequestsFor(reqs, method, "/apis/serving.knative.dev/v1/namespaces/"+project+"/services") {
+		fn := cbStr(r.Body, "metadata", "annotations", "run.googleapis.com/build-function-target")
+		if _, ok := facts.EntryPoints[fn]; !ok {
+			fail("service %s is built for function target %q, not an entry point the code registers (%v)", cbStr(r.Body, "metadata", "name"), fn, cbKeys(facts.EntryPoints))
+			continue
+		}
+		services[fn] = r.Body
+	}
+	accounts := map[string]string{}
+	serviceName := map[string]string{} // function → service name
+	for fn, svc := range services {
+		name := cbStr(svc, "metadata", "name")
+		serviceName[fn] = name
+		tmpl := cbDig(svc, "spec", "template")
+		ann := func(k string) string { return cbStr(tmpl, "metadata", "annotations", k) }
+		if want := "runtimes/go" + strings.ReplaceAll(facts.GoVersion, ".", ""); !strings.HasSuffix(cbStr(svc, "metadata", "annotations", "run.googleapis.com/build-base-image"), want) {
+			fail("%s: built on %q; go.mod's go %s needs %s", name, cbStr(svc, "metadata", "annotations", "run.googleapis.com/build-base-image"), facts.GoVersion, want)
+		}
+		if v := ann("run.googleapis.com/vpc-access-egress"); v != "private-ranges-only" {
+			fail("%s: VPC egress %q; the PSC endpoint is reached through Direct VPC egress with private ranges only", name, v)
+		}
+		var nics []map[string]string
+		if err := json.Unmarshal([]byte(ann("run.googleapis.com/network-interfaces")), &nics); err != nil || len(nics) != 1 ||
+			nics[0]["network"] != subs["_NETWORK"] || nics[0]["subnetwork"] != subs["_SUBNET"] {
+			fail("%s: network interfaces %q; want network %s, subnet %s", name, ann("run.googleapis.com/network-interfaces"), subs["_NETWORK"], subs["_SUBNET"])
+		}
+		sa := cbStr(tmpl, "spec", "serviceAccountName")
+		if other, ok := accounts[sa]; ok || sa == "" || !strings.HasSuffix(sa, ".iam.gserviceaccount.com") {
+			fail("%s: runs as %q (shared with %q?); each function needs a service account of its own", name, sa, other)
+		}
+		accounts[sa] = fn
+		prefix := map[bool]string{true: "_INGEST", false: ""}[facts.EntryPoints[fn] == "CloudEvent"]
+		if v := ann("autoscaling.knative.dev/maxScale"); v != subs[prefix+"_MAX_INSTANCES"] {
+			fail("%s: max instances %q, want %s=%s", name, v, prefix+"_MAX_INSTANCES", subs[prefix+"_MAX_INSTANCES"])
+		}
+		conc, _ := cbDig(tmpl, "spec", "containerConcurrency").(float64)
+		if strconv.Itoa(int(conc)) != subs[prefix+"_CONCURRENCY"] {
+			fail("%s: concurrency %v, want %s=%s", name, conc, prefix+"_CONCURRENCY", subs[prefix+"_CONCURRENCY"])
+		}
+		containers, _ := cbDig(tmpl, "spec", "containers").([]any)
+		if len(containers) != 1 {
+			fail("%s: %d containers", name, len(containers))
+			continue
+		}
+		ctr := containers[0]
+		mem := cbStr(ctr, "resources", "limits", "memory")
+		if mem != subs[prefix+"_MEMORY"] {
+			fail("%s: memory limit %q, want %s=%s", name, mem, prefix+"_MEMORY", subs[prefix+"_MEMORY"])
+		}
+		env := map[string]string{}
+		list, _ := cbDig(ctr, "env").([]any)
+		for _, e := range list {
+			env[cbStr(e, "name")] = cbStr(e, "value")
+		}
+		for k := range env {
+			if !facts.EnvVars[k] {
+				fail("%s: sets %s, which the code does not read", name, k)
+			}
+		}
+		cfg, err := store.ConfigFromEnv(cbGetenv(env))
+		switch {
+		case err != nil:
+			fail("%s: the code rejects the environment gcloud sets: %v", name, err)
+		case !cfg.IAMAuth || cfg.Migrate:
+			fail("%s: IAM login %v, migrates %v; want IAM and no migrations", name, cfg.IAMAuth, cfg.Migrate)
+		}
+		if path := env["DB_ROOT_CERT"]; path != "" {
+			mounted := false
+			vols, _ := cbDig(tmpl, "spec", "volumes").([]any)
+			mounts, _ := cbDig(ctr, "volumeMounts").([]any)
+			for _, m := range mounts {
+				for _, v := range vols {
+					if cbStr(v, "name") == cbStr(m, "name") && cbStr(v, "secret", "secretName") == subs["_DB_SERVER_CA_SECRET"] {
+						items, _ := cbDig(v, "secret", "items").([]any)
+						for _, it := range items {
+							mounted = mounted || filepath.Join(cbStr(m, "mountPath"), cbStr(it, "path")) == path
+						}
+					}
+				}
+			}
+			if !mounted {
+				fail("%s: DB_ROOT_CERT=%s is not a file of the mounted secret %s", name, path, subs["_DB_SERVER_CA_SECRET"])
+			}
+		}
+		ingress := cbStr(svc, "metadata", "annotations", "run.googleapis.com/ingress")
+		if facts.EntryPoints[fn] == "CloudEvent" && ingress != subs["_INGEST_INGRESS"] {
+			fail("%s: ingress %q, want %s", name, ingress, subs["_INGEST_INGRESS"])
+		}
+	}
+	deployed := 0
+	for _, id := range []string{"deploy-messages", "deploy-ingest"} {
+		if ran(id) {
+			deployed++
+		}
+	}
+	if len(services) != deployed {
+		fail("%d services deployed by %d deploy steps", len(services), deployed)
+	}
+	for _, r := range cbRequestsFor(reqs, "POST", "/builds:submit") {
+		fn := cbStr(r.Body, "buildpackBuild", "functionTarget")
+		if _, ok := facts.EntryPoints[fn]; !ok || cbStr(r.Body, "buildpackBuild", "baseImage") != "go"+strings.ReplaceAll(facts.GoVersion, ".", "") ||
+			cbStr(r.Body, "serviceAccount") != "projects/"+project+"/serviceAccounts/"+email(subs["_SOURCE_BUILD_SA"]) {
+			fail("build request %s: want an entry point, base image go%s and the builder account", r.Raw, facts.GoVersion)
+		}
+	}
+
+	// Who may invoke what: the last policy set on each service.
+	policies := map[string][]any{}
+	for _, r := range cbRequestsFor(reqs, "POST", ":setIamPolicy") {
+		bindings, _ := cbDig(r.Body, "policy", "bindings").([]any)
+		policies[strings.TrimSuffix(r.Path[strings.Index(r.Path, "/projects/")+1:], ":setIamPolicy")] = bindings
+	}
+	members := func(resource, role string) []string {
+		var out []string
+		for _, b := range policies[resource] {
+			if cbStr(b, "role") == role {
+				for _, m := range cbDig(b, "members").([]any) {
+					out = append(out, m.(string))
+				}
+			}
+		}
+		return out
+	}
+	svcPath := func(name string) string {
+		return "projects/" + project + "/locations/" + subs["_REGION"] + "/services/" + name
+	}
+	for res := range policies {
+		for _, m := range members(res, "roles/run.invoker") {
+			public := m == "allUsers" || m == "allAuthenticatedUsers"
+			if public && (subs["_ALLOW_UNAUTHENTICATED"] != "true" || res != svcPath(subs["_SERVICE"])) {
+				fail("%s is opened to %s", res, m)
+			}
+		}
+	}
+	if subs["_ALLOW_UNAUTHENTICATED"] == "true" && ran("deploy-messages") && !slices.Contains(members(svcPath(subs["_SERVICE"]), "roles/run.invoker"), "allUsers") {
+		fail("_ALLOW_UNAUTHENTICATED=true but %s is not public", subs["_SERVICE"])
+	}
+	if ran("ingest-invoker") {
+		if got := members(svcPath(subs["_INGEST_SERVICE"]), "roles/run.invoker"); !slices.Equal(got, []string{"serviceAccount:" + email(subs["_TRIGGER_SA"])}) {
+			fail("run.invoker on %s: %v; want only the trigger's account", subs["_INGEST_SERVICE"], got)
+		}
+	}
+
+	// The trigger: created on the first run, updated in place on the second.
+	if ran("trigger") {
+		var tr []fakeRequest
+		if branch == "create" {
+			tr = cbRequestsFor(reqs, "POST", "/triggers")
+		} else {
+			tr = cbRequestsFor(reqs, "PATCH", "/triggers/"+subs["_TRIGGER"])
+		}
+		if len(tr) != 1 {
+			fail("want one trigger %s request, got %d", branch, len(tr))
+		} else {
+			b := tr[0].Body
+			filters, _ := cbDig(b, "eventFilters").([]any)
+			if len(filters) != 1 || cbStr(filters[0], "attribute") != "type" || cbStr(filters[0], "value") != facts.EventType {
+				fail("trigger filters %v; IngestPubSub accepts type=%s", filters, facts.EventType)
+			}
+			if cbStr(b, "destination", "cloudRun", "service") != serviceName["IngestPubSub"] && serviceName["IngestPubSub"] != "" ||
+				cbStr(b, "destination", "cloudRun", "service") != subs["_INGEST_SERVICE"] || cbStr(b, "destination", "cloudRun", "region") != subs["_REGION"] {
+				fail("trigger destination %v; want %s in %s", cbDig(b, "destination"), subs["_INGEST_SERVICE"], subs["_REGION"])
+			}
+			if sa := cbStr(b, "serviceAccount"); sa != email(subs["_TRIGGER_SA"]) || accounts[sa] != "" {
+				fail("trigger identity %q; want %s, no function's", sa, email(subs["_TRIGGER_SA"]))
+			}
+			if topic := cbStr(b, "transport", "pubsub", "topic"); branch == "create" && topic != "projects/"+project+"/topics/"+subs["_TOPIC"] {
+				fail("trigger transport topic %q; want _TOPIC %s", topic, subs["_TOPIC"])
+			}
+		}
+	}
+
+	// Topics, and the dead-letter policy on the subscription Eventarc made.
+	if ran("topics") && branch == "create" {
+		for _, topic := range []string{subs["_TOPIC"], subs["_DEAD_LETTER_TOPIC"]} {
+			exact := slices.DeleteFunc(cbRequestsFor(reqs, "PUT", "/topics/"+topic), func(r fakeRequest) bool { return r.Path != "/v1/projects/"+project+"/topics/"+topic })
+			if len(exact) != 1 {
+				fail("topic %s is not created", topic)
+			}
+		}
+		inspect := cbRequestsFor(reqs, "PUT", "/subscriptions/"+subs["_DEAD_LETTER_TOPIC"]+"-inspect")
+		if len(inspect) != 1 || cbStr(inspect[0].Body, "topic") != "projects/"+project+"/topics/"+subs["_DEAD_LETTER_TOPIC"] {
+			fail("no subscription keeps what reaches the dead-letter topic")
+		}
+	}
+	if ran("dead-letter") {
+		patches := cbRequestsFor(reqs, "PATCH", "/subscriptions/eventarc-")
+		if len(patches) != 1 {
+			fail("want one PATCH of the trigger's subscription, got %d", len(patches))
+		} else {
+			dl := cbDig(patches[0].Body, "subscription", "deadLetterPolicy")
+			attempts, _ := cbDig(dl, "maxDeliveryAttempts").(float64)
+			if cbStr(dl, "deadLetterTopic") != "projects/"+project+"/topics/"+subs["_DEAD_LETTER_TOPIC"] || strconv.Itoa(int(attempts)) != subs["_MAX_DELIVERY_ATTEMPTS"] {
+				fail("dead-letter policy %v; want %s after %s attempts", dl, subs["_DEAD_LETTER_TOPIC"], subs["_MAX_DELIVERY_ATTEMPTS"])
+			}
+			agent := "serviceAccount:service-" + cbBuiltins["PROJECT_NUMBER"] + "@gcp-sa-pubsub.iam.gserviceaccount.com"
+			sub := strings.TrimPrefix(patches[0].Path, "/v1/")
+			if !slices.Contains(members("projects/"+project+"/topics/"+subs["_DEAD_LETTER_TOPIC"], "roles/pubsub.publisher"), agent) ||
+				!slices.Contains(members(sub, "roles/pubsub.subscriber"), agent) {
+				fail("the Pub/Sub service agent needs publisher on %s and subscriber on %s to forward dead letters", subs["_DEAD_LETTER_TOPIC"], sub)
+			}
+		}
+	}
+	return errs
+}
+
+// TestCloudBuildGcloudJudges: what gcloud refuses fails its step, before any
+// request; facts about gcloud's flags are gcloud's to judge, not a copy kept
+// in cloudbuild_test.go. Each case runs the steps it names, in order, on a
+// fresh fake (earlier ones set up what the last one needs).
+func TestCloudBuildGcloudJudges(t *testing.T) {
+	yamlText := string(cbReadYAML(t))
+	dir := cbSourceDir(t)
+	tests := []struct {
+		name     string
+		from, to string
+		steps    []string
+		want     string // in gcloud's output
+	}{
+		{name: "more delivery attempts than Pub/Sub allows", from: "--max-delivery-attempts=${_MAX_DELIVERY_ATTEMPTS}", to: "--max-delivery-attempts=1000",
+			steps: []string{"trigger", "dead-letter"}, want: "less than or equal to 100"},
+		{name: "misspelt egress", from: "--vpc-egress=private-ranges-only \\\n          --ingress", to: "--vpc-egress=private-ranges \\\n          --ingress",
+			steps: []string{"deploy-ingest"}, want: "--vpc-egress"},
+		{name: "retention in words", from: "--message-retention-duration=7d", to: "--message-retention-duration=a week",
+			steps: []string{"topics"}, want: "message-retention-duration"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if !strings.Contains(yamlText, tt.from) {
+				t.Fatalf("cloudbuild.yaml no longer contains %q; update the case", tt.from)
+			}
+			steps, _ := cbRunnableSteps(t, []byte(strings.Replace(yamlText, tt.from, tt.to, 1)), nil)
+			fake := newGcloudFake(t)
+			env := fake.gcloudEnv(t, cbBuiltins["PROJECT_ID"])
+			for i, id := range tt.steps {
+				k := slices.IndexFunc(steps, func(s cbStepRun) bool { return s.id == id })
+				if k < 0 {
+					t.Fatalf("no step %s calls gcloud", id)
+				}
+				m := fake.mark()
+				out, err := fake.run(t, env, dir, steps[k].name, steps[k].args...)
+				last := i == len(tt.steps)-1
+				switch {
+				case !last && err != nil:
+					t.Fatalf("step %s failed: %v\n%s", id, err, out)
+				case last && err == nil:
+					t.Fatalf("gcloud accepted the mutated step %s:\n%s\n%s", id, out, fakeDump(fake.requests(m)))
+				case last && !strings.Contains(strings.ToLower(out), strings.ToLower(tt.want)):
+					t.Fatalf("step %s failed, but not with %q:\n%s", id, tt.want, out)
+				}
+			}
+		})
+	}
+}
