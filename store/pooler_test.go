@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -221,5 +224,35 @@ func TestMigrateWaitsForHeldLock(t *testing.T) {
 	defer conn2.Close(ctx)
 	if err := store.Migrate(ctx, conn2); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNoSessionStateInStore guards DB_POOLER=transaction against future
+// statements: nothing in the store's code may leave state on a server
+// session, which a transaction-mode pooler hands to other clients (or takes
+// away) between transactions. SET LOCAL and pg_advisory_xact_lock end with
+// their transaction and are fine.
+func TestNoSessionStateInStore(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forbidden := regexp.MustCompile(`(?i)(pg_advisory_lock|pg_try_advisory_lock\(|\bCREATE\s+(TEMP|TEMPORARY)\b|\bLISTEN\b|\bPREPARE\s+\w|"SET\s+(SESSION\s+)?[a-z_]+\s*(=|TO)|AfterConnect|\.Prepare\(|DECLARE\s+\w+\s+.*WITH HOLD)`)
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(src), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "//") {
+				continue
+			}
+			if m := forbidden.FindString(line); m != "" {
+				t.Errorf("%s:%d uses %q, session state a transaction-mode pooler cannot keep: %s", f, i+1, m, strings.TrimSpace(line))
+			}
+		}
 	}
 }
