@@ -143,6 +143,9 @@ func TestCloudBuildGcloud(t *testing.T) {
 					t.Logf("requests of the %s run:\n%s", branch, fakeDump(reqs))
 					return
 				}
+				if name == "defaults" && branch == "create" {
+					cbJudgeCatchesDrift(t, facts, c.subs, steps, reqs)
+				}
 			}
 		})
 	}
@@ -442,5 +445,50 @@ func TestCloudBuildGcloudJudges(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// cbJudgeCatchesDrift edits recorded requests as a drifted pipeline would
+// send them and expects cbJudgeRequests to notice each edit.
+func cbJudgeCatchesDrift(t *testing.T, facts cbFacts, subs map[string]string, steps []cbStepRun, reqs []fakeRequest) {
+	t.Helper()
+	tests := []struct {
+		name, path, from, to, want string
+	}{
+		{"all traffic through the VPC", "/services", `"private-ranges-only"`, `"all-traffic"`, "VPC egress"},
+		{"another subnet", "/services", `\"subnetwork\": \"` + subs["_SUBNET"] + `\"`, `\"subnetwork\": \"other\"`, "network interfaces"},
+		{"env var the code does not read", "/services", `"name": "DB_HOST"`, `"name": "DB_HOSTNAME"`, "does not read"},
+		{"functions migrate", "/services", `"name": "DB_MIGRATE", "value": "false"`, `"name": "DB_MIGRATE", "value": "true"`, "migrates true"},
+		{"wrong function target", "/services", `build-function-target": "IngestPubSub"`, `build-function-target": "Ingest"`, "not an entry point"},
+		{"old base image", "/services", `runtimes/go1`, `runtimes/go0`, "needs runtimes/go"},
+		{"no memory limit", "/services", `"memory": "` + subs["_MEMORY"] + `"`, `"memory": "64Mi"`, "memory limit"},
+		{"ingress for everyone", "/services", `"run.googleapis.com/ingress": "internal"`, `"run.googleapis.com/ingress": "all"`, "ingress"},
+		{"public ingest", ":setIamPolicy", `"serviceAccount:` + subs["_TRIGGER_SA"] + `@`, `"allUsers", "serviceAccount:` + subs["_TRIGGER_SA"] + `@`, "opened to allUsers"},
+		{"other event type", "/triggers", facts.EventType, "google.cloud.storage.object.v1.finalized", "filters"},
+		{"trigger as a function", "/triggers", `"serviceAccount": "` + subs["_TRIGGER_SA"] + `@`, `"serviceAccount": "` + subs["_INGEST_SA"] + `@`, "trigger identity"},
+		{"no dead-letter topic", "/subscriptions/eventarc-", `"deadLetterTopic": "projects/my-project/topics/` + subs["_DEAD_LETTER_TOPIC"], `"deadLetterTopic": "projects/my-project/topics/other`, "dead-letter policy"},
+	}
+	for _, tt := range tests {
+		edited := make([]fakeRequest, len(reqs))
+		hit := false
+		for i, r := range reqs {
+			edited[i] = r
+			raw := string(r.Raw)
+			if r.Method != "GET" && strings.Contains(r.Path, tt.path) && strings.Contains(raw, tt.from) {
+				raw = strings.Replace(raw, tt.from, tt.to, 1)
+				edited[i].Raw = []byte(raw)
+				edited[i].Body = nil
+				json.Unmarshal(edited[i].Raw, &edited[i].Body)
+				hit = true
+			}
+		}
+		if !hit {
+			t.Errorf("drift %q: no request contains %s; update the case", tt.name, tt.from)
+			continue
+		}
+		errs := cbJudgeRequests(facts, subs, "create", steps, edited)
+		if !slices.ContainsFunc(errs, func(err error) bool { return strings.Contains(err.Error(), tt.want) }) {
+			t.Errorf("drift %q: no error mentions %q; got %v", tt.name, tt.want, errs)
+		}
 	}
 }
