@@ -31,6 +31,9 @@ var cbGcloudSamples = map[string]map[string]string{
 	"public HTTP function":    {"_ALLOW_UNAUTHENTICATED": "true"},
 	"insecure database TLS":   {"_DB_SSLMODE": "require", "_DB_INSECURE_NO_VERIFY": "true"},
 	"all routes, other sizes": {"_HTTP_ROUTES": "all", "_MAX_INSTANCES": "2", "_CONCURRENCY": "10", "_INGEST_MEMORY": "1Gi"},
+	// Through a transaction pooler the instance limits go far past what
+	// max_connections allows direct.
+	"transaction pooler": {"_DB_POOLER": "transaction", "_DB_POOLER_SERVER_CONNS": "20", "_MAX_INSTANCES": "100", "_INGEST_MAX_INSTANCES": "50"},
 }
 
 // cbStepRun is one step made ready to run: its program and arguments.
@@ -257,6 +260,8 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 			fail("%s: the code rejects the environment gcloud sets: %v", name, err)
 		case !cfg.IAMAuth || cfg.Migrate:
 			fail("%s: IAM login %v, migrates %v; want IAM and no migrations", name, cfg.IAMAuth, cfg.Migrate)
+		case cfg.Pooler != cbPooler(subs["_DB_POOLER"]):
+			fail("%s: DB_POOLER %q, want _DB_POOLER=%s", name, cfg.Pooler, subs["_DB_POOLER"])
 		}
 		if path := env["DB_ROOT_CERT"]; path != "" {
 			mounted := false
