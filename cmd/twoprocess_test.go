@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	function "example.com/pscmessages"
+	"example.com/pscmessages/store/localpg"
 )
 
 // TestTwoProcessesSharedKeys is item 2 of issue 8 with two real processes:
@@ -23,9 +25,15 @@ import (
 // deadlock (each one stalled both batches for deadlock_timeout and failed the
 // whole batch).
 func TestTwoProcessesSharedKeys(t *testing.T) {
-	url := serveDatabase(t)
+	// Durable, as Cloud SQL is: commits that wait for the disk keep both
+	// processes' batches open at once, which is when opposite orders meet.
+	c := localpg.ForTest(t, localpg.Options{Durable: true})
+	if err := c.CreateDatabase(context.Background(), "two"); err != nil {
+		t.Fatal(err)
+	}
+	url := c.SuperuserURL("two")
 	const (
-		keys        = 1500 // shared by both processes, of each kind
+		keys        = 3000 // shared by both processes, of each kind
 		concurrency = 64
 	)
 	var procs []*serveChild
@@ -46,8 +54,11 @@ func TestTwoProcessesSharedKeys(t *testing.T) {
 	}
 	deadlocksBefore := psQueryInt(t, url, "SELECT deadlocks::int FROM pg_stat_database WHERE datname = current_database()")
 
-	// One job is one request; process 0 gets them in order, process 1 in
-	// reverse. Every fourth job is a row of its own (no key shared).
+	// One job is one request. Both processes get the same block of jobs at
+	// once, process 0 in order and process 1 in reverse, and the next block
+	// when both are done: shared keys meet in opposite orders all through
+	// the run. A fifth of the jobs are rows of their own (no key shared).
+	const block = 4 * concurrency
 	type job struct {
 		kind string // "event", "key" or "own"
 		n    int
@@ -120,29 +131,33 @@ func TestTwoProcessesSharedKeys(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	var wg sync.WaitGroup
-	for p, s := range procs {
-		queue := make(chan job)
-		go func() {
-			for i := range jobs {
-				if p == 1 {
-					i = len(jobs) - 1 - i
-				}
-				queue <- jobs[i]
-			}
-			close(queue)
-		}()
-		for range concurrency {
-			wg.Add(1)
+	for lo := 0; lo < len(jobs); lo += block {
+		hi := min(lo+block, len(jobs))
+		var wg sync.WaitGroup
+		for p, s := range procs {
+			queue := make(chan job)
 			go func() {
-				defer wg.Done()
-				for j := range queue {
-					send(p, s.base, j)
+				for i := lo; i < hi; i++ {
+					k := i
+					if p == 1 {
+						k = lo + hi - 1 - i
+					}
+					queue <- jobs[k]
 				}
+				close(queue)
 			}()
+			for range concurrency {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for j := range queue {
+						send(p, s.base, j)
+					}
+				}()
+			}
 		}
+		wg.Wait()
 	}
-	wg.Wait()
 	elapsed := time.Since(start)
 	close(errs)
 	for e := range errs {
