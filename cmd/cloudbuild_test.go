@@ -1007,7 +1007,7 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 			delete(f.EnvVars, "DB_SSLMODE")
 			f.EnvVars["DB_TLS_MODE"] = true
 		}, want: "sets DB_SSLMODE, which the code does not read"},
-		{name: "DB_NAME dropped", yamlFrom: ",DB_NAME=${_DB_NAME},DB_USER=${_INGEST_SA}", yamlTo: ",DB_USER=${_INGEST_SA}", want: "does not set DB_NAME"},
+		{name: "DB_NAME dropped", yamlFrom: ",DB_NAME=${_DB_NAME},DB_USER=$$db_user", yamlTo: ",DB_USER=$$db_user", want: "does not set DB_NAME"},
 		{name: "password instead of IAM", yamlFrom: "DB_POOLER=${_DB_POOLER} \\\n          \"$$secrets\"", yamlTo: "DB_POOLER=${_DB_POOLER},DB_PASSWORD=hunter2 \\\n          \"$$secrets\"", want: "sets DB_PASSWORD"},
 		{name: "functions migrate", yamlFrom: "DB_MIGRATE=false,DB_POOLER=${_DB_POOLER} \\\n          \"$$secrets\"", yamlTo: "DB_MIGRATE=true,DB_POOLER=${_DB_POOLER} \\\n          \"$$secrets\"", want: "would migrate"},
 		{name: "plaintext to the database", overrides: map[string]string{"_DB_SSLMODE": "disable"}, want: "rejected by the code"},

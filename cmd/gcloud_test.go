@@ -34,6 +34,9 @@ var cbGcloudSamples = map[string]map[string]string{
 	// Through a transaction pooler the instance limits go far past what
 	// max_connections allows direct.
 	"transaction pooler": {"_DB_POOLER": "transaction", "_DB_POOLER_SERVER_CONNS": "20", "_MAX_INSTANCES": "100", "_INGEST_MAX_INSTANCES": "50"},
+	// PgBouncer cannot take IAM logins: passwords from Secret Manager.
+	"pooler with password logins":   {"_DB_POOLER": "transaction", "_DB_LOGIN": "password"},
+	"password logins, insecure TLS": {"_DB_LOGIN": "password", "_DB_SSLMODE": "require", "_DB_INSECURE_NO_VERIFY": "true"},
 }
 
 // cbStepRun is one step made ready to run: its program and arguments.
@@ -246,8 +249,13 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 		}
 		env := map[string]string{}
 		list, _ := cbDig(ctr, "env").([]any)
+		secretEnv := map[string]string{} // variable → the secret it comes from
 		for _, e := range list {
 			env[cbStr(e, "name")] = cbStr(e, "value")
+			if ref := cbStr(e, "valueFrom", "secretKeyRef", "name"); ref != "" {
+				secretEnv[cbStr(e, "name")] = ref
+				env[cbStr(e, "name")] = "value of secret " + ref
+			}
 		}
 		for k := range env {
 			if !facts.EnvVars[k] {
@@ -258,8 +266,10 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 		switch {
 		case err != nil:
 			fail("%s: the code rejects the environment gcloud sets: %v", name, err)
-		case !cfg.IAMAuth || cfg.Migrate:
-			fail("%s: IAM login %v, migrates %v; want IAM and no migrations", name, cfg.IAMAuth, cfg.Migrate)
+		case cfg.IAMAuth != (subs["_DB_LOGIN"] != "password") || cfg.Migrate:
+			fail("%s: IAM login %v, migrates %v; want _DB_LOGIN=%s and no migrations", name, cfg.IAMAuth, cfg.Migrate, subs["_DB_LOGIN"])
+		case !cfg.IAMAuth && (cfg.User+"@"+project+".iam.gserviceaccount.com" != sa || secretEnv["DB_PASSWORD"] != cfg.User+"-db-password"):
+			fail("%s: password login as %q with DB_PASSWORD from secret %q; want the role named after %s and its secret ROLE-db-password", name, cfg.User, secretEnv["DB_PASSWORD"], sa)
 		case cfg.Pooler != cbPooler(subs["_DB_POOLER"]):
 			fail("%s: DB_POOLER %q, want _DB_POOLER=%s", name, cfg.Pooler, subs["_DB_POOLER"])
 		}
