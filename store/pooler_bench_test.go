@@ -44,6 +44,8 @@ func BenchmarkPoolerExecModes(b *testing.B) {
 
 	modes := []struct{ name, url string }{
 		{"direct-cache_statement", cluster.SuperuserURL(name)},
+		// The chosen mode without the pooler: what the hop costs, apart from the mode.
+		{"direct-cache_describe", cluster.SuperuserURL(name) + "&default_query_exec_mode=cache_describe"},
 		{"cache_describe", bouncer.URL("postgres", "", name, "default_query_exec_mode=cache_describe")},
 		{"exec", bouncer.URL("postgres", "", name, "default_query_exec_mode=exec")},
 		{"simple_protocol", bouncer.URL("postgres", "", name, "default_query_exec_mode=simple_protocol")},
