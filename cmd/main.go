@@ -1,32 +1,54 @@
 // Command cmd is the local entry point of the messages function, in the
 // functions-framework-go layout: `go run ./cmd` serves the functions as Cloud
-// Run would, and subcommands cover the tasks around them.
-//
-//	go run ./cmd                 serve Messages (and IngestPubSub) locally
-//	go run ./cmd migrate ...     apply migrations and grants as an admin
-//	go run ./cmd publish ...     publish messages to a Pub/Sub topic
-//	go run ./cmd bench ...       measure the function beside pgbench
+// Run would, and subcommands cover the tasks around them. `go run ./cmd help`
+// lists them; `go run ./cmd help COMMAND` (or `COMMAND -h`) shows one's flags.
+// To build a binary, name it: `go build -o pscmessages ./cmd` (plain
+// `go build ./cmd` fails, because the folder cmd is in the way).
 package main
 
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
 )
 
-// commands maps a subcommand to its implementation; each parses its own flags.
-var commands = map[string]func(ctx context.Context, args []string) error{
-	"serve":   runServe,
-	"migrate": runMigrate,
-	"publish": runPublish,
-	"bench":   runBench,
-	// bench-rss measures peak memory under large deliveries and pages.
-	"bench-rss": runBenchRSS,
-	// bench-instances runs many function processes against one small
-	// database, direct and through PgBouncer.
-	"bench-instances": runBenchInstances,
+// command is one subcommand; each parses its own flags.
+type command struct {
+	name    string
+	summary string // one line for `help`
+	run     func(ctx context.Context, args []string) error
+}
+
+// commands, in the order `help` lists them. serve is the default.
+var commands = []command{
+	{"serve", "serve Messages and IngestPubSub on HOST:PORT (the default command)", runServe},
+	{"migrate", "apply the schema migrations and grant the functions' roles, as an administrator", runMigrate},
+	{"publish", "publish messages to a Pub/Sub topic (the emulator's, with PUBSUB_EMULATOR_HOST)", runPublish},
+	{"bench", "measure POST/GET throughput and latency beside pgbench, cold start and idle RSS", runBench},
+	{"bench-rss", "measure the runner's peak memory under large deliveries and pages", runBenchRSS},
+	{"bench-instances", "run many function processes against one small database, direct and through PgBouncer", runBenchInstances},
+}
+
+func lookup(name string) (command, bool) {
+	for _, c := range commands {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+// usage lists the subcommands, one line each.
+func usage(w io.Writer) {
+	fmt.Fprint(w, "usage: go run ./cmd [COMMAND] [flags]   (or a binary: go build -o pscmessages ./cmd)\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-16s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, "  help             this list; `help COMMAND` shows a command's flags\n\n"+
+		"With no command, serve runs: `go run ./cmd -h` shows its flags after this list.\n")
 }
 
 func main() {
@@ -36,13 +58,27 @@ func main() {
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
 	}
-	run, ok := commands[name]
+	switch {
+	case name == "help" && len(args) == 0:
+		usage(os.Stdout)
+		return
+	case name == "help":
+		name, args = args[0], []string{"-h"}
+	case name == "serve" && len(os.Args) > 1 && isHelpFlag(os.Args[1]):
+		// `go run ./cmd -h`: the commands first, then serve's own flags.
+		usage(os.Stderr)
+		fmt.Fprintln(os.Stderr)
+	}
+	c, ok := lookup(name)
 	if !ok {
-		fmt.Fprintf(os.Stderr, "unknown command %q; commands: serve (default), migrate, publish, bench\n", name)
+		fmt.Fprintf(os.Stderr, "unknown command %q\n\n", name)
+		usage(os.Stderr)
 		os.Exit(2)
 	}
-	if err := run(ctx, args); err != nil {
+	if err := c.run(ctx, args); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(1)
 	}
 }
+
+func isHelpFlag(s string) bool { return s == "-h" || s == "-help" || s == "--help" }

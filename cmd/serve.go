@@ -30,8 +30,8 @@ func runServe(ctx context.Context, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: go run ./cmd [serve] [-fresh] [-pubsub [-pubsub-concurrency N]]\n\n"+
 			"Serves the functions on HOST:PORT (default 127.0.0.1:8080). With no DATABASE_URL or DB_HOST\n"+
-			"it starts a throwaway PostgreSQL from this machine's binaries (data kept in LOCAL_PGDATA,\n"+
-			"default %s).\n", defaultPGData())
+			"it starts a local PostgreSQL from this machine's binaries, whose data folder is kept across\n"+
+			"runs (LOCAL_PGDATA, default %s; -fresh deletes it first).\n", defaultPGData())
 		fs.PrintDefaults()
 	}
 	fs.Parse(args)
