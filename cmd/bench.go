@@ -1014,6 +1014,41 @@ const noisyCores = 0.3
 // is expected to reach at a concurrency of 8 and more.
 const targetShare = 0.80
 
+// targetNote says whether POST reached targetShare of pgbench at every
+// concurrency of 8 or more that was measured. A level that did not run, or
+// whose POST or pgbench rate is missing, is "not measured", never "met".
+func targetNote(rows []loadRow) string {
+	prefix := fmt.Sprintf("target POST >= %.0f%% of pgbench at c>=8: ", 100*targetShare)
+	var misses, unmeasured []string
+	measured := 0
+	for _, row := range rows {
+		if row.c < 8 {
+			continue
+		}
+		if row.post.rate <= 0 || row.pgbench.tps <= 0 {
+			unmeasured = append(unmeasured, fmt.Sprintf("c=%d", row.c))
+			continue
+		}
+		measured++
+		if share := row.post.rate / row.pgbench.tps; share < targetShare {
+			misses = append(misses, fmt.Sprintf("c=%d (%.0f%%)", row.c, 100*share))
+		}
+	}
+	var parts []string
+	switch {
+	case measured == 0 && len(unmeasured) == 0:
+		return prefix + "not measured (no level with c>=8 ran; see -c)"
+	case len(misses) > 0:
+		parts = append(parts, "missed at "+strings.Join(misses, ", "))
+	case measured > 0:
+		parts = append(parts, "met")
+	}
+	if len(unmeasured) > 0 {
+		parts = append(parts, "not measured at "+strings.Join(unmeasured, ", "))
+	}
+	return prefix + strings.Join(parts, "; ")
+}
+
 func (r *benchReport) tables() []reportTable {
 	m := r.machine
 	machine := reportTable{
@@ -1040,15 +1075,8 @@ func (r *benchReport) tables() []reportTable {
 		title: "CPU split over each measured window (cores busy; the machine has " + strconv.Itoa(m.cpus) + ")",
 		head:  []string{"phase", "c", "bench process (function + load generator)", "postgres", "pgbench", "other processes", "machine busy %", "steal %"},
 	}
-	var misses, noisy []string
+	var noisy []string
 	for _, row := range r.load {
-		share := 0.0
-		if row.pgbench.tps > 0 {
-			share = row.post.rate / row.pgbench.tps
-		}
-		if row.c >= 8 && share < targetShare {
-			misses = append(misses, fmt.Sprintf("c=%d (%.0f%%)", row.c, 100*share))
-		}
 		load.rows = append(load.rows, []string{
 			strconv.Itoa(row.c), fmtRate(row.post), fmtMS(row.post.p50), fmtMS(row.post.p99), fmt.Sprintf("%.1f (%d)", row.batches.mean, row.batches.max),
 			fmt.Sprintf("%.0f", row.pgbench.tps), fmtMS(row.pgbench.p50), fmtMS(row.pgbench.p99), fmtPct(row.post.rate, row.pgbench.tps),
@@ -1075,11 +1103,7 @@ func (r *benchReport) tables() []reportTable {
 		cpu.notes = append(cpu.notes, fmt.Sprintf("other processes used over %.1f cores during %s: those numbers are not this code's; run again on a quiet machine",
 			noisyCores, strings.Join(noisy, ", ")))
 	}
-	if len(misses) == 0 {
-		load.notes = append(load.notes, fmt.Sprintf("target POST >= %.0f%% of pgbench at c>=8: met", 100*targetShare))
-	} else {
-		load.notes = append(load.notes, fmt.Sprintf("target POST >= %.0f%% of pgbench at c>=8: missed at %s", 100*targetShare, strings.Join(misses, ", ")))
-	}
+	load.notes = append(load.notes, targetNote(r.load))
 	load.notes = append(load.notes, r.errorNotes()...)
 
 	sizes := reportTable{

@@ -92,3 +92,30 @@ func TestPercentile(t *testing.T) {
 		t.Error("edge cases")
 	}
 }
+
+// TestTargetNote: the c>=8 target is "met" only where a level with c>=8 was
+// measured; with none it is "not measured" (issue 12: `-c 1,4` said "met").
+func TestTargetNote(t *testing.T) {
+	row := func(c int, post, tps float64) loadRow {
+		var r loadRow
+		r.c, r.post.rate, r.pgbench.tps = c, post, tps
+		return r
+	}
+	cases := []struct {
+		rows []loadRow
+		want string
+	}{
+		{nil, "not measured (no level with c>=8 ran; see -c)"},
+		{[]loadRow{row(1, 3000, 7000), row(4, 9000, 12000)}, "not measured (no level with c>=8 ran; see -c)"},
+		{[]loadRow{row(8, 18000, 20000), row(32, 30000, 30000)}, "met"},
+		{[]loadRow{row(8, 14000, 20000), row(32, 30000, 30000)}, "missed at c=8 (70%)"},
+		{[]loadRow{row(8, 18000, 20000), row(32, 30000, 0)}, "met; not measured at c=32"},
+		{[]loadRow{row(8, 0, 20000)}, "not measured at c=8"},
+	}
+	for _, tc := range cases {
+		got := targetNote(tc.rows)
+		if want := "target POST >= 80% of pgbench at c>=8: " + tc.want; got != want {
+			t.Errorf("targetNote(%v) = %q, want %q", tc.rows, got, want)
+		}
+	}
+}
