@@ -23,6 +23,8 @@ import (
 // platform delivers it again. A delivery that is not a decodable Pub/Sub
 // event will never be, so it is kept in dead_letters and acknowledged too.
 func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
+	w, done := s.trackRequest(w, r)
+	defer done()
 	if r.Method != http.MethodPost {
 		s.writeError(w, r, &apiError{status: http.StatusMethodNotAllowed, msg: "deliveries are POSTed", allow: "POST"})
 		return

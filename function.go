@@ -61,6 +61,10 @@ func CheckConfig() error {
 	return cfg.db.Check()
 }
 
+// NewLogger writes to w in the functions' log format and level (LOG_FORMAT,
+// LOG_LEVEL), for a local runner whose own lines should read like theirs.
+func NewLogger(w io.Writer) *slog.Logger { return newLogger(os.Getenv, w) }
+
 // Close closes the shared pool, letting pending writes finish. Local runners
 // call it on shutdown; on Cloud Run the instance simply stops.
 func Close() { shared.Close() }
@@ -82,6 +86,9 @@ type settings struct {
 func loadSettings(getenv func(string) string) (settings, error) {
 	db, err := store.ConfigFromEnv(getenv)
 	if err != nil {
+		return settings{}, err
+	}
+	if err := checkLogSettings(getenv); err != nil {
 		return settings{}, err
 	}
 	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes}
@@ -125,7 +132,7 @@ type service struct {
 }
 
 func newService(getenv func(string) string, logTo io.Writer) *service {
-	s := &service{getenv: getenv, log: newLogger(logTo)}
+	s := &service{getenv: getenv, log: newLogger(getenv, logTo)}
 	s.db = lazyStore{open: s.openStore, log: s.log, sem: make(chan struct{}, 1)}
 	s.project.getenv = getenv
 	return s

@@ -28,6 +28,8 @@ var errNoRoute = &apiError{status: http.StatusNotFound, msg: "not found"}
 
 // ServeHTTP routes the legacy root contract and the /messages resource.
 func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w, done := s.trackRequest(w, r)
+	defer done()
 	var err error
 	switch p := r.URL.Path; {
 	case p == "/" || p == "":

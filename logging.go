@@ -3,7 +3,6 @@ package function
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -15,11 +14,6 @@ import (
 
 	"example.com/pscmessages/store"
 )
-
-// newLogger writes JSON lines in Cloud Logging's structured format.
-func newLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{ReplaceAttr: cloudLoggingAttr}))
-}
 
 func cloudLoggingAttr(groups []string, a slog.Attr) slog.Attr {
 	if len(groups) > 0 {

@@ -158,7 +158,7 @@ func (f *pubsubFlags) start(ctx context.Context, base string) (stop func(), err 
 		Concurrency: *f.concurrency,
 		Emulator:    emulator,
 		Out:         os.Stdout,
-		Log:         slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "pubsub"),
+		Log:         function.NewLogger(os.Stderr).With("component", "pubsub"),
 	})
 }
 

@@ -101,6 +101,8 @@ func TestServeRefusesBadConfigurationAtStart(t *testing.T) {
 		{"MAX_CONTENT_BYTES", map[string]string{"DATABASE_URL": goodURL, "MAX_CONTENT_BYTES": "64k"}, "MAX_CONTENT_BYTES: must be an integer"},
 		{"MAX_BODY_BYTES", map[string]string{"DATABASE_URL": goodURL, "MAX_BODY_BYTES": "1"}, "MAX_BODY_BYTES: must be an integer"},
 		{"HTTP_ROUTES", map[string]string{"DATABASE_URL": goodURL, "HTTP_ROUTES": "everything"}, "HTTP_ROUTES"},
+		{"LOG_LEVEL", map[string]string{"DATABASE_URL": goodURL, "LOG_LEVEL": "loud"}, "LOG_LEVEL: must be debug, info (the default), warn or error"},
+		{"LOG_FORMAT", map[string]string{"DATABASE_URL": goodURL, "LOG_FORMAT": "xml"}, "LOG_FORMAT: must be json (Cloud Logging) or text"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
