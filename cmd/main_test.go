@@ -20,7 +20,7 @@ func TestHelpListsEveryCommand(t *testing.T) {
 				t.Errorf("%v does not list %s:\n%s", args, c.name, out)
 			}
 		}
-		for _, want := range []string{"go build -o pscmessages ./cmd"} {
+		for _, want := range []string{"deadletters", "go build -o pscmessages ./cmd"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%v does not mention %q:\n%s", args, want, out)
 			}

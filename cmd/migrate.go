@@ -54,11 +54,14 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	var roles migrateRoles
 	fs.Var(&roles, "grant", "`role` to grant the functions' privileges to; repeat the flag or separate roles with commas.\n"+
 		"A Cloud SQL IAM service account's role is its email without .gserviceaccount.com")
+	var operators migrateRoles
+	fs.Var(&operators, "deadletters-operator", "`role` that may run `go run ./cmd deadletters`: the functions' privileges (a replay stores\n"+
+		"messages as they do) plus SELECT and DELETE on dead_letters")
 	createRole := fs.Bool("create-role", false, "create a -grant role that does not exist, as CREATE ROLE ... LOGIN without a password.\n"+
 		"Not for Cloud SQL IAM users: gcloud sql users create --type=cloud_iam_service_account makes those")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: go run ./cmd migrate [-dry-run] [-grant ROLE[,ROLE]]... [-create-role]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: go run ./cmd migrate [-dry-run] [-grant ROLE[,ROLE]]... [-deadletters-operator ROLE]... [-create-role]\n\n"+
 			"Applies the schema migrations as an administrator, then grants each -grant role exactly what the\n"+
 			"functions use, in one transaction, and verifies the result. It connects with the functions'\n"+
 			"own settings (DATABASE_URL, or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD, DB_SSLMODE, ...):\n"+
@@ -74,8 +77,19 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; roles go after -grant", fs.Args())
 	}
+	for _, op := range operators {
+		roles.Set(op)
+	}
 	if *dryRun {
-		return migratePlan(stdout, roles, *createRole)
+		if err := migratePlan(stdout, roles, *createRole); err != nil {
+			return err
+		}
+		for _, op := range operators {
+			for _, sql := range store.DeadLetterOperatorSQL(op) {
+				fmt.Fprintf(stdout, "%s;\n", sql)
+			}
+		}
+		return nil
 	}
 
 	cfg, err := store.ConfigFromEnv(getenv)
@@ -101,6 +115,14 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	if err := migrateGrant(ctx, conn, roles, *createRole, stdout); err != nil {
 		return err
+	}
+	for _, op := range operators {
+		for _, sql := range store.DeadLetterOperatorSQL(op) {
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				return fmt.Errorf("%s: %w", sql, err)
+			}
+			fmt.Fprintln(stdout, sql)
+		}
 	}
 	for _, role := range roles {
 		if err := migrateWarnExcess(ctx, conn, role, stderr); err != nil {

@@ -1,0 +1,249 @@
+package main
+
+// `go run ./cmd deadletters`: what IngestPubSub kept in dead_letters, and
+// sending it again once the cause is fixed. It connects like the functions
+// (DATABASE_URL, or DB_HOST and the other DB_* settings) or, with neither
+// set, to the local runner's database in LOCAL_PGDATA: the running one if
+// `go run ./cmd` is up, else it starts it for the command and stops it after.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+
+	function "example.com/pscmessages"
+	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/localpg"
+)
+
+const deadLettersUsage = `usage: go run ./cmd deadletters [list] [-limit N]
+       go run ./cmd deadletters show ID
+       go run ./cmd deadletters replay [-keep] ID...
+       go run ./cmd deadletters delete ID...
+
+Lists the Pub/Sub messages IngestPubSub kept because they could not be stored
+(id, received, size, reason), shows one with its payload, sends selected ones
+through IngestPubSub's own decoding and storing again (a message already
+stored is not stored twice) and deletes each one that is now stored (-keep
+keeps them), or deletes them. A dead letter of which only a prefix was kept
+(the delivery was too large) cannot be replayed.
+
+It connects as the functions do (DATABASE_URL, or DB_HOST, DB_NAME, DB_USER,
+DB_PASSWORD, ...); with neither DATABASE_URL nor DB_HOST, to the local
+runner's database in LOCAL_PGDATA. Against Cloud SQL, run it as the
+administrator, or as a role given 'go run ./cmd migrate -deadletters-operator ROLE'.
+`
+
+func runDeadLetters(ctx context.Context, args []string) error {
+	return deadLettersCmd(ctx, args, os.Stdout, os.Stderr)
+}
+
+func deadLettersCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	sub := "list"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		sub, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("deadletters "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), deadLettersUsage); fs.PrintDefaults() }
+	limit := fs.Int("limit", 50, "list: how many, newest first")
+	keep := fs.Bool("keep", false, "replay: keep the dead letters that were stored")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	var ids []int64
+	for _, a := range fs.Args() {
+		id, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || id <= 0 {
+			return fmt.Errorf("%q is not a dead letter id (the first column of `deadletters list`)", a)
+		}
+		ids = append(ids, id)
+	}
+	switch {
+	case sub == "list" && len(ids) > 0:
+		return errors.New("list takes no ids; use show ID")
+	case sub == "show" && len(ids) != 1:
+		return errors.New("show takes one id")
+	case (sub == "replay" || sub == "delete") && len(ids) == 0:
+		return fmt.Errorf("%s takes the ids of the dead letters (see `deadletters list`)", sub)
+	case sub != "list" && sub != "show" && sub != "replay" && sub != "delete":
+		fmt.Fprint(stderr, deadLettersUsage)
+		return fmt.Errorf("unknown deadletters command %q", sub)
+	}
+
+	stop, err := deadLettersDatabase(ctx, stderr)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if err := checkServeEnv(os.Getenv); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	cfg, err := store.ConfigFromEnv(os.Getenv)
+	if err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	conn, err := store.AdminConn(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	defer function.Close()
+
+	switch sub {
+	case "list":
+		return deadLettersList(ctx, conn, *limit, stdout)
+	case "show":
+		return deadLettersShow(ctx, conn, ids[0], stdout)
+	case "delete":
+		for _, id := range ids {
+			if err := store.DeleteDeadLetter(ctx, conn, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "dead letter %d: deleted\n", id)
+		}
+		return nil
+	}
+	return deadLettersReplay(ctx, conn, ids, *keep, stdout)
+}
+
+// deadLettersDatabase points DATABASE_URL at the local runner's database when
+// neither DATABASE_URL nor DB_HOST is set, starting it if no runner has it up.
+// The returned func stops what it started.
+func deadLettersDatabase(ctx context.Context, stderr io.Writer) (func(), error) {
+	if os.Getenv("DATABASE_URL") != "" || os.Getenv("DB_HOST") != "" {
+		return func() {}, nil
+	}
+	dir := envOr("LOCAL_PGDATA", defaultPGData())
+	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
+		return nil, fmt.Errorf("no DATABASE_URL or DB_HOST, and no local database in %s: run `go run ./cmd` once (or set LOCAL_PGDATA to its folder), or point DATABASE_URL or DB_HOST at the database", dir)
+	}
+	passfile := filepath.Join(dir, localPasswordFile)
+	var busy *localpg.InUseError
+	if err := localpg.CheckInUse(dir); errors.As(err, &busy) && busy.Port > 0 {
+		// `go run ./cmd` is up: use its server.
+		q := url.Values{"sslmode": {"disable"}, "passfile": {passfile}}
+		os.Setenv("DATABASE_URL", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?%s", busy.Port, q.Encode()))
+		return func() {}, nil
+	} else if err != nil {
+		return nil, inUse(dir, err)
+	}
+	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Durable: true, PasswordFile: passfile})
+	if err != nil {
+		return nil, fmt.Errorf("starting the local PostgreSQL in %s: %w", dir, err)
+	}
+	fmt.Fprintf(stderr, "started the local PostgreSQL in %s for this command\n", dir)
+	os.Setenv("DATABASE_URL", cluster.URL("postgres", "", "postgres", "passfile="+passfile))
+	return func() {
+		function.Close()
+		cluster.Stop(context.Background())
+	}, nil
+}
+
+func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, w io.Writer) error {
+	list, err := store.ListDeadLetters(ctx, conn, limit)
+	if err != nil {
+		return err
+	}
+	if len(list) == 0 {
+		fmt.Fprintln(w, "no dead letters")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tRECEIVED\tSIZE\tEVENT ID\tREASON")
+	for _, d := range list {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\n", d.ID, d.ReceivedAt.UTC().Format("2006-01-02 15:04:05"), d.PayloadSize, cut(d.EventID, 32), cut(d.Reason, 100))
+	}
+	tw.Flush()
+	if len(list) == limit {
+		fmt.Fprintf(w, "(the newest %d; -limit N shows more)\n", limit)
+	}
+	return nil
+}
+
+func deadLettersShow(ctx context.Context, conn *pgx.Conn, id int64, w io.Writer) error {
+	d, err := store.GetDeadLetter(ctx, conn, id)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "id:        %d\nreceived:  %s\nevent id:  %s\nsource:    %s\ntype:      %s\nreason:    %s\nsize:      %d bytes (sha256 %x)\n",
+		d.ID, d.ReceivedAt.UTC().Format("2006-01-02 15:04:05.000 MST"), d.EventID, d.EventSource, d.EventType, d.Reason, d.PayloadSize, d.PayloadSHA256)
+	if why := d.NotReplayable(); why != "" {
+		fmt.Fprintf(w, "replay:    not possible: %s\n", why)
+	} else {
+		fmt.Fprintf(w, "replay:    go run ./cmd deadletters replay %d\n", d.ID)
+	}
+	fmt.Fprintf(w, "payload (%d bytes kept):\n", len(d.Payload))
+	if utf8.Valid(d.Payload) {
+		fmt.Fprintf(w, "%s\n", d.Payload)
+	} else {
+		fmt.Fprintf(w, "%q\n", d.Payload)
+	}
+	return nil
+}
+
+// deadLettersReplay replays each id in turn; one that fails is reported and
+// kept, and the others go on. It fails when any did.
+func deadLettersReplay(ctx context.Context, conn *pgx.Conn, ids []int64, keep bool, w io.Writer) error {
+	failed := 0
+	for _, id := range ids {
+		d, err := store.GetDeadLetter(ctx, conn, id)
+		if err != nil {
+			fmt.Fprintf(w, "dead letter %d: %v\n", id, err)
+			failed++
+			continue
+		}
+		if why := d.NotReplayable(); why != "" {
+			fmt.Fprintf(w, "dead letter %d: not replayed: %s\n", id, why)
+			failed++
+			continue
+		}
+		res, err := function.Replay(ctx, function.KeptDelivery{EventID: d.EventID, EventSource: d.EventSource, EventType: d.EventType, Payload: d.Payload})
+		if err != nil {
+			fmt.Fprintf(w, "dead letter %d: not replayed, kept: %v\n", id, err)
+			failed++
+			continue
+		}
+		what := fmt.Sprintf("stored as message %d", res.MessageID)
+		if res.Already {
+			what = fmt.Sprintf("already stored as message %d (nothing stored twice)", res.MessageID)
+		}
+		if keep {
+			fmt.Fprintf(w, "dead letter %d: %s; kept (-keep)\n", id, what)
+			continue
+		}
+		if err := store.DeleteDeadLetter(ctx, conn, id); err != nil {
+			fmt.Fprintf(w, "dead letter %d: %s, but not deleted: %v\n", id, what, err)
+			failed++
+			continue
+		}
+		fmt.Fprintf(w, "dead letter %d: %s; deleted\n", id, what)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d dead letters not replayed (see above)", failed, len(ids))
+	}
+	return nil
+}
+
+func cut(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
+}

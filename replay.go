@@ -1,0 +1,96 @@
+package function
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"example.com/pscmessages/store"
+)
+
+// KeptDelivery is a delivery IngestPubSub kept in dead_letters, as
+// `go run ./cmd deadletters` reads it back: its event id, source and type as
+// kept, and the whole body it arrived with.
+type KeptDelivery struct {
+	EventID, EventSource, EventType string
+	Payload                         []byte
+}
+
+// Replayed is what Replay did with a kept delivery.
+type Replayed struct {
+	MessageID int64
+	// Already is set when the message had been stored before (the same
+	// topic, message id and publish time): nothing new was stored.
+	Already bool
+}
+
+// ErrStillPoison means a replayed delivery still cannot be stored; the error
+// says why. Nothing was stored or kept again.
+var ErrStillPoison = errors.New("still cannot be stored")
+
+// Replay sends d through IngestPubSub's own decoding and storing again, as a
+// binary-mode delivery with the kept id, source and type (a structured-mode
+// body as it came), so it gets the same deduplication key as the original:
+// a message already stored is not stored twice. Unlike a delivery, a replay
+// that is still poison is not kept again: it returns ErrStillPoison.
+// It uses the process's configuration (DATABASE_URL or DB_*), like the
+// functions.
+func Replay(ctx context.Context, d KeptDelivery) (Replayed, error) { return shared.replay(ctx, d) }
+
+func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
+	cfg, err := s.config()
+	if err != nil {
+		return Replayed{}, err
+	}
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "/", bytes.NewReader(d.Payload))
+	if err != nil {
+		return Replayed{}, err
+	}
+	var probe struct {
+		SpecVersion string `json:"specversion"`
+	}
+	if json.Unmarshal(d.Payload, &probe) == nil && probe.SpecVersion != "" {
+		r.Header.Set("Content-Type", "application/cloudevents+json")
+	} else {
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("ce-specversion", "1.0")
+		r.Header.Set("ce-id", d.EventID)
+		r.Header.Set("ce-source", d.EventSource)
+		r.Header.Set("ce-type", d.EventType)
+	}
+	dl, err := readDelivery(r, deliveryLimit(cfg))
+	if err != nil {
+		return Replayed{}, err
+	}
+	defer dl.release()
+	m, data, poison := eventFromDelivery(r, dl, cfg)
+	if poison != nil {
+		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, poison.reason)
+	}
+	content, key, err := decodeMessage(m, data, cfg.maxContentBytes)
+	var p *poisonError
+	if errors.As(err, &p) {
+		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, p.reason)
+	}
+	if err != nil {
+		return Replayed{}, err
+	}
+	st, err := s.db.get(ctx)
+	if err != nil {
+		return Replayed{}, err
+	}
+	added, err := st.Add(ctx, content, key)
+	switch {
+	case errors.Is(err, store.ErrKeyReused):
+		return Replayed{}, fmt.Errorf("%w: the message id was already stored with different content", ErrStillPoison)
+	case errors.Is(err, store.ErrInvalid):
+		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, strings.TrimSpace(err.Error()))
+	case err != nil:
+		return Replayed{}, err
+	}
+	return Replayed{MessageID: added.ID, Already: added.Replayed}, nil
+}

@@ -1,0 +1,99 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// KeptDeadLetter is a row of dead_letters as an operator reads it back
+// (`go run ./cmd deadletters`). Payload is empty in a listing.
+type KeptDeadLetter struct {
+	ID            int64
+	ReceivedAt    time.Time
+	EventID       string
+	EventSource   string
+	EventType     string
+	Reason        string
+	Payload       []byte
+	PayloadSize   int64  // of the whole delivery; more than len(Payload) when only a prefix was kept
+	PayloadSHA256 []byte // of the whole delivery
+}
+
+// NotReplayable says why d cannot be sent through IngestPubSub again, or ""
+// when it can: a delivery of which only a prefix was kept is gone, and an id
+// or source kept in display form (escaped or cut) would not deduplicate as
+// the original did.
+func (d KeptDeadLetter) NotReplayable() string {
+	sum := sha256.Sum256(d.Payload)
+	switch {
+	case d.PayloadSize > int64(len(d.Payload)) || (len(d.PayloadSHA256) > 0 && !bytes.Equal(sum[:], d.PayloadSHA256)):
+		return fmt.Sprintf("only the first %d of its %d bytes were kept (the delivery was larger than IngestPubSub accepts), so it cannot be sent again; "+
+			"publish the message again, smaller, if it still matters, and delete this dead letter", len(d.Payload), d.PayloadSize)
+	case displayText(d.EventID, MaxDeadLetterText) != d.EventID || displayText(d.EventSource, MaxDeadLetterText) != d.EventSource ||
+		strings.Contains(d.EventID, `\x`) || strings.Contains(d.EventSource, `\x`) ||
+		strings.HasSuffix(d.EventID, "…") || strings.HasSuffix(d.EventSource, "…"):
+		return "its event id or source was escaped or cut when it was kept, so a replay would not be deduplicated like the original"
+	}
+	return ""
+}
+
+// deadLetterColumns is what `go run ./cmd deadletters` reads; an operator's
+// role needs SELECT on them and DELETE on the table (see
+// [DeadLetterOperatorSQL]).
+const deadLetterColumns = `id, received_at, coalesce(event_id, ''), coalesce(event_source, ''), coalesce(event_type, ''), reason,
+	coalesce(payload_size, octet_length(coalesce(payload, ''))), coalesce(payload_sha256, sha256(coalesce(payload, '')))`
+
+// ListDeadLetters returns up to limit dead letters, newest first, without
+// their payloads.
+func ListDeadLetters(ctx context.Context, conn *pgx.Conn, limit int) ([]KeptDeadLetter, error) {
+	rows, err := conn.Query(ctx, `SELECT `+deadLetterColumns+` FROM dead_letters ORDER BY id DESC LIMIT $1`, limit)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (KeptDeadLetter, error) {
+		var d KeptDeadLetter
+		err := row.Scan(&d.ID, &d.ReceivedAt, &d.EventID, &d.EventSource, &d.EventType, &d.Reason, &d.PayloadSize, &d.PayloadSHA256)
+		return d, err
+	})
+	return out, classify(err)
+}
+
+// ErrNoDeadLetter means no dead letter has the id asked for.
+var ErrNoDeadLetter = errors.New("no such dead letter")
+
+// GetDeadLetter returns one dead letter with its payload.
+func GetDeadLetter(ctx context.Context, conn *pgx.Conn, id int64) (KeptDeadLetter, error) {
+	var d KeptDeadLetter
+	err := conn.QueryRow(ctx, `SELECT `+deadLetterColumns+`, coalesce(payload, '') FROM dead_letters WHERE id = $1`, id).
+		Scan(&d.ID, &d.ReceivedAt, &d.EventID, &d.EventSource, &d.EventType, &d.Reason, &d.PayloadSize, &d.PayloadSHA256, &d.Payload)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return d, fmt.Errorf("dead letter %d: %w", id, ErrNoDeadLetter)
+	}
+	return d, classify(err)
+}
+
+// DeleteDeadLetter removes one dead letter.
+func DeleteDeadLetter(ctx context.Context, conn *pgx.Conn, id int64) error {
+	tag, err := conn.Exec(ctx, `DELETE FROM dead_letters WHERE id = $1`, id)
+	if err != nil {
+		return classify(err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("dead letter %d: %w", id, ErrNoDeadLetter)
+	}
+	return nil
+}
+
+// DeadLetterOperatorSQL returns what a role needs, beyond [GrantSQL], to run
+// `go run ./cmd deadletters`: reading the dead letters and deleting those
+// replayed. Replaying itself stores messages with the functions' privileges.
+func DeadLetterOperatorSQL(role string) []string {
+	return []string{fmt.Sprintf("GRANT SELECT, DELETE ON TABLE dead_letters TO %s", pgx.Identifier{role}.Sanitize())}
+}
