@@ -49,13 +49,20 @@ SELECT n, id, now(), NULL::bytea, true FROM fresh`
 //     then claims nothing.
 //   - fresh, inserted: a message for every claimed key and every keyless row.
 //
+// The arrays are read through (SELECT $n) so that the planner cannot see
+// their length: then a custom plan costs what the generic one does, and after
+// five executions PostgreSQL keeps the generic plan of the prepared
+// statement. Planning this statement afresh cost 0.4-0.5 ms, twice its
+// execution (0.18 ms for 4 rows); the generic plan is 0.05 ms.
+//
 // It returns, per input position n, the id, created_at and, for a known key,
 // the fingerprint of what it first stored. A key claimed by a transaction
 // that committed after this statement began returns nothing: lookupKeys reads
 // it afterwards.
 const insertKeyed = `
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS t(content, key, fingerprint, n)
+    SELECT * FROM unnest((SELECT $1::text[]), (SELECT $2::text[]), (SELECT $3::bytea[]))
+        WITH ORDINALITY AS t(content, key, fingerprint, n)
 ), known AS (
     SELECT k.key, k.fingerprint, k.message_id, k.created_at
     FROM idempotency_keys k WHERE k.key IN (SELECT key FROM input)

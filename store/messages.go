@@ -63,7 +63,7 @@ FROM (
         coalesce(octet_length(content), 0) AS size
     FROM (SELECT id, content, created_at, updated_at FROM messages
           WHERE id < $1::bigint ORDER BY id DESC LIMIT $2) newest
-    WINDOW w AS (ORDER BY id DESC)
+    WINDOW w AS (ORDER BY id DESC ROWS UNBOUNDED PRECEDING)
 ) page
 WHERE n <= 2 OR total - size <= $3
 ORDER BY id DESC`
