@@ -25,14 +25,14 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		if apiErr.allow != "" {
 			w.Header().Set("Allow", apiErr.allow)
 		}
-		s.requestLog(r).Debug("rejected request", "status", apiErr.status, "error", apiErr.msg)
+		noteError(w, apiErr.msg) // on the request's debug line
 		writeJSON(w, apiErr.status, map[string]string{"error": apiErr.msg})
 	case errors.Is(err, store.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "message not found"})
 	case errors.As(err, &cfgErr), errors.Is(err, store.ErrPermanent):
 		// The cause is logged at Error once (by config or the lazy pool);
 		// each request that meets it is a Debug line, not another alarm.
-		s.requestLog(r).Debug("request failed: the service is misconfigured", "error", err.Error())
+		noteError(w, err.Error())
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the service is misconfigured; see its logs"})
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrSchema), errors.Is(err, store.ErrClosed):
 		retry := time.Second

@@ -272,10 +272,19 @@ func times(n int) string {
 	return strconv.Itoa(n) + " times"
 }
 
-// statusWriter remembers the status a handler answered with.
+// statusWriter remembers the status a handler answered with, and the error
+// it answered, for the request's one debug line.
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	err    string
+}
+
+// noteError puts msg on the request's debug line, when there is one.
+func noteError(w http.ResponseWriter, msg string) {
+	if sw, ok := w.(*statusWriter); ok {
+		sw.err = msg
+	}
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -308,7 +317,10 @@ func (s *service) trackRequest(w http.ResponseWriter, r *http.Request) (http.Res
 		}
 		attrs := []any{"status", status, "duration", time.Since(start).Round(10 * time.Microsecond).String()}
 		if id := r.Header.Get("ce-id"); id != "" {
-			attrs = append(attrs, "event_id", id)
+			attrs = append(attrs, "event_id", logText(id))
+		}
+		if sw.err != "" {
+			attrs = append(attrs, "error", sw.err)
 		}
 		s.log.Debug(r.Method+" "+r.URL.Path, attrs...)
 	}

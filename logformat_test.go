@@ -121,7 +121,8 @@ func TestDebugLogsOneLinePerRequest(t *testing.T) {
 		got := logs.String()
 		if level == "debug" {
 			if !regexp.MustCompile(`(?m)DEBUG POST / status=200 duration=\S+$`).MatchString(got) ||
-				!regexp.MustCompile(`(?m)DEBUG GET /nowhere status=404 duration=\S+$`).MatchString(got) {
+				!regexp.MustCompile(`(?m)DEBUG GET /nowhere status=404 duration=\S+ error="not found"$`).MatchString(got) ||
+				strings.Count(got, "\n") != 2 {
 				t.Fatalf("LOG_LEVEL=debug:\n%s", got)
 			}
 		} else if strings.Contains(got, "POST /") {
