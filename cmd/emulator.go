@@ -10,6 +10,11 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+	vkit "cloud.google.com/go/pubsub/v2/apiv1"
+	"github.com/googleapis/gax-go/v2"
+	"google.golang.org/grpc/codes"
 )
 
 const (
@@ -23,7 +28,24 @@ const (
 	// emulatorWatchInterval is how often the runner checks that the
 	// emulator still listens, so that an outage is reported while it lasts.
 	emulatorWatchInterval = 2 * time.Second
+	// emulatorReconnectMax caps the pull stream's reconnect backoff (the
+	// library's is 60 s). While an emulator restarts, the stream retries
+	// with growing pauses; with the library's cap, a restarted emulator's
+	// messages waited up to a minute, and so did Ctrl-C, which waits for the
+	// pause to end.
+	emulatorReconnectMax = 2 * time.Second
 )
+
+// runnerClientConfig is the runner's client configuration: the library's
+// retry of StreamingPull, on the same codes, with emulatorReconnectMax.
+func runnerClientConfig() *pubsub.ClientConfig {
+	return &pubsub.ClientConfig{SubscriptionAdminCallOptions: &vkit.SubscriptionAdminCallOptions{
+		StreamingPull: []gax.CallOption{gax.WithRetry(func() gax.Retryer {
+			return gax.OnCodes([]codes.Code{codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal, codes.Unavailable},
+				gax.Backoff{Initial: 100 * time.Millisecond, Max: emulatorReconnectMax, Multiplier: 2})
+		})},
+	}}
+}
 
 // checkEmulator returns an error naming PUBSUB_EMULATOR_HOST when nothing
 // accepts connections at addr within emulatorDialTimeout.

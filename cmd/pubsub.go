@@ -29,13 +29,21 @@ package main
 // nacked; pstest can strand a few in a closed stream, and those come back
 // when their lease (leaseExtension) runs out.
 //
-// pstest numbers its message ids m0, m1, ... afresh in every run, while the
-// database is kept and IngestPubSub deduplicates by topic and message id. So
-// that a second run's m0 is not dropped as a redelivery of the first run's,
-// the runner prefixes pstest's ids with the time pstest started
-// (ce-id: 20261125T182628.333Z-m5). Only for pstest: the official emulator
-// may also restart its numbering after a restart (not verified); the README
-// says to use a new topic or -fresh then.
+// Emulators number their message ids afresh when they start (pstest m0, m1,
+// ...; the official emulator 1, 2, ...), while the local database is kept.
+// So that a new message 1 is never taken for an old message 1, the runner
+// prefixes every emulator's ids with an epoch (ce-id:
+// 20261130t115920_336z-5): the time it created its subscription, kept as the
+// subscription's pscmessages-epoch label, so a runner restarted against the
+// same emulator uses the same prefix and still recognises redeliveries, and
+// a restarted emulator, which has lost the subscription, gets a new one (see
+// idPrefix in emulator.go).
+//
+// An emulator that goes away is reported while it is gone; when it answers
+// again the runner recreates its topic and subscription at once (a restarted
+// emulator has lost them). PUBSUB_EMULATOR_HOST where nothing listens stops
+// the runner and the publish command within emulatorDialTimeout, naming the
+// variable.
 
 import (
 	"bytes"
@@ -218,7 +226,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	} else if err := checkEmulator(ctx, addr); err != nil {
 		return nil, err
 	}
-	client, err := pubsub.NewClient(ctx, cfg.Project, emulatorOptions(addr)...)
+	client, err := pubsub.NewClientWithConfig(ctx, cfg.Project, runnerClientConfig(), emulatorOptions(addr)...)
 	if err != nil {
 		return nil, fmt.Errorf("pubsub client: %w", err)
 	}
