@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"example.com/pscmessages/store"
 )
@@ -86,7 +87,7 @@ func TestTwoStoresSharedKeysOppositeOrders(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	const writers, rounds = 64, 50
+	const writers, rounds = 64, 150
 	const keys = writers * rounds
 	var mu sync.Mutex
 	ids := map[string]int64{}
@@ -139,6 +140,28 @@ func TestTwoStoresSharedKeysOppositeOrders(t *testing.T) {
 			}
 		}
 		t.Fatalf("%d failed writes (%d deadlocks), e.g. %v", len(errs), deadlocks, errs[0])
+	}
+	// Retries would hide deadlocks from the callers; the key order must
+	// prevent them. A backend reports its statistics when it exits.
+	a.Close()
+	b.Close()
+	conn := connect(t, url)
+	for range 100 {
+		var others int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").Scan(&others); err != nil {
+			t.Fatal(err)
+		}
+		if others == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var deadlocks int
+	if err := conn.QueryRow(ctx, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").Scan(&deadlocks); err != nil {
+		t.Fatal(err)
+	}
+	if deadlocks != 0 {
+		t.Errorf("PostgreSQL detected %d deadlocks", deadlocks)
 	}
 	if n := queryInt(t, url, "SELECT count(*) FROM messages WHERE idempotency_key IS NOT NULL"); n != keys {
 		t.Errorf("%d keyed rows, want %d", n, keys)
