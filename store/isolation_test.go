@@ -182,3 +182,52 @@ func queryInt(t testing.TB, url, sql string, args ...any) int {
 	}
 	return n
 }
+
+// TestConflictsAreRetried: a deadlock or serialization failure commits
+// nothing and is retried; a key that keeps conflicting fails alone, as
+// transient (ErrUnavailable), never as ErrInvalid.
+func TestConflictsAreRetried(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	conn := connect(t, url)
+	// The first two claims of key "http:flaky" fail as a deadlock would;
+	// every claim of "http:stuck" fails as a lost unique race would.
+	if _, err := conn.Exec(ctx, `
+		CREATE SEQUENCE flaky_attempts;
+		CREATE FUNCTION conflict() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.key = 'http:flaky' AND nextval('flaky_attempts') <= 2 THEN
+				RAISE EXCEPTION 'injected deadlock' USING ERRCODE = '40P01';
+			END IF;
+			IF NEW.key = 'http:stuck' THEN
+				RAISE EXCEPTION 'injected unique race' USING ERRCODE = '23505';
+			END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER conflict BEFORE INSERT ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION conflict();`); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := st.Add(ctx, "x", "http:flaky"); err != nil || a.Replayed {
+		t.Fatalf("after two deadlocks: %+v, %v; want it stored", a, err)
+	}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			key := fmt.Sprintf("http:fine-%d", i)
+			if i == 10 {
+				key = "http:stuck"
+			}
+			_, err := st.Add(ctx, "y", key)
+			switch {
+			case key == "http:stuck" && (!errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrInvalid)):
+				t.Errorf("the stuck key: %v, want ErrUnavailable", err)
+			case key != "http:stuck" && err != nil:
+				t.Errorf("%s: %v", key, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 20 {
+		t.Fatalf("%d rows, want 20", n)
+	}
+}
