@@ -57,7 +57,7 @@ type writeRequest struct {
 
 type writeResult struct {
 	added       Added
-	fingerprint []byte // of the content the key was first used for
+	fingerprint []byte // of the content the key was first used for; nil when unknown
 	err         error
 }
 
@@ -96,7 +96,10 @@ func (b *batcher) add(ctx context.Context, content, key string) (Added, error) {
 	}
 	select {
 	case res := <-req.done:
-		return res.added, res.err
+		if res.err != nil {
+			return Added{}, res.err
+		}
+		return res.added, nil
 	case <-ctx.Done():
 		return Added{}, classify(ctx.Err())
 	}
@@ -158,8 +161,10 @@ func (b *batcher) write(batch []*writeRequest) {
 			req.done <- res
 			continue
 		}
+		// What the key was first used for decides, not the first
+		// request's own answer: its retry may follow its reuse.
 		res := results[first[req.key]]
-		if res.err == nil {
+		if res.fingerprint != nil {
 			res = replayOf(res.added.Message, res.fingerprint, req)
 		}
 		req.done <- res
@@ -168,9 +173,11 @@ func (b *batcher) write(batch []*writeRequest) {
 
 // replayOf is the answer to a request whose key already stored message m
 // with the given content fingerprint: the first answer, or ErrKeyReused.
+// Either way the result keeps m and the fingerprint, for the requests that
+// repeat the key in the same batch.
 func replayOf(m Message, fingerprint []byte, req *writeRequest) writeResult {
 	if string(fingerprint) != string(req.fingerprint) {
-		return writeResult{err: ErrKeyReused}
+		return writeResult{err: ErrKeyReused, added: Added{Message: m}, fingerprint: fingerprint}
 	}
 	return writeResult{added: Added{Replayed: true, Message: Message{
 		ID: m.ID, Content: req.content, CreatedAt: m.CreatedAt, UpdatedAt: m.CreatedAt,

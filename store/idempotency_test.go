@@ -201,3 +201,28 @@ func TestExpiredKeysAreReleased(t *testing.T) {
 		t.Fatalf("a recent key: %+v, %v; want a replay", r, err)
 	}
 }
+
+// TestReusedKeyInOneBatchWithItsRetry: a stored key's retry is a replay and
+// its reuse refused, whichever of them comes first in a shared batch.
+func TestReusedKeyInOneBatchWithItsRetry(t *testing.T) {
+	st, _ := openStore(t)
+	ctx := context.Background()
+	first, err := st.Add(ctx, "a", "http:K")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			content := []string{"b", "a"}[i%2] // the reuse first, then the retry
+			a, err := st.Add(ctx, content, "http:K")
+			switch {
+			case content == "b" && !errors.Is(err, store.ErrKeyReused):
+				t.Errorf("reuse: %+v, %v; want ErrKeyReused", a, err)
+			case content == "a" && (err != nil || !a.Replayed || a.ID != first.ID):
+				t.Errorf("retry: %+v, %v; want a replay of %d", a, err, first.ID)
+			}
+		})
+	}
+	wg.Wait()
+}
