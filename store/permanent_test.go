@@ -137,3 +137,15 @@ func TestOpenUnreachableIsTransient(t *testing.T) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
 }
+
+// TestOpenUnverifiedCertificateIsPermanent: a server whose certificate the
+// configured CA did not sign is refused for good, naming DB_ROOT_CERT.
+func TestOpenUnverifiedCertificateIsPermanent(t *testing.T) {
+	server := localpg.ForTest(t, localpg.Options{TLS: true})
+	other := localpg.ForTest(t, localpg.Options{TLS: true}) // a CA that did not sign server's certificate
+	_, err := store.Open(t.Context(), store.Config{Host: server.Host(), Port: server.Port(), Database: "postgres", User: "postgres",
+		Password: "unused", SSLMode: "verify-full", RootCert: other.CAFile, Migrate: true})
+	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), "DB_ROOT_CERT") {
+		t.Fatalf("err = %v, want ErrPermanent naming DB_ROOT_CERT", err)
+	}
+}
