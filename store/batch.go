@@ -26,7 +26,9 @@ import (
 // reason tied to a row (a data exception, a program limit, a constraint) is
 // split in halves and each half tried again, down to the row that fails
 // alone; that row gets an error wrapping ErrInvalid, the others commit. This
-// costs at most 2n-1 statements for a batch of n rows.
+// costs at most 2n-1 statements for a batch of n rows. A fault of the
+// database that fails every row (see rowTied and commit) is never blamed on
+// a row: it is answered as the transient or internal error it is.
 //
 // Two instances never deadlock each other on keys: every batch claims its
 // keys in one order (sorted by key), so no two batches can each wait for a
@@ -186,7 +188,39 @@ func replayOf(m Message, fingerprint []byte, req *writeRequest) writeResult {
 
 // commit stores rows (sorted by key, distinct keys) and records one result
 // per row, splitting the batch when one of its rows makes it fail.
+//
+// When every row of a batch of several failed alone with the same SQLSTATE,
+// the split did not find a row at fault: a trigger, a check or a limit on
+// the database side refuses everything. Those rows are answered
+// ErrUnavailable (a 503, or a redelivery), not ErrInvalid (a dead letter):
+// a fault of the database must never be acknowledged as the message's. A
+// batch of one row cannot tell the two apart; such a row gets ErrInvalid
+// only for the row-data codes of rowTied.
 func (b *batcher) commit(rows []*writeRequest, results map[*writeRequest]writeResult) {
+	b.split(rows, results)
+	if len(rows) < 2 {
+		return
+	}
+	var code string
+	for _, r := range rows {
+		var pgErr *pgconn.PgError
+		err := results[r].err
+		if !errors.Is(err, ErrInvalid) || !errors.As(err, &pgErr) || (code != "" && pgErr.Code != code) {
+			return
+		}
+		code = pgErr.Code
+	}
+	for _, r := range rows {
+		var pgErr *pgconn.PgError
+		errors.As(results[r].err, &pgErr)
+		results[r] = writeResult{err: fmt.Errorf("%w: every row of a batch of %d failed alone with SQLSTATE %s, so no row is at fault: %w",
+			ErrUnavailable, len(rows), code, pgErr)}
+	}
+}
+
+// split is commit without the check across the whole batch: it halves a
+// failing batch down to the rows that fail alone.
+func (b *batcher) split(rows []*writeRequest, results map[*writeRequest]writeResult) {
 	err := b.insertRetrying(rows, results)
 	if err == nil {
 		return
@@ -194,8 +228,8 @@ func (b *batcher) commit(rows []*writeRequest, results map[*writeRequest]writeRe
 	if rowTied(err) {
 		if len(rows) > 1 {
 			mid := len(rows) / 2
-			b.commit(rows[:mid], results)
-			b.commit(rows[mid:], results)
+			b.split(rows[:mid], results)
+			b.split(rows[mid:], results)
 			return
 		}
 		if isConflict(err) {
@@ -239,16 +273,23 @@ func isConflict(err error) bool {
 }
 
 // rowTied reports a statement failure that one row's data can cause:
-// SQLSTATE class 22 (data exception: bad encoding, value too long), 23
-// (integrity constraint), 54 (program limit: index row too large) and XX
-// (internal error, e.g. a corrupt value).
+// SQLSTATE class 22 (data exception: bad encoding, value too long) except
+// 2200H, 23 (integrity constraint; 23505 is retried first, see isConflict)
+// and 54000 (program limit: index row too large).
+//
+// Not class XX (internal error, data corrupted, index corrupted), nor 2200H
+// (a sequence reached its limit), nor the other 54 codes (a statement too
+// complex): those fail every row alike, so splitting the batch would only
+// blame each row in turn for the database's fault.
 func rowTied(err error) bool {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return false
 	}
-	switch pgErr.Code[:2] {
-	case "22", "23", "54", "XX":
+	switch {
+	case pgErr.Code == "2200H":
+		return false
+	case pgErr.Code[:2] == "22", pgErr.Code[:2] == "23", pgErr.Code == "54000":
 		return true
 	}
 	return false

@@ -20,3 +20,21 @@ var DeadLetterKey = deadLetterKey
 func (s *Store) ExpireKeys(ctx context.Context, retention time.Duration) (int, error) {
 	return s.expireKeys(ctx, retention)
 }
+
+// CommitBatch stores contents (keyless) as one batch of the group-commit
+// writer, as if they had been queued together, and returns each row's error.
+// Tests use it for what depends on the batch a row shares, which Add leaves
+// to timing.
+func (s *Store) CommitBatch(contents []string) []error {
+	rows := make([]*writeRequest, len(contents))
+	for i, c := range contents {
+		rows[i] = &writeRequest{content: c}
+	}
+	results := make(map[*writeRequest]writeResult, len(rows))
+	s.writer.commit(rows, results)
+	errs := make([]error, len(rows))
+	for i, r := range rows {
+		errs[i] = results[r].err
+	}
+	return errs
+}
