@@ -140,7 +140,7 @@ func migratePlan(w io.Writer, roles []string, createRole bool) error {
 		return err
 	}
 	fmt.Fprintln(w, "-- Dry run: nothing was connected to or changed.")
-	fmt.Fprintf(w, "-- Migrations, in order, all in one transaction that first takes\n-- pg_advisory_xact_lock(%d); those at or below the version recorded in %s\n-- are skipped.\n", store.MigrationLock, store.VersionTable)
+	fmt.Fprintf(w, "-- Migrations, in order, each in its own transaction that first takes\n-- pg_advisory_xact_lock(%d); those at or below the version recorded in %s\n-- are skipped.\n", store.MigrationLock, store.VersionTable)
 	for _, m := range migrations {
 		fmt.Fprintln(w, strings.TrimRight(m, "\n"))
 		fmt.Fprintln(w)

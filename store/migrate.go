@@ -23,10 +23,18 @@ const VersionTable = "messages_schema_version"
 // tern's session lock wait for each other.
 const MigrationLock int64 = 9628173550095224
 
-// Migrate applies every pending migration on conn, all in one transaction
-// that first takes pg_advisory_xact_lock(MigrationLock): instances
-// cold-starting together apply each migration once, the others wait, then
-// find nothing to do.
+// Migrate applies every pending migration on conn, each in its own
+// transaction that first takes pg_advisory_xact_lock(MigrationLock), reads
+// the recorded version, applies the next migration and records its version,
+// as tern does: instances cold-starting together apply each migration once,
+// the others wait, then find nothing to do.
+//
+// One transaction per migration, not one for all: a lock a migration takes
+// (005's ACCESS EXCLUSIVE on messages) ends with it instead of lasting
+// through the next ones (006's backfill), and a run cut short (the 30 s
+// deadline of a cold start with DB_MIGRATE=true, a lost connection) keeps
+// the migrations it finished, so the next run goes on from there rather
+// than starting over every time.
 //
 // Why a transaction-scoped lock and not tern's own Migrate: tern holds a
 // session-level advisory lock (pg_advisory_lock, then pg_advisory_unlock in a
@@ -35,11 +43,11 @@ const MigrationLock int64 = 9628173550095224
 // leaves the lock held on a pooled connection, where it blocks the next
 // migration or lets two run at once. A lock that ends with its transaction
 // needs no session, so migrations work the same direct and through a
-// pooler, and a failed migration leaves nothing half-applied. Tern still
-// loads and renders the migration files and its version table is kept as it
-// was, so databases migrated by earlier builds carry on. Migrations marked
-// "---- tern: disable-tx ----" (say, CREATE INDEX CONCURRENTLY) cannot run
-// this way and are refused.
+// pooler, and a failed migration leaves nothing of itself half-applied. Tern
+// still loads and renders the migration files and its version table is kept
+// as it was, so databases migrated by earlier builds carry on. Migrations
+// marked "---- tern: disable-tx ----" (say, CREATE INDEX CONCURRENTLY) cannot
+// run this way and are refused.
 func Migrate(ctx context.Context, conn *pgx.Conn) error {
 	return migrateTo(ctx, conn, -1)
 }
@@ -59,6 +67,25 @@ func migrateTo(ctx context.Context, conn *pgx.Conn, target int32) error {
 			return fmt.Errorf("migration %s is marked tern: disable-tx, which Migrate cannot run in its transaction", mig.Name)
 		}
 	}
+	if target < 0 || int(target) > len(m.Migrations) {
+		target = int32(len(m.Migrations))
+	}
+	for {
+		done, err := migrateNext(ctx, conn, m.Migrations, target)
+		if err != nil {
+			return fmt.Errorf("applying migrations: %w", err)
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// migrateNext applies, in one transaction under the migration lock, the
+// migration after the recorded version, unless that version has reached
+// target (done). The version is read under the lock, so a migration another
+// instance applied meanwhile is not applied again.
+func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migration, target int32) (done bool, err error) {
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", MigrationLock); err != nil {
 			return fmt.Errorf("waiting for the migration lock: %w", err)
@@ -74,31 +101,25 @@ func migrateTo(ctx context.Context, conn *pgx.Conn, target int32) error {
 		if err := tx.QueryRow(ctx, "SELECT version FROM "+vt).Scan(&current); err != nil {
 			return fmt.Errorf("reading %s: %w", VersionTable, err)
 		}
-		if current < 0 || int(current) > len(m.Migrations) {
-			return fmt.Errorf("schema version %d is newer than this build's %d migrations", current, len(m.Migrations))
-		}
-		if target < 0 || int(target) > len(m.Migrations) {
-			target = int32(len(m.Migrations))
+		if current < 0 || int(current) > len(migrations) {
+			return fmt.Errorf("schema version %d is newer than this build's %d migrations", current, len(migrations))
 		}
 		if current >= target {
+			done = true
 			return nil
 		}
-		for _, mig := range m.Migrations[current:target] {
-			if _, err := tx.Exec(ctx, mig.UpSQL); err != nil {
-				return fmt.Errorf("migration %s: %w", mig.Name, err)
-			}
-			// As tern does: a migration's SET must not outlive it.
-			if _, err := tx.Exec(ctx, "RESET ALL"); err != nil {
-				return err
-			}
+		mig := migrations[current]
+		if _, err := tx.Exec(ctx, mig.UpSQL); err != nil {
+			return fmt.Errorf("migration %s: %w", mig.Name, err)
 		}
-		_, err := tx.Exec(ctx, "UPDATE "+vt+" SET version = $1::int4", target)
+		// As tern does: a migration's SET must not outlive it.
+		if _, err := tx.Exec(ctx, "RESET ALL"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "UPDATE "+vt+" SET version = $1::int4", current+1)
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("applying migrations: %w", err)
-	}
-	return nil
+	return done, err
 }
 
 // disableTx is tern's marker for a migration that must run outside a transaction.

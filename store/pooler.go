@@ -25,7 +25,7 @@ import (
 //     with a cancel request, which PgBouncer forwards to the right server;
 //   - with PoolerTransaction, statements use PoolerExecMode instead of
 //     named prepared statements;
-//   - migrations run in one transaction under a transaction-scoped advisory
+//   - each migration runs in a transaction under a transaction-scoped advisory
 //     lock in every mode (see [Migrate]), so they need no session either.
 type Pooler string
 

@@ -1,0 +1,54 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"example.com/pscmessages/store"
+)
+
+// TestEachMigrationCommitsOnItsOwn: every migration is its own transaction.
+// A later migration that fails (here 006, whose index cannot be built on a
+// view squatting its table's name) leaves the earlier ones applied and
+// recorded, and the next run goes on from there. Before, all pending
+// migrations shared one transaction: a failure (or the 30 s deadline of a
+// cold start) undid them all, and 005's ACCESS EXCLUSIVE lock on messages
+// lasted through 006's backfill.
+func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
+	ctx := context.Background()
+	name := fmt.Sprintf("s%d", dbSeq.Add(1))
+	if err := cluster.CreateDatabase(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	url := cluster.SuperuserURL(name)
+	conn := connect(t, url)
+	if _, err := conn.Exec(ctx, "CREATE VIEW idempotency_keys AS SELECT 1 AS key"); err != nil {
+		t.Fatal(err)
+	}
+	err := store.Migrate(ctx, conn)
+	if err == nil || !strings.Contains(err.Error(), "006_idempotency_keys") {
+		t.Fatalf("Migrate = %v, want 006 to fail", err)
+	}
+	if v := queryInt(t, url, "SELECT version FROM "+store.VersionTable); v != 5 {
+		t.Fatalf("schema version %d after 006 failed, want 5 (001-005 committed)", v)
+	}
+	// 005 is in place: 64-bit ids.
+	if n := queryInt(t, url, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'messages' AND column_name = 'id' AND data_type = 'bigint'"); n != 1 {
+		t.Fatalf("messages.id is not bigint: 005 was not kept")
+	}
+	// 005's lock on messages ended with its transaction.
+	if n := queryInt(t, url, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'messages'"); n != 0 {
+		t.Fatalf("%d locks still held on messages", n)
+	}
+	if _, err := conn.Exec(ctx, "DROP VIEW idempotency_keys"); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Migrate(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if v := queryInt(t, url, "SELECT version FROM "+store.VersionTable); v != int(store.SchemaVersion()) {
+		t.Fatalf("schema version %d, want %d", v, store.SchemaVersion())
+	}
+}
