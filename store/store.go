@@ -24,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
 )
 
 var (
@@ -130,8 +131,14 @@ func (s *Store) attempt(ctx context.Context, fn func(context.Context) error, ret
 }
 
 // classify wraps transient failures in ErrUnavailable so callers can answer 503
-// or ask for redelivery; other errors pass through unchanged.
+// or ask for redelivery, and a closed pool in ErrClosed; other errors pass
+// through unchanged.
 func classify(err error) error {
+	if errors.Is(err, puddle.ErrClosedPool) && !errors.Is(err, ErrClosed) {
+		// A request that got the store before Close ran its statement
+		// after it: pgxpool answers puddle's "closed pool".
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
 	if p := permanent(err, false); p != nil {
 		return p
 	}
