@@ -241,7 +241,7 @@ func (s *service) ingest(ctx context.Context, m eventMeta, data []byte, kept kep
 	}
 	st, err := s.db.get(ctx)
 	if err != nil {
-		log.Warn("event not stored: database unavailable; it will be redelivered", "error", err.Error())
+		log.Warn("event not stored: database unavailable; it will be redelivered", "error", causeText(err))
 		return fmt.Errorf("database unavailable: %w", err)
 	}
 	content, key, err := decodeMessage(m, data, cfg.maxContentBytes)
@@ -260,7 +260,7 @@ func (s *service) ingest(ctx context.Context, m eventMeta, data []byte, kept kep
 		return s.keepDeadLetter(ctx, st, log, m, poison.reason, kept)
 	}
 	if err != nil {
-		log.Warn("event not stored; it will be redelivered", "error", err.Error())
+		log.Warn("event not stored; it will be redelivered", "error", oneLine(err.Error()))
 		return err
 	}
 	if added.Replayed {
@@ -274,7 +274,7 @@ func (s *service) deadLetter(ctx context.Context, m eventMeta, reason string, ke
 	log := s.metaLog(m)
 	st, err := s.db.get(ctx)
 	if err != nil {
-		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", err.Error(), "reason", reason)
+		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", causeText(err), "reason", reason)
 		return fmt.Errorf("database unavailable: %w", err)
 	}
 	return s.keepDeadLetter(ctx, st, log, m, reason, kept)
@@ -285,7 +285,7 @@ func (s *service) keepDeadLetter(ctx context.Context, st *store.Store, log *slog
 		EventID: m.id, EventSource: m.source, EventType: m.typ, Reason: reason,
 		Payload: kept.prefix, PayloadSize: kept.size, PayloadSHA256: kept.sum,
 	}); err != nil {
-		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", err.Error(), "reason", reason)
+		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", causeText(err), "reason", reason)
 		return err
 	}
 	log.Warn("event kept in dead_letters", "reason", reason)
