@@ -68,11 +68,11 @@ type batcher struct {
 	queue chan *writeRequest
 	stop  chan struct{}
 	wg    sync.WaitGroup
-	clean cleaner
+	clean *cleaner
 }
 
 func newBatcher(s *Store) *batcher {
-	b := &batcher{s: s, queue: make(chan *writeRequest), stop: make(chan struct{})}
+	b := &batcher{s: s, queue: make(chan *writeRequest), stop: make(chan struct{}), clean: newCleaner()}
 	b.wg.Add(1)
 	go b.loop()
 	return b
@@ -108,9 +108,10 @@ func (b *batcher) add(ctx context.Context, content, key string) (Added, error) {
 }
 
 func (b *batcher) close() {
+	b.clean.cancel() // no cleanup holds Close up, nor starts after the last batch
 	close(b.stop)
 	b.wg.Wait()
-	b.clean.wait()
+	b.clean.stop()
 }
 
 func (b *batcher) loop() {

@@ -51,20 +51,32 @@ type cleaner struct {
 	last    time.Time
 	running sync.WaitGroup
 	busy    bool
+	// ctx is what a cleanup runs on; stop cancels it, so that Close does
+	// not wait for a cleanup (up to cleanupRuns statements of the query
+	// timeout each) beyond the writes it drains. Nothing is lost: the
+	// records expire on a later run.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newCleaner() *cleaner {
+	c := &cleaner{}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c
 }
 
 // maybeStart starts a cleanup when none ran for cleanupEvery.
 func (c *cleaner) maybeStart(s *Store) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.busy || time.Since(c.last) < cleanupEvery {
+	if c.busy || c.ctx.Err() != nil || time.Since(c.last) < cleanupEvery {
 		return
 	}
 	c.busy, c.last = true, time.Now()
 	c.running.Add(1)
 	go func() {
 		defer c.running.Done()
-		if _, err := s.expireKeys(context.Background(), IdempotencyRetention); err != nil {
+		if _, err := s.expireKeys(c.ctx, IdempotencyRetention); err != nil && c.ctx.Err() == nil {
 			// The next run tries again; nothing is lost meanwhile.
 			slog.Warn("deleting expired idempotency keys failed", "error", err.Error())
 		}
@@ -74,7 +86,11 @@ func (c *cleaner) maybeStart(s *Store) {
 	}()
 }
 
-func (c *cleaner) wait() { c.running.Wait() }
+// stop cancels a running cleanup and waits for it to return.
+func (c *cleaner) stop() {
+	c.cancel()
+	c.running.Wait()
+}
 
 // expireKeys deletes records older than retention, in bounded batches, and
 // returns how many it deleted.
