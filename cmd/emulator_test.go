@@ -10,9 +10,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,6 +30,9 @@ type emulator struct {
 	cmd     *exec.Cmd
 	log     *psBuffer
 	exited  chan struct{}
+	// watcher stops the group if this process dies; lifeline is its stdin.
+	watcher  *exec.Cmd
+	lifeline io.WriteCloser
 }
 
 // emulatorStartTimeout bounds the JVM's start on a loaded machine; it starts
@@ -91,6 +96,7 @@ func (e *emulator) start(t testing.TB) {
 		if err := e.cmd.Start(); err != nil {
 			t.Fatalf("starting the Pub/Sub emulator: %v", err)
 		}
+		e.watch(t)
 		exited := make(chan struct{})
 		go func() { e.cmd.Wait(); close(exited) }()
 		err := e.waitReady(exited, deadline)
@@ -100,6 +106,7 @@ func (e *emulator) start(t testing.TB) {
 		}
 		e.killGroup()
 		<-exited
+		e.unwatch()
 		if !strings.Contains(e.log.String(), "Address already in use") || time.Now().After(deadline) {
 			t.Fatalf("the Pub/Sub emulator did not start (%v); is google-cloud-cli-pubsub-emulator installed, with Java?\n%s", err, psTail(e.log.String(), 3000))
 		}
@@ -129,6 +136,28 @@ func (e *emulator) waitReady(exited <-chan struct{}, deadline time.Time) error {
 	}
 }
 
+// watch starts a shell, outside the emulator's group, that stops the group
+// when this process dies without cleaning up (a test binary killed by
+// -timeout runs no t.Cleanup): it waits for EOF on a pipe from this process.
+func (e *emulator) watch(t testing.TB) {
+	t.Helper()
+	w := exec.Command("sh", "-c", `read -r _; kill -TERM -- -"$1" 2>/dev/null; exit 0`, "sh", strconv.Itoa(e.cmd.Process.Pid))
+	lifeline, err := w.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatalf("starting the emulator's watcher: %v", err)
+	}
+	e.watcher, e.lifeline = w, lifeline
+}
+
+// unwatch ends the watcher once the group is gone.
+func (e *emulator) unwatch() {
+	e.lifeline.Close()
+	e.watcher.Wait()
+}
+
 // killGroup stops the wrapper and java with SIGTERM, then SIGKILL, and waits
 // until no process of the group is left.
 func (e *emulator) killGroup() {
@@ -151,6 +180,7 @@ func (e *emulator) stop(t testing.TB) {
 	}
 	e.killGroup()
 	<-e.exited
+	e.unwatch()
 	e.cmd = nil
 }
 
