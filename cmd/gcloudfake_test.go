@@ -15,6 +15,17 @@ package main
 // APIs need a field a real server computes (a Cloud Run service's Ready
 // condition and URL, the subscription Eventarc creates for a trigger); those
 // are filled in by complete().
+//
+// `gcloud run deploy --source=. --function=F --base-image=goNNN` (Cloud SDK
+// 528) reaches its main request offline through: serviceusage (are the APIs
+// enabled), the Knative service GET (404 → create), Artifact Registry's
+// cloud-run-source-deploy repository (404 → create, an operation), the build
+// service account (iam), the run-sources-PROJECT-REGION bucket (404 →
+// create, then a list by prefix), a multipart upload of the zipped source
+// (gcloud compares size and checksums with its file), Cloud Run's
+// builds:submit, the Cloud Build operation it names, and then the Knative
+// service POST (create) or PUT (replace) and, on replace, the service's IAM
+// policy. Nothing is left unreached.
 
 import (
 	"bytes"
