@@ -42,6 +42,13 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(retry, time.Second).Seconds()))))
 		s.requestLog(r).Warn("request failed: database unavailable", "error", causeText(err))
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "database unavailable, retry later"})
+	case errors.Is(err, store.ErrInvalid):
+		// Permanent and the request's own: the database refuses this
+		// content (a constraint, a limit). The cause, which may name the
+		// schema's objects, goes to the log; the client learns not to
+		// retry it unchanged.
+		s.requestLog(r).Warn("request refused: the database cannot store this message", "error", err.Error())
+		writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": "the message cannot be stored as given (the database refuses its content); retrying it unchanged will not help"})
 	default:
 		s.requestLog(r).Error("request failed", "error", err.Error())
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal error"})
