@@ -288,7 +288,8 @@ func (s *service) keepDeadLetter(ctx context.Context, st *store.Store, log *slog
 		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", causeText(err), "reason", reason)
 		return err
 	}
-	log.Warn("event kept in dead_letters", "reason", reason)
+	// Each dead letter is its own line, however many share a reason.
+	log.Log(everyLine(ctx), slog.LevelWarn, "event kept in dead_letters", "reason", reason)
 	return nil
 }
 
