@@ -178,10 +178,7 @@ func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, erro
 			return nil, err
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+	if err := prepareParent(filepath.Dir(dir)); err != nil {
 		return nil, err
 	}
 	passfile := filepath.Join(dir, localPasswordFile)
@@ -200,6 +197,39 @@ func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, erro
 	fmt.Printf("no DATABASE_URL or DB_HOST: started local PostgreSQL on 127.0.0.1:%d, data in %s (kept across runs; -fresh deletes it)\n", cluster.Port(), dir)
 	fmt.Printf("connect with: psql %s\n", shellQuote(psqlConninfo(cluster.Port(), passfile)))
 	return cluster, nil
+}
+
+// prepareParent makes sure the folder that holds the data folder exists and
+// that the server's OS user (postgres, when we run as root) can traverse it.
+// A folder we create gets 0755. A folder that was already there, such as
+// /tmp for LOCAL_PGDATA=$(mktemp -d), is not ours to reset: at most the
+// traverse bits (0o011) are added, and the rest of its mode, sticky, setuid
+// and setgid bits included, is kept. Turning /tmp's 1777 into 0755 would
+// lock every other user out of it.
+func prepareParent(parent string) error {
+	fi, err := os.Stat(parent)
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return err
+		}
+		return os.Chmod(parent, 0o755) // MkdirAll's mode is cut by the umask
+	}
+	if err != nil {
+		return err
+	}
+	return addTraverse(parent, fi.Mode())
+}
+
+// addTraverse adds search permission for group and others to the folder p
+// of mode m, keeping every other bit of m. It changes nothing when those
+// bits are set already, so a folder we do not own but can traverse (/tmp
+// for a non-root user) is fine.
+func addTraverse(p string, m os.FileMode) error {
+	keep := m & (os.ModePerm | os.ModeSticky | os.ModeSetuid | os.ModeSetgid)
+	if keep&0o011 == 0o011 {
+		return nil
+	}
+	return os.Chmod(p, keep|0o011)
 }
 
 // inUse turns a *localpg.InUseError into what a developer can act on.
