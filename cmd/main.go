@@ -55,6 +55,11 @@ func usage(w io.Writer) {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first Ctrl-C or SIGTERM starts a drain that may take over a
+	// minute; once it has, signals get their default action again, so a
+	// second one stops the process at once. What it leaves unanswered the
+	// clients see as a cut connection and Pub/Sub redelivers.
+	context.AfterFunc(ctx, stop)
 	name, args := "serve", os.Args[1:]
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
