@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -47,12 +48,13 @@ func permanent(err error, passwordFinal bool) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		// The server's message names the role or database, never a password.
+		code := loginCode(pgErr)
 		switch {
-		case pgErr.Code == "3D000":
+		case code == "3D000":
 			return &PermanentError{Msg: pgErr.Message + ": check DB_NAME (or the database in DATABASE_URL); on Cloud SQL create it with `gcloud sql databases create`", Err: pgErr}
-		case pgErr.Code == "28000":
+		case code == "28000":
 			return &PermanentError{Msg: "login refused: " + pgErr.Message + ": check DB_USER (or the user in DATABASE_URL); with IAM it is the service account's email without .gserviceaccount.com, created with `gcloud sql users create --type=cloud_iam_service_account`", Err: pgErr}
-		case pgErr.Code == "28P01" && passwordFinal:
+		case code == "28P01" && passwordFinal:
 			return &PermanentError{Msg: "login refused: " + pgErr.Message + ": check DB_USER and DB_PASSWORD (or the user and password in DATABASE_URL): PostgreSQL gives this answer for a role that does not exist, too; with IAM, check that the instance has cloudsql.iam_authentication=on, that DB_USER is this service account's IAM database user and that the account has roles/cloudsql.instanceUser", Err: pgErr}
 		}
 		return nil
@@ -75,8 +77,37 @@ func classifyAs(err error, passwordFinal bool) error {
 	return classify(err)
 }
 
-// isPasswordRefused reports a 28P01 (invalid_password) from the server.
+// isPasswordRefused reports a 28P01 (invalid_password) from the server,
+// directly or relayed by PgBouncer.
 func isPasswordRefused(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "28P01"
+	return errors.As(err, &pgErr) && loginCode(pgErr) == "28P01"
+}
+
+// loginCode is the SQLSTATE of a login refusal as the server meant it.
+// PgBouncer (1.18) relays the server's login FATAL, and reports its own
+// refusals, with 08P01 (protocol_violation), a connection-exception code
+// that would read as transient: a database or role that does not exist or a
+// refused password then answered 503 forever. For 08P01 the message tells
+// which refusal it was; any other 08P01 (the pooler stopping, a real
+// protocol error) keeps its code, and stays transient.
+func loginCode(pgErr *pgconn.PgError) string {
+	if pgErr.Code != "08P01" {
+		return pgErr.Code
+	}
+	m := pgErr.Message
+	switch {
+	case strings.HasPrefix(m, "database \"") && strings.HasSuffix(m, "\" does not exist"),
+		strings.HasPrefix(m, "no such database"):
+		return "3D000"
+	case strings.HasPrefix(m, "role \"") && strings.HasSuffix(m, "\" does not exist"),
+		strings.HasPrefix(m, "no such user"):
+		return "28000"
+	case strings.HasPrefix(m, "password authentication failed"),
+		// The pooler's own refusal of a user its auth_file lacks, in any
+		// auth_type: "trust" authentication failed.
+		strings.HasPrefix(m, "\"") && strings.HasSuffix(m, "\" authentication failed"):
+		return "28P01"
+	}
+	return pgErr.Code
 }
