@@ -170,13 +170,14 @@ const localPasswordFile = "localpg.pgpass"
 // port, rather than shared: that runner stops its server when it exits.
 func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, error) {
 	dir := envOr("LOCAL_PGDATA", defaultPGData())
-	if err := localpg.CheckInUse(dir); err != nil {
-		return nil, inUse(dir, err)
-	}
 	if fresh {
-		if err := os.RemoveAll(dir); err != nil {
-			return nil, err
+		// Checked and deleted under the owner lock: a runner that takes
+		// the folder meanwhile is refused, not left without its data.
+		if err := localpg.RemoveUnused(dir); err != nil {
+			return nil, inUse(dir, err)
 		}
+	} else if err := localpg.CheckInUse(dir); err != nil {
+		return nil, inUse(dir, err)
 	}
 	if err := prepareParent(filepath.Dir(dir)); err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ownerFile, in the data directory, names the process that uses the
@@ -47,7 +48,7 @@ func (c *Cluster) lockOwner() error {
 	if err != nil {
 		return fmt.Errorf("localpg: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := flockBriefly(f, syscall.LOCK_EX); err != nil {
 		defer f.Close()
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			return fmt.Errorf("localpg: locking %s: %w", f.Name(), err)
@@ -105,9 +106,40 @@ func readOwner(f *os.File) (pid, port int) {
 	return pid, port
 }
 
+// lockWait bounds how long flockBriefly waits for a lock that someone else
+// holds: another runner's CheckInUse holds it for a moment, and a runner
+// must not take that for a live owner (the file then still names the last,
+// possibly dead, owner). A real owner holds it for its whole life, so
+// waiting only delays the refusal, by at most lockWait.
+const (
+	lockWait     = time.Second
+	lockWaitStep = 20 * time.Millisecond
+)
+
+// flockBriefly takes the flock how (LOCK_EX or LOCK_SH) on f, retrying on
+// EWOULDBLOCK for up to lockWait; it returns EWOULDBLOCK if the lock is
+// still held then. A holder in our own process is not waited for: the
+// callers treat it as ours.
+func flockBriefly(f *os.File, how int) error {
+	deadline := time.Now().Add(lockWait)
+	for {
+		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		if pid, _ := readOwner(f); pid == os.Getpid() {
+			return err
+		}
+		time.Sleep(lockWaitStep)
+	}
+}
+
 // CheckInUse returns an *InUseError when a live process other than ours
-// uses the cluster in dir, for callers about to change dir (such as
-// deleting it) without starting it.
+// uses the cluster in dir, for callers about to change dir without
+// starting it. It takes a shared lock, so two checks never see each other
+// as an owner, and waits briefly (lockWait) for a lock held only for a
+// moment. Its answer can be out of date at once: to delete dir, use
+// RemoveUnused, which holds the lock across the deletion.
 func CheckInUse(dir string) error {
 	f, err := os.Open(filepath.Join(dir, ownerFile))
 	if errors.Is(err, os.ErrNotExist) {
@@ -117,7 +149,7 @@ func CheckInUse(dir string) error {
 		return fmt.Errorf("localpg: %w", err)
 	}
 	defer f.Close() // also releases the lock if we got it
-	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	err = flockBriefly(f, syscall.LOCK_SH)
 	if err == nil {
 		return nil
 	}
@@ -126,6 +158,65 @@ func CheckInUse(dir string) error {
 	}
 	if pid, port := readOwner(f); pid != os.Getpid() {
 		return &InUseError{Dir: dir, PID: pid, Port: port}
+	}
+	return nil
+}
+
+// testHookRemoveLocked, when set (by tests only), runs in RemoveUnused while
+// it holds the owner lock, before it deletes anything.
+var testHookRemoveLocked func()
+
+// RemoveUnused deletes dir, a cluster's data directory, unless a live
+// process other than ours uses it (*InUseError). It holds dir's owner lock
+// from that check until the directory is gone, recording our PID in the
+// owner file, so a runner that starts on dir meanwhile is refused rather
+// than having its live data deleted under it (a check, then a separate
+// delete, left that window open). A dir that does not exist is no error.
+func RemoveUnused(dir string) error {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ownerFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("localpg: %w", err)
+	}
+	defer f.Close()
+	if err := flockBriefly(f, syscall.LOCK_EX); err != nil {
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("localpg: locking %s: %w", f.Name(), err)
+		}
+		if pid, port := readOwner(f); pid != os.Getpid() {
+			return &InUseError{Dir: dir, PID: pid, Port: port}
+		}
+		// Held by a Cluster of our own process (tests simulating a
+		// crashed run): as before, ours to delete.
+	} else {
+		if err := f.Truncate(0); err != nil {
+			return fmt.Errorf("localpg: %w", err)
+		}
+		if _, err := f.WriteAt([]byte(fmt.Sprintf("pid=%d\nport=0\n", os.Getpid())), 0); err != nil {
+			return fmt.Errorf("localpg: %w", err)
+		}
+	}
+	if testHookRemoveLocked != nil {
+		testHookRemoveLocked()
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("localpg: %w", err)
+	}
+	for _, e := range entries {
+		if e.Name() == ownerFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("localpg: %w", err)
+		}
+	}
+	// The owner file goes last, still locked: a runner that opened it
+	// meanwhile is refused; one that comes after finds no folder.
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("localpg: %w", err)
 	}
 	return nil
 }
