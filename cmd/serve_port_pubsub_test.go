@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+)
+
+// TestServePubSubPortTaken is TestServePortTaken with -pubsub (issue 9 names
+// that case): a taken port fails at once, naming the address, before the
+// Pub/Sub side starts, and nothing claims to be serving.
+func TestServePubSubPortTaken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() { // accept, as whatever holds the port would
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		args []string
+	}{
+		{"both functions", nil, []string{"serve", "-pubsub"}},
+		{"IngestPubSub only", map[string]string{"FUNCTION_TARGET": "IngestPubSub"}, []string{"serve", "-pubsub", "-pubsub-concurrency", "4"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// No database: the port is checked before one would be
+			// started. runMain fails the test if the child runs 30 s.
+			env := map[string]string{"HOST": "127.0.0.1", "PORT": port, "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			stdout, stderr, code := runMain(t, env, tt.args...)
+			t.Logf("exit %d, stderr: %s", code, stderr)
+			if code == 0 {
+				t.Fatalf("exited 0 with its port taken\nstdout:\n%s\nstderr:\n%s", stdout, stderr)
+			}
+			if strings.Contains(stdout, "serving") {
+				t.Fatalf("claimed to be serving on a taken port:\n%s", stdout)
+			}
+			if !strings.Contains(stderr, "address already in use") || !strings.Contains(stderr, "127.0.0.1:"+port) {
+				t.Fatalf("stderr does not name the taken port:\n%s", stderr)
+			}
+		})
+	}
+}
