@@ -197,7 +197,10 @@ func TestOfficialEmulatorRestart(t *testing.T) {
 	}
 	t.Logf("published after %v", time.Since(start))
 	if fmt.Sprint(again) != fmt.Sprint(ids) {
-		t.Logf("the restarted emulator numbered its messages %v, the first %v", again, ids)
+		// Without reused ids the case this test is for (a new message
+		// with an old message's id) is not exercised: passing would
+		// prove nothing.
+		t.Fatalf("the restarted emulator numbered its messages %v, not again %v as the first: the old-id case is not exercised", again, ids)
 	}
 	psWaitFor(t, 30*time.Second, "the second run's messages stored", func() bool {
 		return psStoredRows(t, url) >= len(before)+len(after)
