@@ -41,8 +41,10 @@ func TestListingIsStreamed(t *testing.T) {
 		if resp.StatusCode != 200 || uint64(n) < pageBytes {
 			t.Fatalf("GET %s: %d, %d bytes", path, resp.StatusCode, n)
 		}
-		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > pageBytes*3/2 {
-			t.Errorf("GET %s of %d bytes allocated %d bytes, want under 1.5 times the page", path, n, alloc)
+		// The store reads the page plus the one row that overflowed its
+		// budget (see MemoryBound), and that is all a GET may hold.
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > (pageBytes+size)*3/2 {
+			t.Errorf("GET %s of %d bytes allocated %d bytes, want under 1.5 times the page and one row", path, n, alloc)
 		}
 		// Written in pieces, it is still one JSON document.
 		var page struct{ Messages []json.RawMessage }

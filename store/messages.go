@@ -49,24 +49,9 @@ type Listing struct {
 
 const messageColumns = "id, coalesce(content, ''), created_at, updated_at"
 
-// listPage reads the newest $2 messages below $1 whose content, counted from
-// the newest, stays within $3 bytes (the first always), and after them the
-// first message that does not fit, without its content, to say that more
-// exist. octet_length reads a stored value's size without decompressing it,
-// and a content that is not sent is never read from its TOAST table.
-const listPage = `
-SELECT id, CASE WHEN n = 1 OR total <= $3 THEN coalesce(content, '') END, created_at, updated_at
-FROM (
-    SELECT id, content, created_at, updated_at,
-        row_number() OVER w AS n,
-        sum(coalesce(octet_length(content), 0)) OVER w AS total,
-        coalesce(octet_length(content), 0) AS size
-    FROM (SELECT id, content, created_at, updated_at FROM messages
-          WHERE id < $1::bigint ORDER BY id DESC LIMIT $2) newest
-    WINDOW w AS (ORDER BY id DESC ROWS UNBOUNDED PRECEDING)
-) page
-WHERE n <= 2 OR total - size <= $3
-ORDER BY id DESC`
+// listPage reads the newest $2 messages below $1, newest first, along the
+// primary key. List stops reading when the page outgrows its byte budget.
+const listPage = `SELECT ` + messageColumns + ` FROM messages WHERE id < $1::bigint ORDER BY id DESC LIMIT $2`
 
 // List returns the newest messages below p.Before, oldest first, at most
 // p.Limit of them and MaxPageBytes of content. It walks the primary key
@@ -88,28 +73,40 @@ func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 	}
 	var out Listing
 	err := s.read(ctx, func(ctx context.Context) error {
-		rows, err := s.pool.Query(ctx, listPage, before, limit+1, budget)
+		// A page cut by its byte budget ends its query early: cancelling the
+		// query closes its connection, where draining the rest would read
+		// (and discard) up to a page of rows more. Only the budget plus the
+		// one row that overflowed it is ever read. A byte-bounded window
+		// query that never sent that row cost the database about a third
+		// more for every page (cmd/BENCHMARKS.md), to save a rare reconnect.
+		qctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		rows, err := s.pool.Query(qctx, listPage, before, limit+1)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		out = Listing{}
 		var msgs []Message
+		size, cut := 0, false
 		for rows.Next() {
 			var m Message
-			var content *string
-			if err := rows.Scan(&m.ID, &content, &m.CreatedAt, &m.UpdatedAt); err != nil {
+			if err := rows.Scan(&m.ID, &m.Content, &m.CreatedAt, &m.UpdatedAt); err != nil {
 				return err
 			}
-			if content == nil || len(msgs) == limit {
+			if len(msgs) == limit || len(msgs) > 0 && size+len(m.Content) > budget {
 				out.Next = msgs[len(msgs)-1].ID
+				cut = len(msgs) < limit
 				break
 			}
-			m.Content = *content
+			size += len(m.Content)
 			msgs = append(msgs, m)
 		}
+		if cut {
+			cancel()
+		}
 		rows.Close()
-		if err := rows.Err(); err != nil {
+		if err := rows.Err(); err != nil && !cut {
 			return err
 		}
 		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
