@@ -1,18 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -167,60 +163,14 @@ func TestDeadLettersLocal(t *testing.T) {
 // its base URL and a func that stops it with SIGTERM.
 func startMainServe(t *testing.T, env map[string]string) (string, func()) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMainProcess$")
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		switch {
-		case name == "FUNCTION_TARGET", name == "DATABASE_URL", name == "PORT", name == "HOST", name == "LOCAL_PGDATA",
-			strings.HasPrefix(name, "PUBSUB_"), strings.HasPrefix(name, "DB_"), strings.HasPrefix(name, "LOG_"):
-			continue
-		}
-		cmd.Env = append(cmd.Env, kv)
-	}
-	port := psFreePort(t)
-	cmd.Env = append(cmd.Env, mainArgsEnv+"=serve", "PORT="+port)
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	var stderr psBuffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var stdout psBuffer
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			stdout.Write([]byte(sc.Text() + "\n"))
-			if strings.HasPrefix(sc.Text(), "serving ") {
-				close(ready)
-			}
-		}
-		io.Copy(io.Discard, out)
-	}()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		cancel()
-	}
-	t.Cleanup(stop)
+	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve"}, env: env, lifetime: 2 * time.Minute,
+		unset: []string{"LOCAL_PGDATA", "PUBSUB_*", "LOG_*"}})
 	select {
-	case <-ready:
+	case <-r.ready:
 	case <-time.After(60 * time.Second):
-		t.Fatalf("not serving after 60 s:\n%s\n%s", stdout.String(), stderr.String())
+		t.Fatalf("not serving after 60 s:\n%s\n%s", r.stdout.String(), r.stderr.String())
 	}
-	return "http://127.0.0.1:" + port, stop
+	return r.base, func() { r.stop(t) }
 }
 
 func pgxQueryRow(t *testing.T, url, sql string, args ...any) pgx.Row {

@@ -47,12 +47,12 @@ func (e *emuEnv) database(t testing.TB) string {
 }
 
 // serve starts `go run ./cmd -pubsub` on url, pulling topic from the emulator.
-func (e *emuEnv) serve(t testing.TB, url, topic string) *psServe {
+func (e *emuEnv) serve(t testing.TB, url, topic string) *runner {
 	t.Helper()
 	return e.serveAt(t, url, topic, e2eConcurrency)
 }
 
-func (e *emuEnv) serveAt(t testing.TB, url, topic, concurrency string) *psServe {
+func (e *emuEnv) serveAt(t testing.TB, url, topic, concurrency string) *runner {
 	t.Helper()
 	return psStartServe(t, map[string]string{
 		"DATABASE_URL":         url,
@@ -246,7 +246,7 @@ func TestEmulatorHostUnreachable(t *testing.T) {
 
 	t.Run("runner", func(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestPubSubServeProcess$")
-		cmd.Env = append(psChildEnv(), serveArgsEnv+"=-pubsub", "HOST=127.0.0.1", "PORT="+psFreePort(t),
+		cmd.Env = append(runnerEnv(psUnset...), serveArgsEnv+"=-pubsub", "HOST=127.0.0.1", "PORT="+psFreePort(t),
 			"DATABASE_URL=postgres://127.0.0.1:1/none", "PUBSUB_EMULATOR_HOST="+dead)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out

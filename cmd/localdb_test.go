@@ -2,20 +2,16 @@ package main
 
 // The local runner's own PostgreSQL: password-protected, with a psql line that
 // works, and never taken from a live runner. Each runner is this test binary
-// re-executed into TestLocalRunnerProcess, running runServe as main does.
+// re-executed into TestPubSubServeProcess, running runServe as main does.
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,130 +20,22 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-const localRunnerEnv = "PSCMESSAGES_TEST_LOCAL_RUNNER"
-
-// TestLocalRunnerProcess is not a test: it is the runner child process.
-func TestLocalRunnerProcess(t *testing.T) {
-	args, ok := os.LookupEnv(localRunnerEnv)
-	if !ok {
-		return
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, orphaned := context.WithCancel(ctx)
-	go func() { // stdin closes when the parent test is gone
-		io.Copy(io.Discard, os.Stdin)
-		orphaned()
-	}()
-	if err := runServe(ctx, strings.Fields(args)); err != nil {
-		fmt.Fprintln(os.Stderr, "serve:", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
-
-// localRunner is a running `go run ./cmd` child.
-type localRunner struct {
-	cmd            *exec.Cmd
-	base           string // http://127.0.0.1:PORT
-	pgPort         int
-	psql           string // the command it printed
-	stdout, stderr psBuffer
-	stdin          io.WriteCloser
-	exited         chan struct{}
-}
-
-var startedPG = regexp.MustCompile(`started local PostgreSQL on 127\.0\.0\.1:(\d+)`)
-
 // runLocal starts a runner on the data folder dir with extra env and waits
-// until it serves or exits; wait=false returns at once.
-func runLocal(t *testing.T, dir string, env map[string]string, args ...string) *localRunner {
+// until it serves or exits.
+func runLocal(t *testing.T, dir string, env map[string]string, args ...string) *runner {
 	t.Helper()
-	port := psFreePort(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLocalRunnerProcess$")
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		if name == "FUNCTION_TARGET" || name == "DATABASE_URL" || name == "PORT" || name == "HOST" ||
-			strings.HasPrefix(name, "DB_") || strings.HasPrefix(name, "PG") || name == "LOCAL_PGDATA" {
-			continue
-		}
-		cmd.Env = append(cmd.Env, kv)
-	}
-	cmd.Env = append(cmd.Env, localRunnerEnv+"="+strings.Join(args, " "), "HOST=127.0.0.1", "PORT="+port, "LOCAL_PGDATA="+dir)
+	all := map[string]string{"LOCAL_PGDATA": dir}
 	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
+		all[k] = v
 	}
-	r := &localRunner{cmd: cmd, base: "http://127.0.0.1:" + port, exited: make(chan struct{})}
-	pipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = &r.stderr
-	if r.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(pipe)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(&r.stdout, line)
-			if m := startedPG.FindStringSubmatch(line); m != nil {
-				r.pgPort, _ = strconv.Atoi(m[1])
-			}
-			if cmdline, ok := strings.CutPrefix(line, "connect with: "); ok {
-				r.psql = cmdline
-			}
-			if strings.HasPrefix(line, "serving ") {
-				close(ready)
-			}
-		}
-		io.Copy(io.Discard, pipe)
-		cmd.Wait()
-		close(r.exited)
-	}()
-	t.Cleanup(func() {
-		r.stop(t, syscall.SIGTERM)
-		if t.Failed() {
-			t.Logf("runner %d stdout:\n%s\nstderr:\n%s", cmd.Process.Pid, r.stdout.String(), psTail(r.stderr.String(), 3000))
-		}
-	})
+	r := startRunner(t, runnerOptions{args: args, host: "127.0.0.1", env: all, unset: []string{"PG*", "LOCAL_PGDATA"}})
 	select {
-	case <-ready:
+	case <-r.ready:
 	case <-r.exited:
 	case <-time.After(90 * time.Second):
 		t.Fatalf("runner neither served nor exited in 90 s:\n%s\n%s", r.stdout.String(), r.stderr.String())
 	}
 	return r
-}
-
-func (r *localRunner) serving() bool {
-	select {
-	case <-r.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-func (r *localRunner) stop(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	select {
-	case <-r.exited:
-		return
-	default:
-	}
-	r.cmd.Process.Signal(sig)
-	select {
-	case <-r.exited:
-	case <-time.After(60 * time.Second):
-		r.cmd.Process.Kill()
-		<-r.exited
-		t.Errorf("runner did not stop within 60 s of %v", sig)
-	}
 }
 
 // localDataDir is a data folder the server user can reach when we are root.
@@ -167,7 +55,7 @@ func localDataDir(t *testing.T) string {
 func TestLocalRunnerDatabaseNeedsItsPassword(t *testing.T) {
 	dir := localDataDir(t)
 	r := runLocal(t, dir, nil)
-	if !r.serving() || r.pgPort == 0 {
+	if !r.running() || r.pgPort == 0 {
 		t.Fatalf("runner did not start:\n%s\n%s", r.stdout.String(), r.stderr.String())
 	}
 
@@ -216,7 +104,7 @@ func TestLocalRunnerDatabaseNeedsItsPassword(t *testing.T) {
 func TestSecondRunnerLeavesALiveRunnersDatabaseAlone(t *testing.T) {
 	dir := localDataDir(t)
 	first := runLocal(t, dir, nil)
-	if !first.serving() {
+	if !first.running() {
 		t.Fatalf("first runner did not start:\n%s", first.stderr.String())
 	}
 	post(t, first.base, "kept")
@@ -255,9 +143,9 @@ func TestSecondRunnerLeavesALiveRunnersDatabaseAlone(t *testing.T) {
 
 	// A runner that died without cleaning up leaves its server running; the
 	// next one takes the folder over, data included.
-	first.stop(t, syscall.SIGKILL)
+	first.stopWith(t, syscall.SIGKILL)
 	next := runLocal(t, dir, nil)
-	if !next.serving() {
+	if !next.running() {
 		t.Fatalf("a runner after a crashed one did not start:\n%s", next.stderr.String())
 	}
 	if got := getRoot(t, next.base); !strings.Contains(got, "kept") {

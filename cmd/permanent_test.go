@@ -1,14 +1,9 @@
 package main
 
 import (
-	"bufio"
-	"context"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -18,51 +13,15 @@ import (
 // later", and logs once what to do, naming the password alternatives.
 func TestNoGoogleCredentialsIsPermanent(t *testing.T) {
 	home := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMainProcess$")
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		switch {
-		case name == "FUNCTION_TARGET", name == "DATABASE_URL", name == "PORT", name == "HOST", name == "HOME",
-			name == "CLOUDSDK_CONFIG", name == "GCE_METADATA_HOST", name == "LOG_FORMAT", name == "LOG_LEVEL",
-			strings.HasPrefix(name, "GOOGLE_"), strings.HasPrefix(name, "PUBSUB_"), strings.HasPrefix(name, "DB_"):
-			continue
-		}
-		cmd.Env = append(cmd.Env, kv)
-	}
 	port := psFreePort(t)
-	cmd.Env = append(cmd.Env, mainArgsEnv+"=serve", "HOME="+home, "CLOUDSDK_CONFIG="+home, "PORT="+port,
-		"DB_HOST=127.0.0.1", "DB_NAME=messages", "DB_SSLMODE=require")
-	var stderr psBuffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var stdout psBuffer
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			stdout.Write([]byte(sc.Text() + "\n"))
-			if strings.HasPrefix(sc.Text(), "serving ") {
-				close(ready)
-			}
-		}
-		io.Copy(io.Discard, out)
-	}()
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
+	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve"}, port: port, lifetime: time.Minute,
+		env: map[string]string{"HOME": home, "CLOUDSDK_CONFIG": home,
+			"DB_HOST": "127.0.0.1", "DB_NAME": "messages", "DB_SSLMODE": "require"},
+		unset: []string{"HOME", "CLOUDSDK_CONFIG", "GCE_METADATA_HOST", "LOG_FORMAT", "LOG_LEVEL", "GOOGLE_*", "PUBSUB_*"}})
 	select {
-	case <-ready:
+	case <-r.ready:
 	case <-time.After(30 * time.Second):
-		t.Fatalf("not serving after 30 s:\n%s\n%s", stdout.String(), stderr.String())
+		t.Fatalf("not serving after 30 s:\n%s\n%s", r.stdout.String(), r.stderr.String())
 	}
 	for i := range 4 {
 		resp, err := http.Post("http://127.0.0.1:"+port+"/", "application/json", strings.NewReader(`{"content":"x"}`))
@@ -76,7 +35,7 @@ func TestNoGoogleCredentialsIsPermanent(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
-	logs := stdout.String() + stderr.String()
+	logs := r.stdout.String() + r.stderr.String()
 	if n := strings.Count(logs, "no Google default credentials were found"); n != 1 {
 		t.Fatalf("the cause was logged %d times, want once:\n%s", n, logs)
 	}

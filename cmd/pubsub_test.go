@@ -14,7 +14,6 @@ package main
 // counts.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -27,7 +26,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strings"
 	"sync"
@@ -88,18 +86,6 @@ func (s *psBuffer) String() string {
 	return s.b.String()
 }
 
-// psServe is a running `go run ./cmd -pubsub` child.
-type psServe struct {
-	cmd      *exec.Cmd
-	base     string // http://127.0.0.1:PORT
-	emulator string // the address it printed, when it started pstest itself
-	stdout   psBuffer
-	stderr   psBuffer
-	stdin    io.WriteCloser // never written; its closing tells the child we are gone
-	exited   chan struct{}
-	stopped  bool
-}
-
 func psFreePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -110,100 +96,27 @@ func psFreePort(t testing.TB) string {
 	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 }
 
-// psStartServe starts the child with env on top of a cleaned environment and
-// returns once it delivers Pub/Sub messages. It is stopped (SIGTERM) at the
-// end of the test unless stop was called.
-func psStartServe(t testing.TB, env map[string]string, args ...string) *psServe {
+// psStartServe starts the child (`go run ./cmd -pubsub`) with env on top of
+// a cleaned environment and returns once it delivers Pub/Sub messages. It is
+// stopped (SIGTERM, and must exit 0) at the end of the test unless stop was
+// called.
+func psStartServe(t testing.TB, env map[string]string, args ...string) *runner {
 	t.Helper()
-	port := psFreePort(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestPubSubServeProcess$")
-	cmd.Env = append(psChildEnv(), serveArgsEnv+"="+strings.Join(append([]string{"-pubsub"}, args...), " "),
-		"HOST=127.0.0.1", "PORT="+port)
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	s := &psServe{cmd: cmd, base: "http://127.0.0.1:" + port, exited: make(chan struct{})}
-	pipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = &s.stderr
-	if s.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(pipe)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(&s.stdout, line)
-			if addr, ok := strings.CutPrefix(strings.TrimSpace(line), "export PUBSUB_EMULATOR_HOST="); ok {
-				s.emulator = addr
-			}
-			if strings.HasPrefix(line, "pubsub: delivering ") {
-				close(ready)
-			}
-		}
-		io.Copy(io.Discard, pipe)
-		cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		s.stop(t)
-		if t.Failed() {
-			t.Logf("serve stdout (tail):\n%s\nserve stderr (tail):\n%s", psTail(s.stdout.String(), 3000), psTail(s.stderr.String(), 3000))
-		}
-	})
+	s := startRunner(t, runnerOptions{args: append([]string{"-pubsub"}, args...), host: "127.0.0.1", env: env,
+		unset: psUnset, cleanExit: true})
 	select {
-	case <-ready:
+	case <-s.delivering:
 		return s
 	case <-s.exited:
-		t.Fatalf("serve exited early: %v\n%s\n%s", cmd.ProcessState, s.stdout.String(), s.stderr.String())
+		t.Fatalf("serve exited early: %v\n%s\n%s", s.cmd.ProcessState, s.stdout.String(), s.stderr.String())
 	case <-time.After(30 * time.Second):
 		t.Fatalf("serve did not start pulling in 30 s:\n%s\n%s", s.stdout.String(), s.stderr.String())
 	}
 	return nil
 }
 
-// psChildEnv is this process's environment without the settings a child
-// runner gets from its test.
-func psChildEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		switch {
-		case name == "FUNCTION_TARGET", name == "DATABASE_URL", name == "PORT", name == "HOST",
-			name == "GOOGLE_CLOUD_PROJECT", strings.HasPrefix(name, "PUBSUB_"), strings.HasPrefix(name, "DB_"):
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
-
-// stop sends SIGTERM, as Ctrl-C or Cloud Run would, and waits for the exit.
-func (s *psServe) stop(t testing.TB) {
-	t.Helper()
-	if s.stopped {
-		return
-	}
-	s.stopped = true
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-		if !s.cmd.ProcessState.Success() {
-			t.Errorf("serve exited with %v", s.cmd.ProcessState)
-		}
-	case <-time.After(60 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-		t.Error("serve did not stop within 60 s of SIGTERM")
-	}
-}
+// psUnset is what a Pub/Sub child gets from its test only.
+var psUnset = []string{"GOOGLE_CLOUD_PROJECT", "PUBSUB_*"}
 
 func psTail(s string, n int) string {
 	if len(s) > n {
@@ -255,7 +168,7 @@ func (e *psEnv) database(t testing.TB) string {
 }
 
 // serve starts a child on database url pulling topic from this env's pstest.
-func (e *psEnv) serve(t testing.TB, url, topic string, extraEnv map[string]string, args ...string) *psServe {
+func (e *psEnv) serve(t testing.TB, url, topic string, extraEnv map[string]string, args ...string) *runner {
 	t.Helper()
 	env := map[string]string{
 		"DATABASE_URL":         url,

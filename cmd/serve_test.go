@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,72 +17,13 @@ import (
 	"example.com/pscmessages/store/localpg"
 )
 
-// serveChild is `go run ./cmd` (runServe, in a child process started from the
-// test binary, as TestPubSubServeProcess runs it) without the Pub/Sub side.
-type serveChild struct {
-	cmd            *exec.Cmd
-	base           string
-	stdout, stderr psBuffer
-	exited         chan struct{}
-	stdin          io.WriteCloser
-}
-
-// startServeChild starts the child on PORT port with env and returns at once;
-// ready is closed when it prints its "serving" line.
-func startServeChild(t testing.TB, port string, env map[string]string) (*serveChild, <-chan struct{}) {
+// startServeChild starts `go run ./cmd` without the Pub/Sub side (runServe,
+// in a child process) on PORT port with env and returns at once; its ready
+// channel is closed when it prints its "serving" line.
+func startServeChild(t testing.TB, port string, env map[string]string) *runner {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestPubSubServeProcess$")
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		switch {
-		case name == "FUNCTION_TARGET", name == "DATABASE_URL", name == "PORT", name == "HOST",
-			strings.HasPrefix(name, "PUBSUB_"), strings.HasPrefix(name, "DB_"):
-			continue
-		}
-		cmd.Env = append(cmd.Env, kv)
-	}
-	cmd.Env = append(cmd.Env, serveArgsEnv+"=-pubsub=false", "HOST=127.0.0.1", "PORT="+port)
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	s := &serveChild{cmd: cmd, base: "http://127.0.0.1:" + port, exited: make(chan struct{})}
-	pipe, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = &s.stderr
-	if s.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(pipe)
-		once := sync.Once{}
-		for sc.Scan() {
-			fmt.Fprintln(&s.stdout, sc.Text())
-			if strings.HasPrefix(sc.Text(), "serving ") {
-				once.Do(func() { close(ready) })
-			}
-		}
-		cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(60 * time.Second):
-			cmd.Process.Kill()
-			<-s.exited
-		}
-		if t.Failed() {
-			t.Logf("serve stdout:\n%s\nserve stderr:\n%s", psTail(s.stdout.String(), 3000), psTail(s.stderr.String(), 3000))
-		}
-	})
-	return s, ready
+	return startRunner(t, runnerOptions{args: []string{"-pubsub=false"}, port: port, host: "127.0.0.1", env: env,
+		unset: []string{"PUBSUB_*"}})
 }
 
 func serveDatabase(t testing.TB) string {
@@ -117,7 +55,7 @@ func TestServePortTaken(t *testing.T) {
 	}()
 	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 	// No database: the port is checked before one would be started.
-	s, _ := startServeChild(t, port, map[string]string{"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"})
+	s := startServeChild(t, port, map[string]string{"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"})
 	select {
 	case <-s.exited:
 	case <-time.After(30 * time.Second):
@@ -139,9 +77,9 @@ func TestServePortTaken(t *testing.T) {
 // never a connection cut mid-request, and the process exits 0.
 func TestServeDrainsOnSIGTERM(t *testing.T) {
 	url := serveDatabase(t)
-	s, ready := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url})
+	s := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url})
 	select {
-	case <-ready:
+	case <-s.ready:
 	case <-s.exited:
 		t.Fatal("serve exited early")
 	case <-time.After(60 * time.Second):
@@ -253,9 +191,9 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 // the server's timeouts instead of holding a connection forever.
 func TestServeTimeouts(t *testing.T) {
 	url := serveDatabase(t)
-	s, ready := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url})
+	s := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url})
 	select {
-	case <-ready:
+	case <-s.ready:
 	case <-s.exited:
 		t.Fatal("serve exited early")
 	case <-time.After(60 * time.Second):

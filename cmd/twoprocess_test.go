@@ -36,11 +36,11 @@ func TestTwoProcessesSharedKeys(t *testing.T) {
 		keys        = 3000 // shared by both processes, of each kind
 		concurrency = 64
 	)
-	var procs []*serveChild
+	var procs []*runner
 	for i := range 2 {
-		s, ready := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url, "DB_MAX_CONNS": "4"})
+		s := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url, "DB_MAX_CONNS": "4"})
 		select {
-		case <-ready:
+		case <-s.ready:
 		case <-s.exited:
 			t.Fatalf("runner %d exited early", i)
 		case <-time.After(60 * time.Second):
