@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,10 +47,11 @@ var runnerUnset = []string{"FUNCTION_TARGET", "DATABASE_URL", "PORT", "HOST", "D
 // runnerEnv is this process's environment without runnerUnset and unset.
 func runnerEnv(unset ...string) []string {
 	var env []string
+	unset = slices.Concat(runnerUnset, unset)
 next:
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
-		for _, u := range append(runnerUnset[:len(runnerUnset):len(runnerUnset)], unset...) {
+		for _, u := range unset {
 			if prefix, ok := strings.CutSuffix(u, "*"); ok && strings.HasPrefix(name, prefix) || name == u {
 				continue next
 			}
