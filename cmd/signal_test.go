@@ -6,9 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -35,31 +32,9 @@ func TestSecondInterruptStopsAtOnce(t *testing.T) {
 	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 	l.Close()
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestMainProcess$")
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		if name == "FUNCTION_TARGET" || name == "DATABASE_URL" || name == "PORT" || name == "HOST" ||
-			strings.HasPrefix(name, "PUBSUB_") || strings.HasPrefix(name, "DB_") {
-			continue
-		}
-		cmd.Env = append(cmd.Env, kv)
-	}
-	cmd.Env = append(cmd.Env, mainArgsEnv+"=serve -pubsub=false", "HOST=127.0.0.1", "PORT="+port,
-		"DATABASE_URL="+db.SuperuserURL("sigint"))
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out // read only after Wait
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("child output:\n%s", out.String())
-		}
-	})
+	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve", "-pubsub=false"}, port: port,
+		host: "127.0.0.1", env: map[string]string{"DATABASE_URL": db.SuperuserURL("sigint")}, unset: []string{"PUBSUB_*"}})
+	cmd, exited := r.cmd, r.exited
 	base := "http://127.0.0.1:" + port
 	waitUntil(t, exited, "the server to answer", func() bool {
 		resp, err := http.Get(base + "/messages")
