@@ -129,11 +129,14 @@ type service struct {
 
 	db      lazyStore
 	project projectID
+	// replayDB is Replay's own store: least privilege (see replay.go).
+	replayDB lazyStore
 }
 
 func newService(getenv func(string) string, logTo io.Writer) *service {
 	s := &service{getenv: getenv, log: newLogger(getenv, logTo)}
 	s.db = lazyStore{open: s.openStore, log: s.log, sem: make(chan struct{}, 1)}
+	s.replayDB = lazyStore{open: s.openReplayStore, log: s.log, sem: make(chan struct{}, 1)}
 	s.project.getenv = getenv
 	return s
 }
@@ -157,4 +160,7 @@ func (s *service) openStore(ctx context.Context) (*store.Store, error) {
 }
 
 // Close closes the pool if it was opened.
-func (s *service) Close() { s.db.close() }
+func (s *service) Close() {
+	s.db.close()
+	s.replayDB.close()
+}

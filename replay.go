@@ -38,7 +38,10 @@ var ErrStillPoison = errors.New("still cannot be stored")
 // a message already stored is not stored twice. Unlike a delivery, a replay
 // that is still poison is not kept again: it returns ErrStillPoison.
 // It uses the process's configuration (DATABASE_URL or DB_*), like the
-// functions.
+// functions, through a store of its own that only adds: it neither migrates
+// nor cleans up expired idempotency keys, so the dead-letter operator's role
+// needs only store.DeadLetterOperatorPrivileges, never UPDATE or DELETE on
+// messages.
 func Replay(ctx context.Context, d KeptDelivery) (Replayed, error) { return shared.replay(ctx, d) }
 
 func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
@@ -79,7 +82,7 @@ func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) 
 	if err != nil {
 		return Replayed{}, err
 	}
-	st, err := s.db.get(ctx)
+	st, err := s.replayDB.get(ctx)
 	if err != nil {
 		return Replayed{}, err
 	}
@@ -93,4 +96,17 @@ func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) 
 		return Replayed{}, err
 	}
 	return Replayed{MessageID: added.ID, Already: added.Replayed}, nil
+}
+
+// openReplayStore opens Replay's store: the process's configuration with
+// store.Config.ReplayOnly and without migrating (the operator role may not
+// change the schema; Open still checks that it is current).
+func (s *service) openReplayStore(ctx context.Context) (*store.Store, error) {
+	cfg, err := s.config()
+	if err != nil {
+		return nil, err
+	}
+	db := cfg.db
+	db.ReplayOnly, db.Migrate = true, false
+	return store.Open(ctx, db)
 }

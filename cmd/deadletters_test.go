@@ -205,7 +205,7 @@ func TestDeadLettersOperatorRole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, `GRANT SELECT, DELETE ON TABLE dead_letters TO "op"`) {
+	if !strings.Contains(out, `GRANT SELECT, DELETE ON TABLE "dead_letters" TO "op"`) {
 		t.Fatalf("migrate output:\n%s", out)
 	}
 	st, err := store.Open(ctx, store.Config{ConnString: c.SuperuserURL("app"), Migrate: true})

@@ -55,8 +55,8 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	fs.Var(&roles, "grant", "`role` to grant the functions' privileges to; repeat the flag or separate roles with commas.\n"+
 		"A Cloud SQL IAM service account's role is its email without .gserviceaccount.com")
 	var operators migrateRoles
-	fs.Var(&operators, "deadletters-operator", "`role` that may run `go run ./cmd deadletters`: the functions' privileges (a replay stores\n"+
-		"messages as they do) plus SELECT and DELETE on dead_letters")
+	fs.Var(&operators, "deadletters-operator", "existing `role` that may run `go run ./cmd deadletters`: SELECT and DELETE on dead_letters, and\n"+
+		"SELECT and INSERT on messages and idempotency_keys for replaying; never UPDATE or DELETE on messages")
 	createRole := fs.Bool("create-role", false, "create a -grant role that does not exist, as CREATE ROLE ... LOGIN without a password.\n"+
 		"Not for Cloud SQL IAM users: gcloud sql users create --type=cloud_iam_service_account makes those")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
@@ -77,9 +77,9 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; roles go after -grant", fs.Args())
 	}
-	for _, op := range operators {
-		roles.Set(op)
-	}
+	// An operator gets DeadLetterOperatorSQL only, not the functions'
+	// grants: it replays and deletes dead letters, and must not be able to
+	// update or delete messages.
 	if *dryRun {
 		if err := migratePlan(stdout, roles, *createRole); err != nil {
 			return err
@@ -109,12 +109,14 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	if err := migrateSchema(ctx, conn, stdout); err != nil {
 		return err
 	}
-	if len(roles) == 0 {
+	if len(roles) == 0 && len(operators) == 0 {
 		fmt.Fprintln(stdout, "no -grant roles: privileges unchanged")
 		return nil
 	}
-	if err := migrateGrant(ctx, conn, roles, *createRole, stdout); err != nil {
-		return err
+	if len(roles) > 0 {
+		if err := migrateGrant(ctx, conn, roles, *createRole, stdout); err != nil {
+			return err
+		}
 	}
 	for _, op := range operators {
 		for _, sql := range store.DeadLetterOperatorSQL(op) {

@@ -73,6 +73,9 @@ type batcher struct {
 
 func newBatcher(s *Store) *batcher {
 	b := &batcher{s: s, queue: make(chan *writeRequest), stop: make(chan struct{}), clean: newCleaner()}
+	if s.cfg.ReplayOnly {
+		b.clean.cancel() // never starts: see Config.ReplayOnly
+	}
 	b.wg.Add(1)
 	go b.loop()
 	return b

@@ -53,6 +53,15 @@ type Config struct {
 	// front of the database. It applies to DATABASE_URL and DB_* alike.
 	Pooler Pooler
 
+	// ReplayOnly is for a store that only adds messages, such as the one
+	// `go run ./cmd deadletters replay` uses as the dead-letter operator
+	// (default false; no environment variable): Open checks
+	// [ReplayPrivileges] instead of [FunctionPrivileges], and the writer
+	// never runs the cleanup of expired idempotency keys, which updates
+	// messages and deletes keys; the functions' writers do that. Update and
+	// Delete then fail with permission denied unless the role may do more.
+	ReplayOnly bool
+
 	// TokenSource overrides Google default credentials in IAM mode.
 	TokenSource oauth2.TokenSource
 }

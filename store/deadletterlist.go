@@ -91,9 +91,36 @@ func DeleteDeadLetter(ctx context.Context, conn *pgx.Conn, id int64) error {
 	return nil
 }
 
-// DeadLetterOperatorSQL returns what a role needs, beyond [GrantSQL], to run
-// `go run ./cmd deadletters`: reading the dead letters and deleting those
-// replayed. Replaying itself stores messages with the functions' privileges.
+// ReplayPrivileges is what a [Config.ReplayOnly] store uses: Add's group
+// commit reads and inserts idempotency records and inserts messages (its
+// lookup of known keys reads messages too), draws ids from messages_id_seq,
+// and Open reads the schema version. No UPDATE or DELETE on messages or
+// idempotency_keys: a ReplayOnly store never cleans up expired keys.
+func ReplayPrivileges() []Privilege {
+	return []Privilege{
+		{Kind: "SCHEMA", Object: "public", Action: "USAGE"},
+		{Kind: "TABLE", Object: "messages", Action: "SELECT"},
+		{Kind: "TABLE", Object: "messages", Action: "INSERT"},
+		{Kind: "SEQUENCE", Object: "messages_id_seq", Action: "USAGE"},
+		{Kind: "TABLE", Object: "idempotency_keys", Action: "SELECT"},
+		{Kind: "TABLE", Object: "idempotency_keys", Action: "INSERT"},
+		{Kind: "TABLE", Object: VersionTable, Action: "SELECT"},
+	}
+}
+
+// DeadLetterOperatorPrivileges is exactly what `go run ./cmd deadletters`
+// (list, show, replay, delete) uses: [ReplayPrivileges] for replaying
+// through a ReplayOnly store, and reading and deleting dead letters. It is
+// not a superset of [FunctionPrivileges]: the operator cannot update or
+// delete messages.
+func DeadLetterOperatorPrivileges() []Privilege {
+	return append(ReplayPrivileges(),
+		Privilege{Kind: "TABLE", Object: "dead_letters", Action: "SELECT"},
+		Privilege{Kind: "TABLE", Object: "dead_letters", Action: "DELETE"})
+}
+
+// DeadLetterOperatorSQL returns the statements that give role exactly
+// [DeadLetterOperatorPrivileges], one per object.
 func DeadLetterOperatorSQL(role string) []string {
-	return []string{fmt.Sprintf("GRANT SELECT, DELETE ON TABLE dead_letters TO %s", pgx.Identifier{role}.Sanitize())}
+	return grantSQL(role, DeadLetterOperatorPrivileges())
 }

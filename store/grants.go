@@ -78,6 +78,11 @@ func FunctionPrivileges() []Privilege {
 // so Cloud SQL IAM user names such as "fn@project.iam" need no care from
 // callers, and granting twice changes nothing.
 func GrantSQL(role string) []string {
+	return grantSQL(role, FunctionPrivileges())
+}
+
+// grantSQL returns GRANT statements for privs, one per object.
+func grantSQL(role string, list []Privilege) []string {
 	grantee := pgx.Identifier{role}.Sanitize()
 	var out []string
 	var object string   // the object being collected
@@ -97,7 +102,7 @@ func GrantSQL(role string) []string {
 		out = append(out, fmt.Sprintf("GRANT %s ON %s TO %s", strings.Join(list, ", "), object, grantee))
 		privs, cols = nil, nil
 	}
-	for _, p := range FunctionPrivileges() {
+	for _, p := range list {
 		_, on := p.SQL()
 		if on != object {
 			flush()
@@ -133,8 +138,13 @@ func GrantSQL(role string) []string {
 // permission error on some later request. A missing object counts as a
 // missing privilege.
 func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string) ([]Privilege, error) {
+	return missingOf(ctx, conn, role, FunctionPrivileges())
+}
+
+// missingOf returns the privileges of privs that role lacks.
+func missingOf(ctx context.Context, conn *pgx.Conn, role string, privs []Privilege) ([]Privilege, error) {
 	var missing []Privilege
-	for _, p := range FunctionPrivileges() {
+	for _, p := range privs {
 		// Names are parsed as SQL identifiers, except schema names, which are
 		// taken literally. Existence is checked first, because
 		// has_*_privilege raises an error for an object a missing migration

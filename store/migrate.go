@@ -175,13 +175,17 @@ func (s *Store) prepareSchema(ctx context.Context) error {
 			return fmt.Errorf("%w: %w", ErrSchema, err)
 		}
 	}
-	return checkSchema(ctx, conn.Conn())
+	privs := FunctionPrivileges()
+	if s.cfg.ReplayOnly {
+		privs = ReplayPrivileges()
+	}
+	return checkSchema(ctx, conn.Conn(), privs)
 }
 
-// checkSchema verifies the privileges the function uses, then the schema version.
-func checkSchema(ctx context.Context, conn *pgx.Conn) error {
+// checkSchema verifies the privileges the store uses, then the schema version.
+func checkSchema(ctx context.Context, conn *pgx.Conn, privs []Privilege) error {
 	role := conn.Config().User
-	missing, err := MissingPrivileges(ctx, conn, role)
+	missing, err := missingOf(ctx, conn, role, privs)
 	switch {
 	case err != nil && isTransient(err):
 		return classify(err)
