@@ -79,3 +79,25 @@ func TestDeadLettersOperatorLeastPrivilege(t *testing.T) {
 		t.Fatalf("messages after the operator's work: %d, %v; want 3 (one stored, two replayed)", n, err)
 	}
 }
+
+// TestMigrateWarnsOperatorWithMessageWrites: an operator that an older
+// migrate gave the functions' grants still may update and delete messages
+// (grants only add); migrate says so and prints the REVOKE.
+func TestMigrateWarnsOperatorWithMessageWrites(t *testing.T) {
+	c := migrateCluster(t)
+	if _, err := migrateRun(t, migrateAdminEnv(c), "-create-role", "-grant", "op"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := migrateRun(t, migrateAdminEnv(c), "-deadletters-operator", "op")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `warning: dead-letter operator "op" may update or delete messages`) ||
+		!strings.Contains(out, `REVOKE UPDATE, DELETE ON TABLE messages, idempotency_keys FROM "op"`) {
+		t.Fatalf("migrate output has no warning about op's writes:\n%s", out)
+	}
+	// -create-role creates an operator too.
+	if _, err := migrateRun(t, migrateAdminEnv(c), "-create-role", "-deadletters-operator", "newop"); err != nil {
+		t.Fatal(err)
+	}
+}

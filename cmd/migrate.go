@@ -55,9 +55,9 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	fs.Var(&roles, "grant", "`role` to grant the functions' privileges to; repeat the flag or separate roles with commas.\n"+
 		"A Cloud SQL IAM service account's role is its email without .gserviceaccount.com")
 	var operators migrateRoles
-	fs.Var(&operators, "deadletters-operator", "existing `role` that may run `go run ./cmd deadletters`: SELECT and DELETE on dead_letters, and\n"+
+	fs.Var(&operators, "deadletters-operator", "`role` that may run `go run ./cmd deadletters`: SELECT and DELETE on dead_letters, and\n"+
 		"SELECT and INSERT on messages and idempotency_keys for replaying; never UPDATE or DELETE on messages")
-	createRole := fs.Bool("create-role", false, "create a -grant role that does not exist, as CREATE ROLE ... LOGIN without a password.\n"+
+	createRole := fs.Bool("create-role", false, "create a -grant or -deadletters-operator role that does not exist, as CREATE ROLE ... LOGIN without a password.\n"+
 		"Not for Cloud SQL IAM users: gcloud sql users create --type=cloud_iam_service_account makes those")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
 	fs.Usage = func() {
@@ -118,13 +118,8 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 			return err
 		}
 	}
-	for _, op := range operators {
-		for _, sql := range store.DeadLetterOperatorSQL(op) {
-			if _, err := conn.Exec(ctx, sql); err != nil {
-				return fmt.Errorf("%s: %w", sql, err)
-			}
-			fmt.Fprintln(stdout, sql)
-		}
+	if err := migrateOperators(ctx, conn, operators, roles, *createRole, stdout, stderr); err != nil {
+		return err
 	}
 	for _, role := range roles {
 		if err := migrateWarnExcess(ctx, conn, role, stderr); err != nil {
@@ -222,20 +217,8 @@ func migrateGrant(ctx context.Context, conn *pgx.Conn, roles []string, createRol
 	}
 	defer tx.Rollback(context.Background())
 	for _, role := range roles {
-		var exists bool
-		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+		if err := migrateEnsureRole(ctx, tx, role, createRole, w); err != nil {
 			return err
-		}
-		if !exists {
-			if !createRole {
-				return fmt.Errorf("role %q does not exist. For a Cloud SQL IAM service account, create it with\n"+
-					"  gcloud sql users create %s --instance=INSTANCE --type=cloud_iam_service_account\n"+
-					"(its email without .gserviceaccount.com); for a password role pass -create-role and set its password", role, role)
-			}
-			if _, err := tx.Exec(ctx, migrateCreateRoleSQL(role)); err != nil {
-				return fmt.Errorf("creating role %q: %w", role, err)
-			}
-			fmt.Fprintf(w, "created role %q (LOGIN, no password: set one, or use IAM)\n", role)
 		}
 		for _, sql := range store.GrantSQL(role) {
 			if _, err := tx.Exec(ctx, sql); err != nil {
@@ -255,6 +238,69 @@ func migrateGrant(ctx context.Context, conn *pgx.Conn, roles []string, createRol
 		return fmt.Errorf("committing the grants: %w", err)
 	}
 	fmt.Fprintf(w, "granted and verified the functions' %d privileges for %s\n", len(store.FunctionPrivileges()), strings.Join(migrateQuoted(roles), ", "))
+	return nil
+}
+
+// migrateEnsureRole checks that role exists, creating it with -create-role.
+func migrateEnsureRole(ctx context.Context, tx pgx.Tx, role string, createRole bool, w io.Writer) error {
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	if !createRole {
+		return fmt.Errorf("role %q does not exist. For a Cloud SQL IAM service account, create it with\n"+
+			"  gcloud sql users create %s --instance=INSTANCE --type=cloud_iam_service_account\n"+
+			"(its email without .gserviceaccount.com); for a password role pass -create-role and set its password", role, role)
+	}
+	if _, err := tx.Exec(ctx, migrateCreateRoleSQL(role)); err != nil {
+		return fmt.Errorf("creating role %q: %w", role, err)
+	}
+	fmt.Fprintf(w, "created role %q (LOGIN, no password: set one, or use IAM)\n", role)
+	return nil
+}
+
+// migrateOperators grants each -deadletters-operator role exactly
+// store.DeadLetterOperatorSQL, in one transaction, and warns when an
+// operator that is not also a -grant role may update or delete messages
+// (which a migrate before this one granted operators): grants only add.
+func migrateOperators(ctx context.Context, conn *pgx.Conn, operators, roles []string, createRole bool, stdout, stderr io.Writer) error {
+	if len(operators) == 0 {
+		return nil
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	for _, op := range operators {
+		if err := migrateEnsureRole(ctx, tx, op, createRole, stdout); err != nil {
+			return err
+		}
+		for _, sql := range store.DeadLetterOperatorSQL(op) {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return fmt.Errorf("%s: %w", sql, err)
+			}
+			fmt.Fprintln(stdout, sql)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("committing the operators' grants: %w", err)
+	}
+	for _, op := range operators {
+		if slices.Contains(roles, op) {
+			continue
+		}
+		var update, del bool
+		if err := conn.QueryRow(ctx, `SELECT has_table_privilege($1::name, 'messages', 'UPDATE'), has_table_privilege($1::name, 'messages', 'DELETE')`, op).Scan(&update, &del); err != nil {
+			return fmt.Errorf("checking role %q: %w", op, err)
+		}
+		if update || del {
+			fmt.Fprintf(stderr, "warning: dead-letter operator %q may update or delete messages, which `deadletters` never does: REVOKE UPDATE, DELETE ON TABLE messages, idempotency_keys FROM %s\n", op, pgx.Identifier{op}.Sanitize())
+		}
+	}
 	return nil
 }
 
