@@ -3,14 +3,10 @@ package function
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"example.com/pscmessages/store/localpg"
 )
@@ -143,74 +139,5 @@ func TestEverythingThroughPgBouncer(t *testing.T) {
 // recovers by itself, and every acknowledged write is stored.
 func TestPgBouncerRestartUnderLoad(t *testing.T) {
 	f, b := pooledFixture(t, map[string]string{"DB_QUERY_TIMEOUT": "1s", "DB_CONNECT_TIMEOUT": "1s"})
-	client := &http.Client{Timeout: 5 * time.Second} // a hang fails the test
-	var (
-		mu        sync.Mutex
-		acked     []string
-		n503      int
-		restarted atomic.Int64
-		recovered atomic.Int64
-		stop      atomic.Bool
-		wg        sync.WaitGroup
-	)
-	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; !stop.Load(); i++ {
-				content := fmt.Sprintf("w%d-%d", w, i)
-				resp, err := client.Post(f.srv.URL+"/", "application/json", strings.NewReader(`{"content":"`+content+`"}`))
-				if err != nil {
-					t.Errorf("request failed (hang or crash): %v", err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				mu.Lock()
-				switch resp.StatusCode {
-				case 200:
-					acked = append(acked, content)
-					if r := restarted.Load(); r != 0 && recovered.Load() == 0 {
-						recovered.Store(time.Now().UnixNano())
-					}
-				case 503:
-					n503++
-					if resp.Header.Get("Retry-After") == "" {
-						t.Error("503 without Retry-After")
-					}
-					time.Sleep(50 * time.Millisecond)
-				default:
-					t.Errorf("status %d during the pooler outage, want 200 or 503", resp.StatusCode)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	time.Sleep(time.Second)
-	if err := b.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Second)
-	if err := b.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	restarted.Store(time.Now().UnixNano())
-	time.Sleep(4 * time.Second)
-	stop.Store(true)
-	wg.Wait()
-
-	if n503 == 0 {
-		t.Error("no 503 while the pooler was down for 2 s")
-	}
-	if recovered.Load() == 0 {
-		t.Fatal("never recovered after the pooler restart")
-	}
-	took := time.Duration(recovered.Load() - restarted.Load())
-	if took > 3*time.Second {
-		t.Errorf("recovery took %v", took)
-	}
-	if missing := countRows(t, f.url, "SELECT count(*) FROM unnest($1::text[]) a WHERE NOT EXISTS (SELECT 1 FROM messages WHERE content = a)", acked); missing != 0 {
-		t.Fatalf("%d of %d acknowledged writes are missing", missing, len(acked))
-	}
-	t.Logf("%d acknowledged, %d answered 503, recovered %v after the pooler restart", len(acked), n503, took)
+	restartUnderLoad(t, f, "the pooler", b.Stop, func() error { return b.Start(context.Background()) })
 }
