@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-	"net"
 	"strings"
 	"testing"
 )
@@ -11,21 +9,7 @@ import (
 // that case): a taken port fails at once, naming the address, before the
 // Pub/Sub side starts, and nothing claims to be serving.
 func TestServePubSubPortTaken(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() { // accept, as whatever holds the port would
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	port := takenPort(t)
 	for _, tt := range []struct {
 		name string
 		env  map[string]string

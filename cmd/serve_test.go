@@ -35,16 +35,16 @@ func serveDatabase(t testing.TB) string {
 	return c.SuperuserURL("serve")
 }
 
-// TestServePortTaken: a taken port fails at once, naming the address, and
-// nothing claims to be serving (it used to print "serving ..." because the
-// port answered, then fail with "address already in use").
-func TestServePortTaken(t *testing.T) {
+// takenPort holds a loopback port that accepts connections, as whatever
+// holds a port would, until the test ends.
+func takenPort(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	go func() { // accept, as whatever holds the port would
+	t.Cleanup(func() { l.Close() })
+	go func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
@@ -53,7 +53,14 @@ func TestServePortTaken(t *testing.T) {
 			c.Close()
 		}
 	}()
-	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+}
+
+// TestServePortTaken: a taken port fails at once, naming the address, and
+// nothing claims to be serving (it used to print "serving ..." because the
+// port answered, then fail with "address already in use").
+func TestServePortTaken(t *testing.T) {
+	port := takenPort(t)
 	// No database: the port is checked before one would be started.
 	s := startServeChild(t, port, map[string]string{"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"})
 	select {
