@@ -216,12 +216,12 @@ func (c *Config) poolConfig() (*pgxpool.Config, error) {
 	if err != nil {
 		// pgx's parse errors can quote fragments of the string, a password
 		// included, so a DATABASE_URL error says no more than this.
-		if c.ConnString != "" {
-			var pathErr *fs.PathError
-			return nil, &ConfigError{Var: source, Msg: connStringProblem(c.ConnString, err), file: errors.As(err, &pathErr)}
-		}
 		var pathErr *fs.PathError
-		if errors.As(err, &pathErr) {
+		isFile := errors.As(err, &pathErr)
+		if c.ConnString != "" {
+			return nil, &ConfigError{Var: source, Msg: connStringProblem(c.ConnString, err), file: isFile}
+		}
+		if isFile {
 			return nil, &ConfigError{Var: "DB_ROOT_CERT", Msg: "cannot read the CA file " + strconv.Quote(pathErr.Path) + ": " + pathErr.Err.Error(), file: true}
 		}
 		cause := err

@@ -90,8 +90,8 @@ func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 		var msgs []Message
 		size, cut := 0, false
 		for rows.Next() {
-			var m Message
-			if err := rows.Scan(&m.ID, &m.Content, &m.CreatedAt, &m.UpdatedAt); err != nil {
+			m, err := scanMessage(rows)
+			if err != nil {
 				return err
 			}
 			if len(msgs) == limit || len(msgs) > 0 && size+len(m.Content) > budget {

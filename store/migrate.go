@@ -55,12 +55,9 @@ func Migrate(ctx context.Context, conn *pgx.Conn) error {
 // migrateTo migrates up to version target; a negative target means the
 // latest. It never migrates down.
 func migrateTo(ctx context.Context, conn *pgx.Conn, target int32) error {
-	m, err := migrate.NewMigrator(ctx, nil, VersionTable) // nil: tern takes no lock and touches no table
+	m, err := loadMigrations(ctx)
 	if err != nil {
 		return err
-	}
-	if err := m.LoadMigrations(migrationsFS()); err != nil {
-		return fmt.Errorf("loading migrations: %w", err)
 	}
 	for _, mig := range m.Migrations {
 		if disableTx.MatchString(mig.UpSQL) {
@@ -122,16 +119,26 @@ func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migr
 	return done, err
 }
 
+// loadMigrations reads the embedded migrations through tern. It needs no
+// connection: tern takes no lock and touches no table without one.
+func loadMigrations(ctx context.Context) (*migrate.Migrator, error) {
+	m, err := migrate.NewMigrator(ctx, nil, VersionTable)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.LoadMigrations(migrationsFS()); err != nil {
+		return nil, fmt.Errorf("loading migrations: %w", err)
+	}
+	return m, nil
+}
+
 // disableTx is tern's marker for a migration that must run outside a transaction.
 var disableTx = regexp.MustCompile(`(?m)^---- tern: disable-tx ----$`)
 
 // Migrations returns the migrations' up SQL in order, for printing.
 func Migrations() ([]string, error) {
-	m, err := migrate.NewMigrator(context.Background(), nil, VersionTable)
+	m, err := loadMigrations(context.Background())
 	if err != nil {
-		return nil, err
-	}
-	if err := m.LoadMigrations(migrationsFS()); err != nil {
 		return nil, err
 	}
 	out := make([]string, 0, len(m.Migrations))

@@ -277,10 +277,6 @@ func buildURL(port int, user, password, database string, params ...string) strin
 	return u.String()
 }
 
-// PasswordFile returns Options.PasswordFile: "" unless the cluster was
-// started with one.
-func (c *Cluster) PasswordFile() string { return c.opts.PasswordFile }
-
 // SuperuserURL returns the URL of database as superuser postgres.
 func (c *Cluster) SuperuserURL(database string) string {
 	return c.URL(superuser, c.opts.Password, database)

@@ -72,10 +72,16 @@ func (c *Cluster) writeOwner() error {
 	if c.owner == nil {
 		return nil
 	}
-	if err := c.owner.Truncate(0); err != nil {
+	return writeOwnerFile(c.owner, c.port)
+}
+
+// writeOwnerFile replaces the owner file's content with this process's PID
+// and port (0 while no server runs).
+func writeOwnerFile(f *os.File, port int) error {
+	if err := f.Truncate(0); err != nil {
 		return err
 	}
-	_, err := c.owner.WriteAt([]byte(fmt.Sprintf("pid=%d\nport=%d\n", os.Getpid(), c.port)), 0)
+	_, err := f.WriteAt([]byte(fmt.Sprintf("pid=%d\nport=%d\n", os.Getpid(), port)), 0)
 	return err
 }
 
@@ -191,10 +197,7 @@ func RemoveUnused(dir string) error {
 		// Held by a Cluster of our own process (tests simulating a
 		// crashed run): as before, ours to delete.
 	} else {
-		if err := f.Truncate(0); err != nil {
-			return fmt.Errorf("localpg: %w", err)
-		}
-		if _, err := f.WriteAt([]byte(fmt.Sprintf("pid=%d\nport=0\n", os.Getpid())), 0); err != nil {
+		if err := writeOwnerFile(f, 0); err != nil {
 			return fmt.Errorf("localpg: %w", err)
 		}
 	}
