@@ -1,6 +1,7 @@
 package function
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,7 +35,7 @@ func readContent(w http.ResponseWriter, r *http.Request, cfg settings) (string, 
 
 // decodeContent extracts and validates "content" from a JSON object body.
 func decodeContent(body []byte, maxContent int) (string, error) {
-	if len(strings.TrimSpace(string(body))) == 0 {
+	if len(bytes.TrimSpace(body)) == 0 {
 		return "", badRequest("request body is empty; send {\"content\": \"...\"}")
 	}
 	if !utf8.Valid(body) {

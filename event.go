@@ -1,6 +1,7 @@
 package function
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -351,9 +352,9 @@ func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string
 		return "", "", &poisonError{"message data is not valid UTF-8 text"}
 	}
 	content = string(data)
-	if j := strings.TrimSpace(content); strings.HasPrefix(j, "{") {
+	if j := bytes.TrimSpace(data); bytes.HasPrefix(j, []byte("{")) {
 		var obj map[string]json.RawMessage
-		if json.Unmarshal([]byte(j), &obj) == nil {
+		if json.Unmarshal(j, &obj) == nil {
 			if raw, ok := obj["content"]; ok {
 				if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &content) != nil {
 					return "", "", &poisonError{`field "content" must be a string`}

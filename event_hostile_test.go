@@ -30,7 +30,7 @@ const testSource = "//pubsub.googleapis.com/projects/test-project/topics/message
 // ingestServer serves f's IngestPubSub as Handler does.
 func ingestServer(t testing.TB, f *fixture) string {
 	t.Helper()
-	srv := httptest.NewServer(frameworkWrap(f.svc.serveEvent))
+	srv := httptest.NewServer(frameworkWrap(f.svc.serveEvent, 0))
 	t.Cleanup(srv.Close)
 	return srv.URL
 }

@@ -24,17 +24,22 @@ import (
 // when set, bounds the request's context.
 func Handler(target string) (http.Handler, error) {
 	fns := map[string]http.HandlerFunc{"Messages": Messages, "IngestPubSub": serveEvent}
+	// The environment does not change in a process: read the timeout once.
+	var timeout time.Duration
+	if secs, err := strconv.Atoi(os.Getenv("CLOUD_RUN_TIMEOUT_SECONDS")); err == nil {
+		timeout = time.Duration(secs) * time.Second
+	}
 	if target != "" {
 		fn, ok := fns[target]
 		if !ok {
 			return nil, fmt.Errorf("FUNCTION_TARGET=%s: no such function; the functions are Messages and IngestPubSub", target)
 		}
-		return frameworkWrap(fn), nil
+		return frameworkWrap(fn, timeout), nil
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", frameworkWrap(Messages))
+	mux.Handle("/", frameworkWrap(Messages, timeout))
 	for name, fn := range fns {
-		mux.Handle("/"+name, frameworkWrap(fn))
+		mux.Handle("/"+name, frameworkWrap(fn, timeout))
 	}
 	return mux, nil
 }
@@ -42,14 +47,12 @@ func Handler(target string) (http.Handler, error) {
 // frameworkWrap does what funcframework's wrapHTTPFunction does around a
 // function, minus its per-request trace ids (used only by its log writer,
 // which this package does not use).
-func frameworkWrap(fn http.HandlerFunc) http.Handler {
+func frameworkWrap(fn http.HandlerFunc, timeout time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if v := os.Getenv("CLOUD_RUN_TIMEOUT_SECONDS"); v != "" {
-			if secs, err := strconv.Atoi(v); err == nil {
-				ctx, cancel := context.WithTimeout(r.Context(), time.Duration(secs)*time.Second)
-				defer cancel()
-				r = r.WithContext(ctx)
-			}
+		if timeout != 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), timeout)
+			defer cancel()
+			r = r.WithContext(ctx)
 		}
 		defer func() {
 			if p := recover(); p != nil {

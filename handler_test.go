@@ -38,7 +38,7 @@ func TestHandlerRoutesAsTheFramework(t *testing.T) {
 	if _, err := Handler("Nope"); err == nil || !strings.Contains(err.Error(), "FUNCTION_TARGET") {
 		t.Errorf("an unknown target: %v, want an error naming FUNCTION_TARGET", err)
 	}
-	srv := httptest.NewServer(frameworkWrap(func(http.ResponseWriter, *http.Request) { panic("boom") }))
+	srv := httptest.NewServer(frameworkWrap(func(http.ResponseWriter, *http.Request) { panic("boom") }, 0))
 	defer srv.Close()
 	r := do(t, "GET", srv.URL, "", nil)
 	if r.status != 500 || r.header.Get("X-Google-Status") != "crash" || strings.Contains(string(r.body), "boom") {

@@ -807,15 +807,9 @@ func measureColdStarts(ctx context.Context, dbURL string, runs int, idle time.Du
 		return cs, err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "fn")
-	root, err := moduleRoot(ctx)
+	bin, err := buildRunner(ctx, dir)
 	if err != nil {
 		return cs, err
-	}
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return cs, fmt.Errorf("go build ./cmd: %w: %s", err, bytes.TrimSpace(out))
 	}
 	for range runs {
 		ok, rss, err := coldStart(ctx, bin, dbURL, idle)
@@ -896,7 +890,7 @@ func coldStart(ctx context.Context, bin, dbURL string, idle time.Duration) (time
 	if !sleepUntil(ctx, time.Now().Add(idle)) {
 		return 0, 0, ctx.Err()
 	}
-	rss, err := vmRSS(cmd.Process.Pid)
+	rss, err := procStatusKB(cmd.Process.Pid, "VmRSS:")
 	return firstOK, rss, err
 }
 
@@ -921,21 +915,20 @@ func freeLoopbackPort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// vmRSS reads a process's resident set size in kB.
-func vmRSS(pid int) (int64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+// buildRunner builds this module's runner (go build -o DIR/fn ./cmd) for the
+// benchmarks that start it as its own process.
+func buildRunner(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "fn")
+	root, err := moduleRoot(ctx)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(v)
-			if len(f) > 0 {
-				return strconv.ParseInt(f[0], 10, 64)
-			}
-		}
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd: %w: %s", err, bytes.TrimSpace(out))
 	}
-	return 0, errors.New("no VmRSS in /proc/PID/status")
+	return bin, nil
 }
 
 // ---- the machine ----

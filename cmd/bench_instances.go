@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,17 +40,16 @@ import (
 // Every POST carries a unique content; after each phase every acknowledged
 // one (a 200) must be in the table.
 type instancesConfig struct {
-	procs      int           // runner processes in the many-instance phases
-	conc       int           // closed-loop workers, spread over the processes
-	maxConns   int           // DB_MAX_CONNS of each process
-	maxServer  int           // PostgreSQL max_connections
-	poolSize   int           // PgBouncer default_pool_size (its server pool)
-	duration   time.Duration // measured window of each phase
-	warmup     time.Duration // unmeasured lead-in of each phase
-	rounds     int           // times the four phases run, in turn
-	markdown   bool
-	progress   io.Writer
-	keepOutput bool // print the runners' logs of a phase with 500s
+	procs     int           // runner processes in the many-instance phases
+	conc      int           // closed-loop workers, spread over the processes
+	maxConns  int           // DB_MAX_CONNS of each process
+	maxServer int           // PostgreSQL max_connections
+	poolSize  int           // PgBouncer default_pool_size (its server pool)
+	duration  time.Duration // measured window of each phase
+	warmup    time.Duration // unmeasured lead-in of each phase
+	rounds    int           // times the four phases run, in turn
+	markdown  bool
+	progress  io.Writer
 }
 
 func runBenchInstances(ctx context.Context, args []string) error {
@@ -86,7 +84,7 @@ func runBenchInstances(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	writeInstances(os.Stdout, cfg, rows, cfg.markdown)
+	writeInstances(os.Stdout, cfg, rows)
 	return nil
 }
 
@@ -149,15 +147,9 @@ func benchInstances(ctx context.Context, cfg instancesConfig) ([]instancesRow, e
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "fn")
-	root, err := moduleRoot(ctx)
+	bin, err := buildRunner(ctx, dir)
 	if err != nil {
 		return nil, err
-	}
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build ./cmd: %w: %s", err, bytes.TrimSpace(out))
 	}
 
 	direct := cluster.URL(role, "", benchDB)
@@ -351,7 +343,7 @@ func instancesPhase(ctx context.Context, cfg instancesConfig, bin string, admin 
 	return row, nil
 }
 
-func writeInstances(w io.Writer, cfg instancesConfig, rows []instancesRow, markdown bool) {
+func writeInstances(w io.Writer, cfg instancesConfig, rows []instancesRow) {
 	header := []string{"phase", "processes", "POST 2xx/s", "non-2xx (status: count)", "503 without Retry-After", "no answer", "acknowledged", "acknowledged but missing", "max server conns of the role"}
 	var table [][]string
 	for _, r := range rows {
@@ -381,7 +373,7 @@ func writeInstances(w io.Writer, cfg instancesConfig, rows []instancesRow, markd
 				i/4+1, rows[i+1].rate/rows[i].rate, cfg.procs, rows[i+3].rate/rows[i].rate)
 		}
 	}
-	if markdown {
+	if cfg.markdown {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "| "+strings.Join(header, " | ")+" |")
 		fmt.Fprintln(w, "|"+strings.Repeat("---|", len(header)))

@@ -20,7 +20,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,15 +84,8 @@ func benchRSS(ctx context.Context, cfg rssConfig, out io.Writer) error {
 	defer os.RemoveAll(dir)
 	bin := cfg.runner
 	if bin == "" {
-		bin = filepath.Join(dir, "fn")
-		root, err := moduleRoot(ctx)
-		if err != nil {
+		if bin, err = buildRunner(ctx, dir); err != nil {
 			return err
-		}
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd")
-		build.Dir = root
-		if b, err := build.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build ./cmd: %w: %s", err, bytes.TrimSpace(b))
 		}
 	}
 	say("starting a throwaway PostgreSQL")

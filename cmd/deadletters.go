@@ -148,10 +148,8 @@ func deadLettersDatabase(ctx context.Context, stderr io.Writer) (func(), error) 
 	}
 	fmt.Fprintf(stderr, "started the local PostgreSQL in %s for this command\n", dir)
 	os.Setenv("DATABASE_URL", cluster.URL("postgres", "", "postgres", "passfile="+passfile))
-	return func() {
-		function.Close()
-		cluster.Stop(context.Background())
-	}, nil
+	// runDeadLetters closes the function's pool (deferred after this) first.
+	return func() { cluster.Stop(context.Background()) }, nil
 }
 
 func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, w io.Writer) error {
