@@ -92,7 +92,7 @@ func loadSettings(getenv func(string) string) (settings, error) {
 		return settings{}, err
 	}
 	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes}
-	// HTTP_ROUTES as a literal, so that cmd/cloudbuild_test.go sees it read.
+	// HTTP_ROUTES as a literal, so that cmd/pscmessages/cloudbuild_test.go sees it read.
 	if s.routes, err = parseRoutes(getenv("HTTP_ROUTES")); err != nil {
 		return settings{}, err
 	}

@@ -13,7 +13,7 @@ import (
 )
 
 // KeptDelivery is a delivery IngestPubSub kept in dead_letters, as
-// `go run ./cmd deadletters` reads it back: its event id, source and type as
+// `go run ./cmd/pscmessages deadletters` reads it back: its event id, source and type as
 // kept, and the whole body it arrived with.
 type KeptDelivery struct {
 	EventID, EventSource, EventType string

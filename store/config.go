@@ -54,7 +54,7 @@ type Config struct {
 	Pooler Pooler
 
 	// ReplayOnly is for a store that only adds messages, such as the one
-	// `go run ./cmd deadletters replay` uses as the dead-letter operator
+	// `go run ./cmd/pscmessages deadletters replay` uses as the dead-letter operator
 	// (default false; no environment variable): Open checks
 	// [ReplayPrivileges] instead of [FunctionPrivileges], and the writer
 	// never runs the cleanup of expired idempotency keys, which updates

@@ -7,7 +7,7 @@ import (
 )
 
 // TestConfigFromEnvRefusesBadDatabaseURL: a DATABASE_URL that cannot be
-// parsed stops the configuration (and so `go run ./cmd`) at start, naming the
+// parsed stops the configuration (and so `go run ./cmd/pscmessages`) at start, naming the
 // variable and what would be valid, never quoting the password.
 func TestConfigFromEnvRefusesBadDatabaseURL(t *testing.T) {
 	cases := []struct {

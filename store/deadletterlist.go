@@ -13,7 +13,7 @@ import (
 )
 
 // KeptDeadLetter is a row of dead_letters as an operator reads it back
-// (`go run ./cmd deadletters`). Payload is empty in a listing.
+// (`go run ./cmd/pscmessages deadletters`). Payload is empty in a listing.
 type KeptDeadLetter struct {
 	ID            int64
 	ReceivedAt    time.Time
@@ -44,7 +44,7 @@ func (d KeptDeadLetter) NotReplayable() string {
 	return ""
 }
 
-// deadLetterColumns is what `go run ./cmd deadletters` reads; an operator's
+// deadLetterColumns is what `go run ./cmd/pscmessages deadletters` reads; an operator's
 // role needs SELECT on them and DELETE on the table (see
 // [DeadLetterOperatorSQL]).
 const deadLetterColumns = `id, received_at, coalesce(event_id, ''), coalesce(event_source, ''), coalesce(event_type, ''), reason,
@@ -108,7 +108,7 @@ func ReplayPrivileges() []Privilege {
 	}
 }
 
-// DeadLetterOperatorPrivileges is exactly what `go run ./cmd deadletters`
+// DeadLetterOperatorPrivileges is exactly what `go run ./cmd/pscmessages deadletters`
 // (list, show, replay, delete) uses: [ReplayPrivileges] for replaying
 // through a ReplayOnly store, and reading and deleting dead letters. It is
 // not a superset of [FunctionPrivileges]: the operator cannot update or

@@ -78,7 +78,7 @@ func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 		// (and discard) up to a page of rows more. Only the budget plus the
 		// one row that overflowed it is ever read. A byte-bounded window
 		// query that never sent that row cost the database about a third
-		// more for every page (cmd/BENCHMARKS.md), to save a rare reconnect.
+		// more for every page (cmd/pscmessages/BENCHMARKS.md), to save a rare reconnect.
 		qctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		rows, err := s.pool.Query(qctx, listPage, before, limit+1)

@@ -203,7 +203,7 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, privs []Privilege) error {
 		for i, p := range missing {
 			names[i] = p.String()
 		}
-		return fmt.Errorf("%w: role %q lacks %s; run the migrations and grants (go run ./cmd migrate -grant ROLE)",
+		return fmt.Errorf("%w: role %q lacks %s; run the migrations and grants (go run ./cmd/pscmessages migrate -grant ROLE)",
 			ErrSchema, role, strings.Join(names, ", "))
 	}
 	var version int32

@@ -88,9 +88,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, classifyAs(err, true)
 	}
 	// One writer: while its batch commits, the next batch gathers. Measured
-	// with `go run ./cmd bench`, a second writer halves the batches, and the
+	// with `go run ./cmd/pscmessages bench`, a second writer halves the batches, and the
 	// CPU per row of a small batched INSERT is no lower than that of single
-	// INSERTs, so two writers were 14-19% slower (cmd/BENCHMARKS.md).
+	// INSERTs, so two writers were 14-19% slower (cmd/pscmessages/BENCHMARKS.md).
 	s.writer = newBatcher(s)
 	return s, nil
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // TestPre004DeadLetterInsertFailsAfter004 pins the upgrade window the README
-// describes (Deploying, after "Run go run ./cmd migrate"): a build older
+// describes (Deploying, after "Run go run ./cmd/pscmessages migrate"): a build older
 // than 004_dead_letters_bounded.sql keeps dead letters with
 // ON CONFLICT (event_source, event_id), which no constraint matches once 004
 // has run, so until the new revision serves, its poison events are 500s and

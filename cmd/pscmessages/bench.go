@@ -91,7 +91,7 @@ func parseBenchFlags(args []string) (benchConfig, error) {
 	fs.IntVar(&cfg.procs, "gomaxprocs", 1, "GOMAXPROCS of the bench process, function and load generator together (`n`); 1 leaves PostgreSQL a core of its own, 0 keeps Go's default")
 	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of this process during each POST phase to `prefix`-post-cN.pprof")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd bench [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages bench [flags]\n\n"+
 			"Starts a throwaway durable PostgreSQL, serves the Messages function on loopback, loads\n"+
 			"POST / and GET / in a closed loop and runs pgbench with the same INSERT beside it.\n\n")
 		fs.PrintDefaults()
@@ -915,7 +915,7 @@ func freeLoopbackPort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// buildRunner builds this module's runner (go build -o DIR/fn ./cmd) for the
+// buildRunner builds this module's runner (go build -o DIR/fn ./cmd/pscmessages) for the
 // benchmarks that start it as its own process.
 func buildRunner(ctx context.Context, dir string) (string, error) {
 	bin := filepath.Join(dir, "fn")
@@ -923,10 +923,10 @@ func buildRunner(ctx context.Context, dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/pscmessages")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd: %w: %s", err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("go build ./cmd/pscmessages: %w: %s", err, bytes.TrimSpace(out))
 	}
 	return bin, nil
 }
@@ -1112,7 +1112,7 @@ func (r *benchReport) tables() []reportTable {
 		ok := slices.Sorted(slices.Values(r.cold.firstOK))
 		rss := slices.Sorted(slices.Values(r.cold.rssKB))
 		out = append(out, reportTable{
-			title: fmt.Sprintf("Local runner (go build ./cmd) started afresh, %d runs", n),
+			title: fmt.Sprintf("Local runner (go build ./cmd/pscmessages) started afresh, %d runs", n),
 			head:  []string{"what", "median", "min", "max"},
 			rows: [][]string{
 				{"exec to first 200 of GET / (ms)", fmtMS(ok[n/2]), fmtMS(ok[0]), fmtMS(ok[n-1])},

@@ -28,7 +28,7 @@ func runServe(ctx context.Context, args []string) error {
 	fresh := fs.Bool("fresh", false, "delete the local PostgreSQL data folder before starting")
 	ps := addPubSubFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd [serve] [-fresh] [-pubsub [-pubsub-concurrency N]]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages [serve] [-fresh] [-pubsub [-pubsub-concurrency N]]\n\n"+
 			"Serves the functions on HOST:PORT (default 127.0.0.1:8080). With no DATABASE_URL or DB_HOST\n"+
 			"it starts a local PostgreSQL from this machine's binaries, whose data folder is kept across\n"+
 			"runs (LOCAL_PGDATA, default %s; -fresh deletes it first).\n", defaultPGData())

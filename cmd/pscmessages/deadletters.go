@@ -1,10 +1,10 @@
 package main
 
-// `go run ./cmd deadletters`: what IngestPubSub kept in dead_letters, and
+// `go run ./cmd/pscmessages deadletters`: what IngestPubSub kept in dead_letters, and
 // sending it again once the cause is fixed. It connects like the functions
 // (DATABASE_URL, or DB_HOST and the other DB_* settings) or, with neither
 // set, to the local runner's database in LOCAL_PGDATA: the running one if
-// `go run ./cmd` is up, else it starts it for the command and stops it after.
+// `go run ./cmd/pscmessages` is up, else it starts it for the command and stops it after.
 
 import (
 	"context"
@@ -27,10 +27,10 @@ import (
 	"example.com/pscmessages/store/localpg"
 )
 
-const deadLettersUsage = `usage: go run ./cmd deadletters [list] [-limit N]
-       go run ./cmd deadletters show ID
-       go run ./cmd deadletters replay [-keep] ID...
-       go run ./cmd deadletters delete ID...
+const deadLettersUsage = `usage: go run ./cmd/pscmessages deadletters [list] [-limit N]
+       go run ./cmd/pscmessages deadletters show ID
+       go run ./cmd/pscmessages deadletters replay [-keep] ID...
+       go run ./cmd/pscmessages deadletters delete ID...
 
 Lists the Pub/Sub messages IngestPubSub kept because they could not be stored
 (id, received, size, reason), shows one with its payload, sends selected ones
@@ -42,7 +42,7 @@ keeps them), or deletes them. A dead letter of which only a prefix was kept
 It connects as the functions do (DATABASE_URL, or DB_HOST, DB_NAME, DB_USER,
 DB_PASSWORD, ...); with neither DATABASE_URL nor DB_HOST, to the local
 runner's database in LOCAL_PGDATA. Against Cloud SQL, run it as the
-administrator, or as a role given 'go run ./cmd migrate -deadletters-operator ROLE'.
+administrator, or as a role given 'go run ./cmd/pscmessages migrate -deadletters-operator ROLE'.
 `
 
 func runDeadLetters(ctx context.Context, args []string) error {
@@ -130,12 +130,12 @@ func deadLettersDatabase(ctx context.Context, stderr io.Writer) (func(), error) 
 	}
 	dir := envOr("LOCAL_PGDATA", defaultPGData())
 	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
-		return nil, fmt.Errorf("no DATABASE_URL or DB_HOST, and no local database in %s: run `go run ./cmd` once (or set LOCAL_PGDATA to its folder), or point DATABASE_URL or DB_HOST at the database", dir)
+		return nil, fmt.Errorf("no DATABASE_URL or DB_HOST, and no local database in %s: run `go run ./cmd/pscmessages` once (or set LOCAL_PGDATA to its folder), or point DATABASE_URL or DB_HOST at the database", dir)
 	}
 	passfile := filepath.Join(dir, localPasswordFile)
 	var busy *localpg.InUseError
 	if err := localpg.CheckInUse(dir); errors.As(err, &busy) && busy.Port > 0 {
-		// `go run ./cmd` is up: use its server.
+		// `go run ./cmd/pscmessages` is up: use its server.
 		q := url.Values{"sslmode": {"disable"}, "passfile": {passfile}}
 		os.Setenv("DATABASE_URL", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?%s", busy.Port, q.Encode()))
 		return func() {}, nil
@@ -183,7 +183,7 @@ func deadLettersShow(ctx context.Context, conn *pgx.Conn, id int64, w io.Writer)
 	if why := d.NotReplayable(); why != "" {
 		fmt.Fprintf(w, "replay:    not possible: %s\n", why)
 	} else {
-		fmt.Fprintf(w, "replay:    go run ./cmd deadletters replay %d\n", d.ID)
+		fmt.Fprintf(w, "replay:    go run ./cmd/pscmessages deadletters replay %d\n", d.ID)
 	}
 	fmt.Fprintf(w, "payload (%d bytes kept):\n", len(d.Payload))
 	if utf8.Valid(d.Payload) {

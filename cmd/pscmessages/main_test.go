@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-// TestHelpListsEveryCommand: `go run ./cmd help` and `go run ./cmd -h` list
+// TestHelpListsEveryCommand: `go run ./cmd/pscmessages help` and `go run ./cmd/pscmessages -h` list
 // every subcommand with its one line, and the kept data folder is not called
 // "throwaway".
 func TestHelpListsEveryCommand(t *testing.T) {
@@ -20,7 +20,7 @@ func TestHelpListsEveryCommand(t *testing.T) {
 				t.Errorf("%v does not list %s:\n%s", args, c.name, out)
 			}
 		}
-		for _, want := range []string{"deadletters", "go build -o pscmessages ./cmd"} {
+		for _, want := range []string{"deadletters", "go install ./cmd/pscmessages"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%v does not mention %q:\n%s", args, want, out)
 			}

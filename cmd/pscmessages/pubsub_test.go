@@ -3,7 +3,7 @@ package main
 // End-to-end tests of the Pub/Sub path with the real client library against
 // pstest and a real PostgreSQL.
 //
-// The function under test is the real serve path, `go run ./cmd -pubsub`, run
+// The function under test is the real serve path, `go run ./cmd/pscmessages -pubsub`, run
 // as a child process: this test binary re-executed into
 // TestPubSubServeProcess. A child per scenario is the only way to give each
 // its own database, because the function's shared service reads DATABASE_URL
@@ -96,7 +96,7 @@ func psFreePort(t testing.TB) string {
 	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 }
 
-// psStartServe starts the child (`go run ./cmd -pubsub`) with env on top of
+// psStartServe starts the child (`go run ./cmd/pscmessages -pubsub`) with env on top of
 // a cleaned environment and returns once it delivers Pub/Sub messages. It is
 // stopped (SIGTERM, and must exit 0) at the end of the test unless stop was
 // called.

@@ -13,7 +13,7 @@ import (
 const mainArgsEnv = "PSCMESSAGES_TEST_MAIN_ARGS"
 
 // TestMainProcess is not a test: it is the child process that runs main with
-// the arguments in PSCMESSAGES_TEST_MAIN_ARGS, as `go run ./cmd ARGS` would.
+// the arguments in PSCMESSAGES_TEST_MAIN_ARGS, as `go run ./cmd/pscmessages ARGS` would.
 func TestMainProcess(t *testing.T) {
 	args, ok := os.LookupEnv(mainArgsEnv)
 	if !ok {
@@ -24,7 +24,7 @@ func TestMainProcess(t *testing.T) {
 	os.Exit(0)
 }
 
-// runMain runs `go run ./cmd ARGS` (main, in a child process) with env on top
+// runMain runs `go run ./cmd/pscmessages ARGS` (main, in a child process) with env on top
 // of an environment cleaned of every setting the runner reads, and returns
 // its stdout, stderr and exit code. It fails the test if the child is still
 // running after 30 s: every case here must stop at once.
@@ -53,7 +53,7 @@ func runMain(t *testing.T, env map[string]string, args ...string) (stdout, stder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("go run ./cmd %s did not stop within 30 s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), out.String(), errb.String())
+		t.Fatalf("go run ./cmd/pscmessages %s did not stop within 30 s\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), out.String(), errb.String())
 	}
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
@@ -65,7 +65,7 @@ func runMain(t *testing.T, env map[string]string, args ...string) (stdout, stder
 }
 
 // TestServeRefusesBadConfigurationAtStart: every setting that can be checked
-// without the network stops `go run ./cmd` before it starts anything, with
+// without the network stops `go run ./cmd/pscmessages` before it starts anything, with
 // one line naming the variable and what is valid, and never the secret.
 func TestServeRefusesBadConfigurationAtStart(t *testing.T) {
 	const secret = "hunter2"

@@ -1,6 +1,6 @@
 package main
 
-// `go run ./cmd bench-rss`: the peak resident memory of the local runner (the
+// `go run ./cmd/pscmessages bench-rss`: the peak resident memory of the local runner (the
 // functions as deployed, in their own process) under the two loads of issue 8
 // that used to exhaust it: 20 concurrent 10 MB Pub/Sub messages, and 20
 // concurrent GET /?limit=1000 over rows of 64 KB. Each load runs against a
@@ -38,7 +38,7 @@ type rssConfig struct {
 	rowBytes    int
 	limit       int
 	runs        int
-	runner      string   // a prebuilt runner; "" builds ./cmd
+	runner      string   // a prebuilt runner; "" builds ./cmd/pscmessages
 	env         []string // extra environment of the runner, NAME=value
 }
 
@@ -51,10 +51,10 @@ func runBenchRSS(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.rowBytes, "row-bytes", 64<<10, "content `bytes` of each row")
 	fs.IntVar(&cfg.limit, "limit", 1000, "?limit= of each GET (`n`)")
 	fs.IntVar(&cfg.runs, "runs", 3, "fresh processes measured per load (`n`)")
-	fs.StringVar(&cfg.runner, "runner", "", "a runner `binary` built from another commit (go build -o fn ./cmd), to compare; default: build this one")
+	fs.StringVar(&cfg.runner, "runner", "", "a runner `binary` built from another commit (go build -o fn ./cmd/pscmessages), to compare; default: build this one")
 	env := fs.String("env", "", "comma-separated NAME=value pairs for the runner, e.g. GOMEMLIMIT=150MiB")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd bench-rss [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages bench-rss [flags]\n\n"+
 			"Builds the local runner, starts a throwaway PostgreSQL, and reports the runner's peak RSS\n"+
 			"(VmHWM) under concurrent 10 MB Pub/Sub deliveries and concurrent large GETs.\n\n")
 		fs.PrintDefaults()

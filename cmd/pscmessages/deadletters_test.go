@@ -24,7 +24,7 @@ func envelope(id, data string) []byte {
 		base64.StdEncoding.EncodeToString([]byte(data)), id))
 }
 
-// TestDeadLettersCommand runs `go run ./cmd deadletters` on real PostgreSQL:
+// TestDeadLettersCommand runs `go run ./cmd/pscmessages deadletters` on real PostgreSQL:
 // list, show, replay through IngestPubSub's path (stored once, deleted after),
 // a truncated one refused, a still-poison one kept, and delete.
 func TestDeadLettersCommand(t *testing.T) {
@@ -77,7 +77,7 @@ func TestDeadLettersCommand(t *testing.T) {
 			t.Errorf("list lacks %q:\n%s", want, out)
 		}
 	}
-	if out := dl(0, "show", g); !strings.Contains(out, string(good.Payload)) || !strings.Contains(out, "replay:    go run ./cmd deadletters replay "+g) {
+	if out := dl(0, "show", g); !strings.Contains(out, string(good.Payload)) || !strings.Contains(out, "replay:    go run ./cmd/pscmessages deadletters replay "+g) {
 		t.Errorf("show %s:\n%s", g, out)
 	}
 	if out := dl(0, "show", tr); !strings.Contains(out, fmt.Sprintf("replay:    not possible: only the first 20 of its %d bytes were kept", len(whole))) {
@@ -123,7 +123,7 @@ func TestDeadLettersCommand(t *testing.T) {
 }
 
 // TestDeadLettersLocal: with no DATABASE_URL or DB_HOST the command finds the
-// local runner's database, whether `go run ./cmd` is running or not.
+// local runner's database, whether `go run ./cmd/pscmessages` is running or not.
 func TestDeadLettersLocal(t *testing.T) {
 	parent, err := os.MkdirTemp("", "pscmessages-dl-")
 	if err != nil {
@@ -135,7 +135,7 @@ func TestDeadLettersLocal(t *testing.T) {
 	}
 	pgdata := parent + "/pgdata"
 	env := map[string]string{"LOCAL_PGDATA": pgdata}
-	if _, stderr, code := runMain(t, env, "deadletters"); code != 1 || !strings.Contains(stderr, "no local database in "+pgdata+": run `go run ./cmd` once") {
+	if _, stderr, code := runMain(t, env, "deadletters"); code != 1 || !strings.Contains(stderr, "no local database in "+pgdata+": run `go run ./cmd/pscmessages` once") {
 		t.Fatalf("before any run: exit %d\n%s", code, stderr)
 	}
 
@@ -159,7 +159,7 @@ func TestDeadLettersLocal(t *testing.T) {
 	}
 }
 
-// startMainServe runs `go run ./cmd` (main, in a child) with env and returns
+// startMainServe runs `go run ./cmd/pscmessages` (main, in a child) with env and returns
 // its base URL and a func that stops it with SIGTERM.
 func startMainServe(t *testing.T, env map[string]string) (string, func()) {
 	t.Helper()

@@ -17,7 +17,7 @@ import (
 	"example.com/pscmessages/store"
 )
 
-// runMigrate is `go run ./cmd migrate`: an administrator applies the schema
+// runMigrate is `go run ./cmd/pscmessages migrate`: an administrator applies the schema
 // migrations and grants the deployed functions' database roles exactly the
 // privileges they use. The functions run with DB_MIGRATE=false, so they never
 // need to own or create anything.
@@ -55,13 +55,13 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	fs.Var(&roles, "grant", "`role` to grant the functions' privileges to; repeat the flag or separate roles with commas.\n"+
 		"A Cloud SQL IAM service account's role is its email without .gserviceaccount.com")
 	var operators migrateRoles
-	fs.Var(&operators, "deadletters-operator", "`role` that may run `go run ./cmd deadletters`: SELECT and DELETE on dead_letters, and\n"+
+	fs.Var(&operators, "deadletters-operator", "`role` that may run `go run ./cmd/pscmessages deadletters`: SELECT and DELETE on dead_letters, and\n"+
 		"SELECT and INSERT on messages and idempotency_keys for replaying; never UPDATE or DELETE on messages")
 	createRole := fs.Bool("create-role", false, "create a -grant or -deadletters-operator role that does not exist, as CREATE ROLE ... LOGIN without a password.\n"+
 		"Not for Cloud SQL IAM users: gcloud sql users create --type=cloud_iam_service_account makes those")
 	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: go run ./cmd migrate [-dry-run] [-grant ROLE[,ROLE]]... [-deadletters-operator ROLE]... [-create-role]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: go run ./cmd/pscmessages migrate [-dry-run] [-grant ROLE[,ROLE]]... [-deadletters-operator ROLE]... [-create-role]\n\n"+
 			"Applies the schema migrations as an administrator, then grants each -grant role exactly what the\n"+
 			"functions use, in one transaction, and verifies the result. It connects with the functions'\n"+
 			"own settings (DATABASE_URL, or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD, DB_SSLMODE, ...):\n"+

@@ -65,7 +65,7 @@ func runBenchInstances(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.rounds, "rounds", 1, "how many times the four phases run in turn (`n`)")
 	fs.BoolVar(&cfg.markdown, "markdown", false, "also print the table as Markdown")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: go run ./cmd bench-instances [flags]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: go run ./cmd/pscmessages bench-instances [flags]\n\n"+
 			"Runs N function processes, each with its own pool, against one PostgreSQL whose\n"+
 			"max_connections is far below N x DB_MAX_CONNS: one process direct, N direct, then N\n"+
 			"through a transaction-mode PgBouncer, under the same POST load. Needs pgbouncer.\n\n")

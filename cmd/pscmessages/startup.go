@@ -20,7 +20,7 @@ func (e *startupError) Error() string { return e.Var + ": " + e.Msg }
 var localOnlyIgnored = []string{"DB_NAME", "DB_USER", "DB_PASSWORD", "DB_PORT", "DB_SSLMODE", "DB_ROOT_CERT"}
 
 // checkServeEnv refuses, before anything starts, the settings of `go run
-// ./cmd` that can never work, so the user reads one line naming the variable
+// ./cmd/pscmessages` that can never work, so the user reads one line naming the variable
 // instead of a server that answers every request with an error. The
 // function's own settings are checked by function.CheckConfig.
 func checkServeEnv(getenv func(string) string) error {
@@ -38,13 +38,13 @@ func checkServeEnv(getenv func(string) string) error {
 	if v := strings.TrimSpace(getenv("DB_IAM_AUTH")); v != "" {
 		if b, err := strconv.ParseBool(v); err != nil || b {
 			return &startupError{Var: "DB_IAM_AUTH", Msg: "IAM database authentication needs a Cloud SQL instance, but neither DATABASE_URL nor DB_HOST is set, " +
-				"so go run ./cmd would start its own local PostgreSQL, which takes no IAM tokens. Unset DB_IAM_AUTH to use the local database, " +
+				"so go run ./cmd/pscmessages would start its own local PostgreSQL, which takes no IAM tokens. Unset DB_IAM_AUTH to use the local database, " +
 				"or point at the instance with DB_HOST and DB_NAME (IAM is then the default) or with DATABASE_URL=postgres://USER@HOST:5432/DATABASE?sslmode=require"}
 		}
 	}
 	for _, name := range localOnlyIgnored {
 		if getenv(name) != "" {
-			return &startupError{Var: name, Msg: "is set but DB_HOST is not, so it would be ignored: go run ./cmd starts its own local PostgreSQL when neither DB_HOST nor DATABASE_URL is set. " +
+			return &startupError{Var: name, Msg: "is set but DB_HOST is not, so it would be ignored: go run ./cmd/pscmessages starts its own local PostgreSQL when neither DB_HOST nor DATABASE_URL is set. " +
 				"Set DB_HOST (the database server's address) to use " + name + ", or unset " + name + " to use the local database"}
 		}
 	}

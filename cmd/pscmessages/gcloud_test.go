@@ -84,8 +84,8 @@ func cbRunnableSteps(t *testing.T, yamlText []byte, subs map[string]string) ([]c
 func cbSourceDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	files, _ := filepath.Glob("../*.go")
-	files = append(files, "../go.mod", "../go.sum")
+	files, _ := filepath.Glob("../../*.go")
+	files = append(files, "../../go.mod", "../../go.sum")
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
 			continue

@@ -17,7 +17,7 @@ import (
 	"example.com/pscmessages/store/localpg"
 )
 
-// startServeChild starts `go run ./cmd` without the Pub/Sub side (runServe,
+// startServeChild starts `go run ./cmd/pscmessages` without the Pub/Sub side (runServe,
 // in a child process) on PORT port with env and returns at once; its ready
 // channel is closed when it prints its "serving" line.
 func startServeChild(t testing.TB, port string, env map[string]string) *runner {

@@ -3,7 +3,7 @@ package main
 // The Pub/Sub side of the local runner. Deployed, Eventarc pulls the topic's
 // messages and POSTs each to IngestPubSub as a binary-mode CloudEvent; a 2xx
 // answer acks it, anything else has it delivered again later. Locally,
-// `go run ./cmd -pubsub` does the same against an emulator, so the function
+// `go run ./cmd/pscmessages -pubsub` does the same against an emulator, so the function
 // sees on one machine exactly the requests it sees deployed. The Pub/Sub
 // client library lives here and in tests only: the function's package never
 // imports it.

@@ -1,9 +1,8 @@
-// Command cmd is the local entry point of the messages function, in the
-// functions-framework-go layout: `go run ./cmd` serves the functions as Cloud
-// Run would, and subcommands cover the tasks around them. `go run ./cmd help`
-// lists them; `go run ./cmd help COMMAND` (or `COMMAND -h`) shows one's flags.
-// To build a binary, name it: `go build -o pscmessages ./cmd` (plain
-// `go build ./cmd` fails, because the folder cmd is in the way).
+// Command pscmessages is the local entry point of the messages function, in the
+// functions-framework-go layout: `go run ./cmd/pscmessages` serves the functions as Cloud
+// Run would, and subcommands cover the tasks around them. `go run ./cmd/pscmessages help`
+// lists them; `go run ./cmd/pscmessages help COMMAND` (or `COMMAND -h`) shows one's flags.
+// `go install ./cmd/...` installs it as a binary.
 package main
 
 import (
@@ -44,12 +43,12 @@ func lookup(name string) (command, bool) {
 
 // usage lists the subcommands, one line each.
 func usage(w io.Writer) {
-	fmt.Fprint(w, "usage: go run ./cmd [COMMAND] [flags]   (or a binary: go build -o pscmessages ./cmd)\n\ncommands:\n")
+	fmt.Fprint(w, "usage: go run ./cmd/pscmessages [COMMAND] [flags]   (or a binary: go install ./cmd/pscmessages)\n\ncommands:\n")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-16s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, "  help             this list; `help COMMAND` shows a command's flags\n\n"+
-		"With no command, serve runs: `go run ./cmd -h` shows its flags after this list.\n")
+		"With no command, serve runs: `go run ./cmd/pscmessages -h` shows its flags after this list.\n")
 }
 
 func main() {
@@ -71,7 +70,7 @@ func main() {
 	case name == "help":
 		name, args = args[0], []string{"-h"}
 	case name == "serve" && len(os.Args) > 1 && isHelpFlag(os.Args[1]):
-		// `go run ./cmd -h`: the commands first, then serve's own flags.
+		// `go run ./cmd/pscmessages -h`: the commands first, then serve's own flags.
 		usage(os.Stderr)
 		fmt.Fprintln(os.Stderr)
 	}

@@ -90,11 +90,11 @@ var cbSampleSubstitutions = map[string]string{"_DB_HOST": "10.20.0.5"}
 func cbReadFacts(t *testing.T) cbFacts {
 	t.Helper()
 	sources := map[string][]byte{}
-	files, err := filepath.Glob("../store/*.go")
+	files, err := filepath.Glob("../../store/*.go")
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := filepath.Glob("../*.go")
+	root, err := filepath.Glob("../../*.go")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func cbReadFacts(t *testing.T) cbFacts {
 		}
 		sources[f] = b
 	}
-	goMod, err := os.ReadFile("../go.mod")
+	goMod, err := os.ReadFile("../../go.mod")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -948,7 +948,7 @@ func cbKeys[V any](m map[string]V) []string {
 
 func cbReadYAML(t *testing.T) []byte {
 	t.Helper()
-	b, err := os.ReadFile("../cloudbuild.yaml")
+	b, err := os.ReadFile("../../cloudbuild.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1161,7 +1161,7 @@ func TestCbSplit(t *testing.T) {
 }
 
 // cbRuntimeBytes is what an idle instance holds (the runner idles at ~25 MiB,
-// go run ./cmd bench-rss), with room to spare.
+// go run ./cmd/pscmessages bench-rss), with room to spare.
 const cbRuntimeBytes = 32 << 20
 
 // cbCheckMemory requires --memory to hold the function's bound for its
