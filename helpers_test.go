@@ -1,0 +1,114 @@
+package function
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// eventServer serves the fixture's IngestPubSub as deployed: one HTTP
+// delivery per request.
+func eventServer(t testing.TB, f *fixture) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(f.svc.serveEvent))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// pushBody is a Pub/Sub push body (the data of a messagePublished event).
+// Every message has the same publish time, as a redelivery does, so only the
+// topic (or subscription) and the id tell two of them apart.
+func pushBody(id string, data []byte, attrs map[string]string, subscription string) string {
+	b, _ := json.Marshal(map[string]any{
+		"message": map[string]any{"data": base64.StdEncoding.EncodeToString(data), "messageId": id, "attributes": attrs,
+			"publishTime": "2026-11-30T12:00:00.123Z"},
+		"subscription": subscription,
+	})
+	return string(b)
+}
+
+// binaryHeaders are the headers of a binary-mode messagePublished delivery.
+func binaryHeaders(id, topic string) map[string]string {
+	return map[string]string{
+		"Content-Type":   "application/json",
+		"ce-id":          id,
+		"ce-specversion": "1.0",
+		"ce-type":        MessagePublishedType,
+		"ce-source":      "//pubsub.googleapis.com/" + topic,
+	}
+}
+
+// holdLock holds an EXCLUSIVE lock on table (reads pass, inserts wait) until
+// the returned function is called.
+func holdLock(t testing.TB, url, table string) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+table+" IN EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			tx.Rollback(ctx)
+			conn.Close(ctx)
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// awaitLockWait waits until a statement of url's database waits on a lock:
+// the proof that the write reached the database and is held there.
+func awaitLockWait(t testing.TB, url string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for countRows(t, url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no statement ever waited on the test's lock: the write never reached the database")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// failInserts makes every insert into table fail with SQLSTATE code, as the
+// database would on a deadlock, a full disk and so on. Each attempt draws
+// from the sequence <table>_test_failures, which a rollback does not undo,
+// so a test can tell that the statement really ran. The returned function
+// removes the fault.
+func failInserts(t testing.TB, url, table, code string) (attempts func() int, remove func()) {
+	t.Helper()
+	seq := table + "_test_failures"
+	execSQL(t, url, fmt.Sprintf(`CREATE SEQUENCE IF NOT EXISTS %[1]s;
+		CREATE OR REPLACE FUNCTION %[2]s_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			PERFORM nextval('%[1]s');
+			RAISE EXCEPTION 'insert into %[2]s refused by the test' USING ERRCODE = '%[3]s';
+		END $$;
+		DROP TRIGGER IF EXISTS %[2]s_test_fail ON %[2]s;
+		CREATE TRIGGER %[2]s_test_fail BEFORE INSERT ON %[2]s FOR EACH ROW EXECUTE FUNCTION %[2]s_test_fail()`, seq, table, code))
+	start := sequenceDraws(t, url, seq)
+	attempts = func() int { return sequenceDraws(t, url, seq) - start }
+	remove = func() { execSQL(t, url, fmt.Sprintf("DROP TRIGGER IF EXISTS %[1]s_test_fail ON %[1]s", table)) }
+	t.Cleanup(remove)
+	return attempts, remove
+}
+
+func sequenceDraws(t testing.TB, url, seq string) int {
+	return countRows(t, url, "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "+seq)
+}
