@@ -226,3 +226,56 @@ func TestReusedKeyInOneBatchWithItsRetry(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestIdempotentAddsInOneBatch sends each of four keys ten times while the
+// writer is held busy, so that they queue and are written together, with a
+// keyless witness beside each: one row per key, every repeat answered as a
+// replay of it. Every row written, the four keyed ones and the 40 witnesses,
+// shares one transaction (xmin): the repeats, queued among them, were in
+// the same batch, which is the case the test is named for.
+func TestIdempotentAddsInOneBatch(t *testing.T) {
+	st, url := openStoreWith(t, longQueries)
+	ctx := context.Background()
+	const n = 40
+	results := make([]addResult, n)
+	plug := queueBehindPlug(t, st, url, 2*n, func(i int) {
+		if i%2 == 1 {
+			if _, err := st.Add(ctx, fmt.Sprintf("witness-%d", i), ""); err != nil {
+				t.Error(err)
+			}
+			return
+		}
+		a, err := st.Add(ctx, "same", fmt.Sprintf("key-%d", (i/2)%4))
+		results[i/2] = addResult{a, err}
+	})
+	byKey := map[int]int64{}
+	replays := 0
+	for i, r := range results {
+		if r.err != nil {
+			t.Fatalf("request %d: %v", i, r.err)
+		}
+		if id, ok := byKey[i%4]; ok && id != r.added.ID {
+			t.Fatalf("key-%d answered ids %d and %d", i%4, id, r.added.ID)
+		}
+		byKey[i%4] = r.added.ID
+		if r.added.ID == 0 || r.added.Content != "same" {
+			t.Fatalf("request %d answered %+v", i, r.added)
+		}
+		if r.added.Replayed {
+			replays++
+		}
+	}
+	if replays != n-4 {
+		t.Fatalf("%d replays, want %d", replays, n-4)
+	}
+	if rows := count(t, url, "SELECT count(*) FROM messages WHERE content = 'same'"); rows != 4 {
+		t.Fatalf("%d rows, want 4", rows)
+	}
+	var rows, xmins int
+	if err := dbConn(t, url).QueryRow(ctx, "SELECT count(*), count(DISTINCT xmin::text) FROM messages WHERE id <> $1", plug.ID).Scan(&rows, &xmins); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 4+n || xmins != 1 {
+		t.Fatalf("%d rows written by %d transactions, want %d by one: the requests did not share a batch", rows, xmins, 4+n)
+	}
+}

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -71,4 +72,82 @@ func TestPagesAreBoundedInBytes(t *testing.T) {
 	if l, err := st.List(ctx, store.Page{Before: huge.ID, Limit: 3, MaxBytes: 10 * size}); err != nil || len(l.Messages) != 3 || l.Next != huge.ID-3 {
 		t.Fatalf("Limit 3: %d messages, next %d, %v", len(l.Messages), l.Next, err)
 	}
+}
+
+// TestPageLimitBoundary walks every page of tables holding just under, exactly
+// and just over a multiple of the page size: no page is larger than its
+// limit, none is empty, Next is 0 exactly on the last, and every message is
+// listed once, in order. Limits beyond MaxPageSize are clamped.
+func TestPageLimitBoundary(t *testing.T) {
+	st, url := openStoreWith(t, nil)
+	ctx := context.Background()
+	conn := dbConn(t, url)
+	const limit = 5
+	total := 0
+	for _, rows := range []int{0, 1, limit - 1, limit, limit + 1, 2 * limit, 2*limit + 1} {
+		t.Run(fmt.Sprintf("%d rows", rows), func(t *testing.T) {
+			if _, err := conn.Exec(ctx, "TRUNCATE messages RESTART IDENTITY"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Exec(ctx, "INSERT INTO messages (content) SELECT 'm' || g FROM generate_series(1, $1::int) g", rows); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			pages := 0
+			for before := int64(0); ; {
+				l, err := st.List(ctx, store.Page{Limit: limit, Before: before})
+				if err != nil {
+					t.Fatal(err)
+				}
+				pages++
+				if len(l.Messages) > limit || (len(l.Messages) == 0 && rows > 0) {
+					t.Fatalf("page %d holds %d messages, limit %d", pages, len(l.Messages), limit)
+				}
+				page := make([]string, len(l.Messages))
+				for i, m := range l.Messages {
+					page[i] = m.Content
+				}
+				got = append(page, got...) // pages go back in time
+				if l.Next == 0 {
+					break
+				}
+				if pages > rows {
+					t.Fatalf("more pages than rows")
+				}
+				before = l.Next
+			}
+			want := make([]string, rows)
+			for i := range want {
+				want[i] = "m" + strconv.Itoa(i+1)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("pages listed %v, want %v", got, want)
+			}
+			if wantPages := max(1, (rows+limit-1)/limit); pages != wantPages {
+				t.Fatalf("%d pages for %d rows at limit %d, want %d", pages, rows, limit, wantPages)
+			}
+			total++
+		})
+	}
+	if total != 7 {
+		t.Fatalf("%d cases ran", total)
+	}
+	t.Run("clamped to MaxPageSize", func(t *testing.T) {
+		if _, err := conn.Exec(ctx, "TRUNCATE messages RESTART IDENTITY"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "INSERT INTO messages (content) SELECT 'm' || g FROM generate_series(1, $1::int) g", store.MaxPageSize+1); err != nil {
+			t.Fatal(err)
+		}
+		l, err := st.List(ctx, store.Page{Limit: store.MaxPageSize + 500})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l.Messages) > store.MaxPageSize || l.Next == 0 {
+			t.Fatalf("limit %d over %d rows: %d messages, next %d", store.MaxPageSize+500, store.MaxPageSize+1, len(l.Messages), l.Next)
+		}
+		if l, err := st.List(ctx, store.Page{}); err != nil || len(l.Messages) != store.DefaultPageSize || l.Next == 0 {
+			t.Fatalf("default page: %d messages, next %d, %v; want %d", len(l.Messages), l.Next, err, store.DefaultPageSize)
+		}
+	})
 }
