@@ -49,9 +49,17 @@ func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
 	defer d.release()
 	m, data, poison := eventFromDelivery(r, d, cfg)
 	kept := keptPayload{prefix: d.body, size: d.size, sum: d.sum}
-	if poison != nil {
+	switch {
+	case poison != nil:
 		err = s.deadLetter(r.Context(), m, poison.reason, kept)
-	} else {
+	case isUnwrapped(r):
+		msg, p := unwrappedMessage(r, data)
+		if p != nil {
+			err = s.deadLetter(r.Context(), m, p.reason, wrappedPayload(msg, r.Header.Get(headerSubscription)))
+			break
+		}
+		err = s.ingestMessage(r.Context(), m, msg, func() keptPayload { return wrappedPayload(msg, r.Header.Get(headerSubscription)) })
+	default:
 		err = s.ingest(r.Context(), m, data, kept)
 	}
 	if err != nil {
@@ -76,7 +84,9 @@ func eventFromDelivery(r *http.Request, d *delivery, cfg settings) (eventMeta, [
 	h := r.Header
 	m := eventMeta{id: h.Get("ce-id"), source: h.Get("ce-source"), typ: h.Get("ce-type"), traceparent: h.Get("traceparent")}
 	if d.oversized {
-		if h.Get("ce-id") == "" { // structured mode or a push body
+		if isUnwrapped(r) {
+			m, _, _ = unwrappedEvent(r, nil)
+		} else if h.Get("ce-id") == "" { // structured mode or a push body
 			f := d.fields.found
 			m.id, m.source, m.typ = cmp.Or(f["id"], f["messageId"], f["message_id"]), f["source"], f["type"]
 			if f["messageId"] != "" || f["message_id"] != "" {
@@ -91,6 +101,8 @@ func eventFromDelivery(r *http.Request, d *delivery, cfg settings) (eventMeta, [
 	}
 	mt, _, _ := mime.ParseMediaType(h.Get("Content-Type"))
 	switch {
+	case isUnwrapped(r):
+		return unwrappedEvent(r, d.body)
 	case mt == "application/cloudevents-batch+json":
 		return m, nil, &poisonError{"batched CloudEvents are not supported"}
 	case mt == "application/cloudevents+json":
@@ -235,6 +247,21 @@ func (s *service) Ingest(ctx context.Context, e event.Event) error {
 // ingest stores the message in data (a messagePublished payload), or keeps
 // the event as a dead letter when it can never be stored.
 func (s *service) ingest(ctx context.Context, m eventMeta, data []byte, kept keptPayload) error {
+	return s.storeDecoded(ctx, m, func(maxContent int) (string, string, error) {
+		return decodeMessage(m, data, maxContent)
+	}, func() keptPayload { return kept })
+}
+
+// ingestMessage stores a message that arrived without the push wrapper.
+func (s *service) ingestMessage(ctx context.Context, m eventMeta, msg PubsubMessage, kept func() keptPayload) error {
+	return s.storeDecoded(ctx, m, func(maxContent int) (string, string, error) {
+		return decodePubsub(m, msg, maxContent)
+	}, kept)
+}
+
+// storeDecoded finds the configuration and the store, then decodes and
+// stores (storeOrKeep).
+func (s *service) storeDecoded(ctx context.Context, m eventMeta, decode func(maxContent int) (content, key string, err error), kept func() keptPayload) error {
 	log := s.metaLog(m)
 	cfg, err := s.config()
 	if err != nil {
@@ -245,7 +272,18 @@ func (s *service) ingest(ctx context.Context, m eventMeta, data []byte, kept kep
 		log.Warn("event not stored: database unavailable; it will be redelivered", "error", causeText(err))
 		return fmt.Errorf("database unavailable: %w", err)
 	}
-	content, key, err := decodeMessage(m, data, cfg.maxContentBytes)
+	content, key, err := decode(cfg.maxContentBytes)
+	return storeOrKeep(ctx, st, log, m, content, key, err, kept)
+}
+
+// storeOrKeep is the one step every ingest path ends in (a push delivery,
+// wrapped or not, an Eventarc event, a pulled message): it adds the decoded
+// content under key through the store's group commit, or keeps the event in
+// dead_letters when decoding (decodeErr) or the store says it can never be
+// stored. It returns nil once the message is stored or kept, and an error
+// when it failed for a transient reason and must be delivered again.
+func storeOrKeep(ctx context.Context, st *store.Store, log *slog.Logger, m eventMeta, content, key string, decodeErr error, kept func() keptPayload) error {
+	err := decodeErr
 	var added store.Added
 	if err == nil {
 		added, err = st.Add(ctx, content, key)
@@ -258,7 +296,7 @@ func (s *service) ingest(ctx context.Context, m eventMeta, data []byte, kept kep
 	}
 	var poison *poisonError
 	if errors.As(err, &poison) {
-		return s.keepDeadLetter(ctx, st, log, m, poison.reason, kept)
+		return keepDeadLetter(ctx, st, log, m, poison.reason, kept())
 	}
 	if err != nil {
 		log.Warn("event not stored; it will be redelivered", "error", oneLine(err.Error()))
@@ -278,10 +316,10 @@ func (s *service) deadLetter(ctx context.Context, m eventMeta, reason string, ke
 		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", causeText(err), "reason", reason)
 		return fmt.Errorf("database unavailable: %w", err)
 	}
-	return s.keepDeadLetter(ctx, st, log, m, reason, kept)
+	return keepDeadLetter(ctx, st, log, m, reason, kept)
 }
 
-func (s *service) keepDeadLetter(ctx context.Context, st *store.Store, log *slog.Logger, m eventMeta, reason string, kept keptPayload) error {
+func keepDeadLetter(ctx context.Context, st *store.Store, log *slog.Logger, m eventMeta, reason string, kept keptPayload) error {
 	if err := st.AddDeadLetter(ctx, store.DeadLetter{
 		EventID: m.id, EventSource: m.source, EventType: m.typ, Reason: reason,
 		Payload: kept.prefix, PayloadSize: kept.size, PayloadSHA256: kept.sum,
@@ -344,7 +382,14 @@ func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string
 	if err := json.Unmarshal(raw, &d); err != nil {
 		return "", "", &poisonError{"event data is not a Pub/Sub message: " + err.Error()}
 	}
-	data := d.Message.Data
+	return decodePubsub(m, d.Message, maxContent)
+}
+
+// decodePubsub is decodeMessage for a message already taken out of its
+// envelope; every path that delivers a message ends here, so a message gets
+// the same content and key however it arrived.
+func decodePubsub(m eventMeta, msg PubsubMessage, maxContent int) (content, key string, err error) {
+	data := msg.Data
 	switch {
 	case len(data) == 0:
 		return "", "", &poisonError{"message data is empty"}
@@ -365,7 +410,7 @@ func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string
 	if err := checkContent(content, maxContent); err != nil {
 		return "", "", &poisonError{err.Error()}
 	}
-	id := cmp.Or(d.Message.MessageID, m.id)
+	id := cmp.Or(msg.MessageID, m.id)
 	if reason := checkKeyPart("message id", id, maxMessageIDBytes); reason != "" {
 		return "", "", &poisonError{reason}
 	}
@@ -373,8 +418,8 @@ func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string
 		return "", "", &poisonError{reason}
 	}
 	key = "pubsub:" + m.source + "#" + id
-	if !d.Message.PublishTime.IsZero() {
-		key += "@" + d.Message.PublishTime.UTC().Format(time.RFC3339Nano)
+	if !msg.PublishTime.IsZero() {
+		key += "@" + msg.PublishTime.UTC().Format(time.RFC3339Nano)
 	}
 	if len(key) > store.MaxKeyBytes { // only a publish time far out of range gets here
 		return "", "", &poisonError{fmt.Sprintf("the deduplication key is %d bytes, more than %d", len(key), store.MaxKeyBytes)}
@@ -395,4 +440,81 @@ func checkKeyPart(what, s string, max int) string {
 		return "the " + what + " is not valid UTF-8"
 	}
 	return ""
+}
+
+// A push subscription created with --push-no-wrapper and
+// --push-no-wrapper-write-metadata POSTs the message data as the body and
+// its metadata as x-goog-pubsub-* headers; each attribute becomes a header
+// of its own name (https://cloud.google.com/pubsub/docs/payload-unwrapping,
+// PushConfig.NoWrapper.write_metadata). Without write-metadata there is no
+// message id, so nothing to deduplicate on: such a delivery is neither a
+// CloudEvent nor a push body and is kept as a dead letter.
+const (
+	headerMessageID    = "X-Goog-Pubsub-Message-Id"
+	headerPublishTime  = "X-Goog-Pubsub-Publish-Time"
+	headerSubscription = "X-Goog-Pubsub-Subscription-Name"
+)
+
+// isUnwrapped reports a push delivery without the wrapper. The message id
+// header decides even beside ce-* headers: attributes arrive as headers, so
+// an attribute named ce-id must not turn the data into a CloudEvent, and
+// neither Eventarc nor a wrapped push sends the header.
+func isUnwrapped(r *http.Request) bool { return r.Header.Get(headerMessageID) != "" }
+
+// unwrappedEvent names an unwrapped delivery as Eventarc would: the source
+// is the topic in the push endpoint's path (so a message keeps its key when
+// the subscription's wrapping or the trigger changes), else the
+// subscription; data is the body, the message data itself.
+func unwrappedEvent(r *http.Request, body []byte) (eventMeta, []byte, *poisonError) {
+	h := r.Header
+	m := eventMeta{id: h.Get(headerMessageID), typ: MessagePublishedType, traceparent: h.Get("traceparent")}
+	origin := cmp.Or(topicFromPath(r.URL.Path), h.Get(headerSubscription))
+	if origin == "" {
+		return m, nil, &poisonError{"an unwrapped push delivery names neither its topic (in the push endpoint's path) nor its subscription (" + headerSubscription + ")"}
+	}
+	m.source = "//pubsub.googleapis.com/" + origin
+	return m, body, nil
+}
+
+// unwrappedMessage is the message of an unwrapped delivery whose body is
+// data. Attributes are not recovered: they cannot be told apart from the
+// other headers, and nothing stored depends on them.
+func unwrappedMessage(r *http.Request, data []byte) (PubsubMessage, *poisonError) {
+	msg := PubsubMessage{Data: data, MessageID: r.Header.Get(headerMessageID)}
+	if v := r.Header.Get(headerPublishTime); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return msg, &poisonError{fmt.Sprintf("%s %q is not an RFC 3339 time", headerPublishTime, logText(v))}
+		}
+		msg.PublishTime = t
+	}
+	return msg, nil
+}
+
+// wrappedPayload is what a dead letter keeps of a message that arrived
+// without the push wrapper: the wrapped form, which `deadletters replay`
+// decodes as it decodes every kept push body.
+func wrappedPayload(msg PubsubMessage, subscription string) keptPayload {
+	b, err := json.Marshal(MessagePublishedData{Message: msg, Subscription: subscription})
+	if err != nil { // only a publish time beyond year 9999
+		b, _ = json.Marshal(MessagePublishedData{Message: PubsubMessage{Data: msg.Data, MessageID: msg.MessageID}, Subscription: subscription})
+	}
+	return keptPayload{prefix: b}
+}
+
+// StorePubSubMessage stores a message pulled from a subscription of topic
+// ("projects/P/topics/T"), with the process's configuration and pool, the
+// ones IngestPubSub uses, through the same decoding and storing: the same
+// content and deduplication key as a push delivery or Eventarc event of that
+// message, wrapped or not, so a message is stored once whichever path
+// delivers it. It returns nil once the message is stored (now or before) or
+// kept in dead_letters as one that can never be stored, and an error when it
+// failed for a transient reason: the caller delivers it again later.
+func StorePubSubMessage(ctx context.Context, topic string, msg PubsubMessage) error {
+	return shared.storePulled(ctx, topic, msg)
+}
+
+func (s *service) storePulled(ctx context.Context, topic string, msg PubsubMessage) error {
+	m := eventMeta{id: msg.MessageID, source: "//pubsub.googleapis.com/" + topic, typ: MessagePublishedType, traceparent: msg.Attributes["googclient_traceparent"]}
+	return s.ingestMessage(ctx, m, msg, func() keptPayload { return wrappedPayload(msg, "") })
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -384,5 +385,139 @@ func TestChunkedDeliveries(t *testing.T) {
 	sum := sha256.Sum256([]byte(big))
 	if len(dl) != 1 || dl[0].size != int64(len(big)) || !bytes.Equal(dl[0].sum, sum[:]) {
 		t.Fatalf("dead letters %v, want the big one with its size and sha256", dl)
+	}
+}
+
+// pushPath is a push endpoint naming its topic, as the deploy configures it.
+const pushPath = "/projects/test-project/topics/messages"
+
+// TestWrappingDoesNotChangeTheKey: a message pushed with the wrapper, pushed
+// without it (data as the body, metadata as x-goog-pubsub-* headers), sent
+// by Eventarc and pulled, is one message: the same content under the same
+// key, stored once whichever paths deliver it and in whichever order.
+func TestWrappingDoesNotChangeTheKey(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	const published = "2026-12-06T04:00:00.123456789Z"
+	forms := []struct {
+		name, data string
+		want       string
+	}{
+		{"text", "plain words", "plain words"},
+		{"JSON with content", `{"content":"from a field"}`, "from a field"},
+		{"JSON without content", `{"other":1}`, `{"other":1}`},
+	}
+	wrapped := func(id, data, publishTime string) {
+		t.Helper()
+		if r := do(t, "POST", base+pushPath, eventBody(id, []byte(data), publishTime), jsonCT); r.status != http.StatusNoContent {
+			t.Fatalf("wrapped push: %d %s", r.status, r.body)
+		}
+	}
+	unwrapped := func(id, data, publishTime string, extra map[string]string) {
+		t.Helper()
+		h := map[string]string{"X-Goog-Pubsub-Message-Id": id, "X-Goog-Pubsub-Subscription-Name": "projects/test-project/subscriptions/s"}
+		if publishTime != "" {
+			h["X-Goog-Pubsub-Publish-Time"] = publishTime
+		}
+		maps.Copy(h, extra)
+		if r := do(t, "POST", base+pushPath, data, h); r.status != http.StatusNoContent {
+			t.Fatalf("unwrapped push: %d %s", r.status, r.body)
+		}
+	}
+	eventarc := func(id, data, publishTime string) {
+		t.Helper()
+		if r := do(t, "POST", base+"/", eventBody(id, []byte(data), publishTime), ceHeaders(id, testSource)); r.status != http.StatusNoContent {
+			t.Fatalf("Eventarc event: %d %s", r.status, r.body)
+		}
+	}
+	pulled := func(id, data, publishTime string) {
+		t.Helper()
+		msg := PubsubMessage{Data: []byte(data), MessageID: id}
+		if publishTime != "" {
+			msg.PublishTime, _ = time.Parse(time.RFC3339Nano, publishTime)
+		}
+		if err := f.svc.storePulled(context.Background(), "projects/test-project/topics/messages", msg); err != nil {
+			t.Fatalf("pulled: %v", err)
+		}
+	}
+	n := 0
+	for _, form := range forms {
+		for _, publishTime := range []string{published, ""} {
+			for _, unwrappedFirst := range []bool{false, true} {
+				n++
+				id := fmt.Sprint(1000 + n)
+				if unwrappedFirst {
+					unwrapped(id, form.data, publishTime, nil)
+					wrapped(id, form.data, publishTime)
+				} else {
+					wrapped(id, form.data, publishTime)
+					// Attributes arrive as headers too: one named like a
+					// CloudEvent attribute must not change the decoding.
+					unwrapped(id, form.data, publishTime, map[string]string{"ce-id": "x", "ce-specversion": "1.0", "ce-source": "elsewhere", "Content-Type": "application/cloudevents+json"})
+				}
+				eventarc(id, form.data, publishTime)
+				pulled(id, form.data, publishTime)
+				if got := countRows(t, f.url, "SELECT count(*) FROM messages"); got != n {
+					t.Fatalf("%s, publish time %q: %d messages after %d published, want each stored once", form.name, publishTime, got, n)
+				}
+				if got := countRows(t, f.url, "SELECT count(*) FROM messages WHERE content = $1", form.want); got == 0 {
+					t.Fatalf("%s: content %q not stored", form.name, form.want)
+				}
+			}
+		}
+	}
+	if dl := deadLetters(t, f.url); len(dl) != 0 {
+		t.Fatalf("dead letters %v, want none", dl)
+	}
+}
+
+// TestHostileUnwrappedHeaders: what an unwrapped delivery's headers carry is
+// checked like any other identity; what cannot be a key is kept as a dead
+// letter in the wrapped form, so that `deadletters replay` can decode it.
+func TestHostileUnwrappedHeaders(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	sub := "projects/test-project/subscriptions/s"
+	cases := []struct {
+		name, path string
+		header     map[string]string
+		reason     string
+	}{
+		{"huge message id", pushPath, map[string]string{"X-Goog-Pubsub-Message-Id": strings.Repeat("9", 4000)}, "message id is 4000 bytes"},
+		{"invalid UTF-8 id", pushPath, map[string]string{"X-Goog-Pubsub-Message-Id": "\xff\xfe"}, "not valid UTF-8"},
+		{"publish time not a time", pushPath, map[string]string{"X-Goog-Pubsub-Message-Id": "7", "X-Goog-Pubsub-Publish-Time": "yesterday"}, "not an RFC 3339 time"},
+		{"no topic, no subscription", "/", map[string]string{"X-Goog-Pubsub-Message-Id": "8"}, "neither its topic"},
+		{"huge subscription", "/", map[string]string{"X-Goog-Pubsub-Message-Id": "9", "X-Goog-Pubsub-Subscription-Name": strings.Repeat("s", 4000)}, "event source is"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.header["X-Goog-Pubsub-Subscription-Name"] == "" {
+				tc.header["X-Goog-Pubsub-Subscription-Name"] = sub
+				if tc.path == "/" {
+					delete(tc.header, "X-Goog-Pubsub-Subscription-Name")
+				}
+			}
+			r := do(t, "POST", base+tc.path, "hello", tc.header)
+			if r.status != http.StatusNoContent {
+				t.Fatalf("%d %s, want 204 (kept as a dead letter)", r.status, r.body)
+			}
+			dl := deadLetters(t, f.url)
+			if len(dl) != i+1 || !strings.Contains(dl[i].reason, tc.reason) {
+				t.Fatalf("dead letters %v, want the %dth with a reason containing %q", dl, i+1, tc.reason)
+			}
+			if tc.path == "/" && tc.reason == "neither its topic" {
+				if string(dl[i].payload) != "hello" {
+					t.Fatalf("payload %q, want the delivery", dl[i].payload)
+				}
+				return
+			}
+			var kept MessagePublishedData
+			if err := json.Unmarshal(dl[i].payload, &kept); err != nil || string(kept.Message.Data) != "hello" {
+				t.Fatalf("payload %q (%v), want the message in its wrapped form", dl[i].payload, err)
+			}
+		})
+	}
+	if n := countRows(t, f.url, "SELECT count(*) FROM messages"); n != 0 {
+		t.Fatalf("%d messages stored from hostile deliveries", n)
 	}
 }
