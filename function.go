@@ -61,6 +61,19 @@ func CheckConfig() error {
 	return cfg.db.Check()
 }
 
+// CheckEnv reports an invalid configuration in the variables getenv
+// returns, naming the variable, as CheckConfig does but without logging it
+// and without touching the process's service: a local runner checks the
+// settings it will run with, and says what is wrong once, before it starts
+// anything for them (its own PostgreSQL, for one).
+func CheckEnv(getenv func(string) string) error {
+	s, err := loadSettings(getenv)
+	if err != nil {
+		return err
+	}
+	return s.db.Check()
+}
+
 // NewLogger writes to w in the functions' log format and level (LOG_FORMAT,
 // LOG_LEVEL), for a local runner whose own lines should read like theirs.
 func NewLogger(w io.Writer) *slog.Logger { return newLogger(os.Getenv, w) }

@@ -39,6 +39,11 @@ func runServe(ctx context.Context, args []string) error {
 	if err := checkServeEnv(os.Getenv); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
+	// Every setting the functions read, checked before anything starts and
+	// reported here only: function.CheckConfig below would log it too.
+	if err := function.CheckEnv(envAsServed(os.Getenv)); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
 
 	target := os.Getenv("FUNCTION_TARGET")
 	handler, err := function.Handler(target)
@@ -136,6 +141,24 @@ func drain(srv *http.Server, timeout time.Duration) error {
 		return fmt.Errorf("requests still running after %s were cut: %w", timeout, err)
 	}
 	return nil
+}
+
+// localDatabaseURL stands for the URL startLocalPostgres will set, for
+// checking the other settings before the local PostgreSQL exists.
+const localDatabaseURL = "postgres://postgres@127.0.0.1/postgres?sslmode=disable"
+
+// envAsServed is getenv as the functions will see it: without DATABASE_URL or
+// DB_HOST, the runner points DATABASE_URL at its own PostgreSQL.
+func envAsServed(getenv func(string) string) func(string) string {
+	if getenv("DATABASE_URL") != "" || getenv("DB_HOST") != "" {
+		return getenv
+	}
+	return func(name string) string {
+		if name == "DATABASE_URL" {
+			return localDatabaseURL
+		}
+		return getenv(name)
+	}
 }
 
 func envOr(name, def string) string {

@@ -122,3 +122,34 @@ func TestServeRefusesBadConfigurationAtStart(t *testing.T) {
 		})
 	}
 }
+
+// TestServeReportsBadSettingsOnceBeforeLocalPostgres: a bad setting of the
+// functions' own stops the runner before it starts its local PostgreSQL (it
+// used to start it, then refuse), and is reported once: on stderr, not also
+// as a log line on stdout.
+func TestServeReportsBadSettingsOnceBeforeLocalPostgres(t *testing.T) {
+	bad := map[string]string{"LOG_LEVEL": "loud", "LOG_FORMAT": "xml", "HTTP_ROUTES": "everything", "DB_MAX_CONNS": "0"}
+	for name, value := range bad {
+		for _, database := range []string{"local", "DATABASE_URL"} {
+			t.Run(name+" with "+database, func(t *testing.T) {
+				env := map[string]string{name: value, "LOCAL_PGDATA": localDataDir(t)}
+				if database == "DATABASE_URL" {
+					env["DATABASE_URL"] = "postgres://u@127.0.0.1:1/d?sslmode=disable"
+				}
+				stdout, stderr, code := runMain(t, env)
+				if code != 1 {
+					t.Fatalf("exit code %d, want 1\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+				}
+				if strings.Contains(stdout, "started local PostgreSQL") || strings.Contains(stdout, "serving") {
+					t.Fatalf("it started something before refusing %s:\n%s", name, stdout)
+				}
+				if n := strings.Count(stdout+stderr, name+":"); n != 1 {
+					t.Fatalf("%s reported %d times, want once\nstdout:\n%s\nstderr:\n%s", name, n, stdout, stderr)
+				}
+				if !strings.Contains(stderr, "serve: invalid configuration: "+name+": ") {
+					t.Fatalf("stderr does not name %s:\n%s", name, stderr)
+				}
+			})
+		}
+	}
+}
