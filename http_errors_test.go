@@ -41,3 +41,27 @@ func TestRowTheDatabaseRefusesIs422(t *testing.T) {
 		t.Fatalf("POST after a refused one: %d %s", r.status, r.body)
 	}
 }
+
+// TestEditTheDatabaseRefusesIs422: a PUT or PATCH of content the database
+// refuses (a CHECK constraint) is answered as a POST of it is, 422, and is
+// not logged as an internal error. Before the fix it was a 500 logged at
+// ERROR.
+func TestEditTheDatabaseRefusesIs422(t *testing.T) {
+	f := newFixture(t, map[string]string{RoutesVar: RoutesAll})
+	if r := postContent(t, f.srv.URL, "fine"); r.status != 200 {
+		t.Fatalf("POST: %d %s", r.status, r.body)
+	}
+	execSQL(t, f.url, "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (content <> 'poison')")
+	for _, method := range []string{"PUT", "PATCH"} {
+		r := do(t, method, f.srv.URL+"/messages/1", `{"content":"poison"}`, jsonCT)
+		if r.status != http.StatusUnprocessableEntity {
+			t.Errorf("%s of refused content: %d %s, want 422", method, r.status, r.body)
+		}
+	}
+	if strings.Contains(f.logs.String(), `"severity":"ERROR"`) {
+		t.Errorf("refused content logged as an error:\n%s", f.logs)
+	}
+	if r := do(t, "PUT", f.srv.URL+"/messages/1", `{"content":"edited"}`, jsonCT); r.status != 200 {
+		t.Errorf("PUT of acceptable content after a refused one: %d %s", r.status, r.body)
+	}
+}

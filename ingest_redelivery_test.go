@@ -2,7 +2,10 @@ package function
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -43,5 +46,85 @@ func TestDatabaseFaultIsRedelivered(t *testing.T) {
 	}
 	if n := countRows(t, f.url, "SELECT count(*) FROM messages"); n != 1 {
 		t.Errorf("%d messages, want 1", n)
+	}
+}
+
+// TestDatabaseWideRefusalIsUnavailable: a trigger that refuses every insert
+// and update with a SQLSTATE a row's data could cause (division by zero,
+// 22012) is the database's fault. A lone POST, 20 concurrent POSTs, a PUT and
+// a Pub/Sub delivery through the deployed ingest path are all answered as
+// transient (503 with Retry-After, a 5xx to Pub/Sub), and nothing is kept in
+// dead_letters. Before the fix a lone row with such a code was blamed: 422
+// ("retrying it unchanged will not help") and an acknowledged dead letter.
+func TestDatabaseWideRefusalIsUnavailable(t *testing.T) {
+	f := newFixture(t, map[string]string{RoutesVar: RoutesAll})
+	base := ingestServer(t, f)
+	if r := postContent(t, f.srv.URL, "before the fault"); r.status != 200 {
+		t.Fatalf("first POST: %d %s", r.status, r.body)
+	}
+	execSQL(t, f.url, `
+		CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN PERFORM 1 / 0; RETURN NEW; END $$;
+		CREATE TRIGGER broken BEFORE INSERT OR UPDATE ON messages FOR EACH ROW EXECUTE FUNCTION broken();`)
+	want503 := func(what string, r response) {
+		t.Helper()
+		if r.status != 503 || r.header.Get("Retry-After") == "" {
+			t.Errorf("%s during a database-wide fault: %d %s (Retry-After %q), want 503 with Retry-After", what, r.status, r.body, r.header.Get("Retry-After"))
+		}
+	}
+	want503("a lone POST", postContent(t, f.srv.URL, "lone"))
+	// Past the time a failed probe is trusted: the next lone POST probes again.
+	time.Sleep(1100 * time.Millisecond)
+	want503("a lone POST after a pause", do(t, "POST", f.srv.URL+"/messages", `{"content":"lone keyed"}`,
+		map[string]string{"Content-Type": "application/json", "Idempotency-Key": "lone-keyed"}))
+	var wg sync.WaitGroup
+	statuses := make([]response, 20)
+	for i := range statuses {
+		wg.Go(func() { statuses[i] = postContent(t, f.srv.URL, fmt.Sprintf("concurrent %d", i)) })
+	}
+	wg.Wait()
+	for i, r := range statuses {
+		want503(fmt.Sprintf("concurrent POST %d of 20", i), r)
+	}
+	want503("a PUT", do(t, "PUT", f.srv.URL+"/messages/1", `{"content":"edited"}`, jsonCT))
+	time.Sleep(1100 * time.Millisecond)
+	if r := do(t, "POST", base+"/", eventBody("wide-1", []byte("hit by the fault"), ""), ceHeaders("wide-1", testSource)); r.status/100 != 5 {
+		t.Errorf("Pub/Sub delivery during a database-wide fault: %d %s, want 5xx (redelivered)", r.status, r.body)
+	}
+	if n := countRows(t, f.url, "SELECT count(*) FROM dead_letters"); n != 0 {
+		t.Errorf("%d dead letters: a database fault was acknowledged as the event's", n)
+	}
+	if n := countRows(t, f.url, "SELECT count(*) FROM messages"); n != 1 {
+		t.Errorf("%d messages, want 1", n)
+	}
+	// Once the database is mended, the same delivery is stored.
+	execSQL(t, f.url, "DROP TRIGGER broken ON messages")
+	if r := do(t, "POST", base+"/", eventBody("wide-1", []byte("hit by the fault"), ""), ceHeaders("wide-1", testSource)); r.status != 204 {
+		t.Errorf("redelivery after the fault: %d %s", r.status, r.body)
+	}
+}
+
+// TestContentARuleRefusesIsStillTheMessages: a CHECK that refuses one content
+// while others pass is the message's fault, whatever the timing: a lone POST
+// (also right after the database was at fault), a PUT and a Pub/Sub delivery
+// of it are refused for good (422, a dead letter).
+func TestContentARuleRefusesIsStillTheMessages(t *testing.T) {
+	f := newFixture(t, map[string]string{RoutesVar: RoutesAll})
+	base := ingestServer(t, f)
+	if r := postContent(t, f.srv.URL, "fine"); r.status != 200 {
+		t.Fatalf("first POST: %d %s", r.status, r.body)
+	}
+	execSQL(t, f.url, "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (content <> 'poison')")
+	if r := postContent(t, f.srv.URL, "poison"); r.status != 422 {
+		t.Errorf("lone POST of refused content: %d %s, want 422", r.status, r.body)
+	}
+	if r := do(t, "PUT", f.srv.URL+"/messages/1", `{"content":"poison"}`, jsonCT); r.status != 422 {
+		t.Errorf("PUT of refused content: %d %s, want 422", r.status, r.body)
+	}
+	if r := do(t, "POST", base+"/", eventBody("poison-1", []byte("poison"), ""), ceHeaders("poison-1", testSource)); r.status != 204 {
+		t.Errorf("delivery of refused content: %d %s, want 204 (kept as a dead letter)", r.status, r.body)
+	}
+	if n := countRows(t, f.url, "SELECT count(*) FROM dead_letters"); n != 1 {
+		t.Errorf("%d dead letters, want 1", n)
 	}
 }

@@ -193,56 +193,72 @@ func replayOf(m Message, fingerprint []byte, req *writeRequest) writeResult {
 // commit stores rows (sorted by key, distinct keys) and records one result
 // per row, splitting the batch when one of its rows makes it fail.
 //
-// When every row of a batch of several failed alone with the same SQLSTATE,
-// the split did not find a row at fault: a trigger, a check or a limit on
-// the database side refuses everything. Those rows are answered
-// ErrUnavailable (a 503, or a redelivery), not ErrInvalid (a dead letter):
-// a fault of the database must never be acknowledged as the message's. A
-// batch of one row cannot tell the two apart; such a row gets ErrInvalid
-// only for the row-data codes of rowTied.
+// A row that fails alone is blamed (ErrInvalid: a 422, a dead letter) only
+// when a probe then shows that the database accepts a known-good row of the
+// same kind (see prober): otherwise a trigger, a check or a type on the
+// database side refuses everything, and every row is answered ErrUnavailable
+// (a 503, a redelivery). While a probe has just found such a fault, a
+// failing batch is answered at once, without splitting it.
 func (b *batcher) commit(rows []*writeRequest, results map[*writeRequest]writeResult) {
-	b.split(rows, results)
-	if len(rows) < 2 {
-		return
-	}
-	var code string
+	kind := probeInsert
 	for _, r := range rows {
-		var pgErr *pgconn.PgError
-		err := results[r].err
-		if !errors.Is(err, ErrInvalid) || !errors.As(err, &pgErr) || (code != "" && pgErr.Code != code) {
-			return
+		if r.key != "" {
+			kind = probeInsertKeyed
+			break
 		}
-		code = pgErr.Code
 	}
-	for _, r := range rows {
-		var pgErr *pgconn.PgError
-		errors.As(results[r].err, &pgErr)
-		results[r] = writeResult{err: fmt.Errorf("%w: every row of a batch of %d failed alone with SQLSTATE %s, so no row is at fault: %w",
-			ErrUnavailable, len(rows), code, pgErr)}
-	}
-}
-
-// split is commit without the check across the whole batch: it halves a
-// failing batch down to the rows that fail alone.
-func (b *batcher) split(rows []*writeRequest, results map[*writeRequest]writeResult) {
+	since := time.Now()
 	err := b.insertRetrying(rows, results)
 	if err == nil {
 		return
 	}
 	if rowTied(err) {
-		if len(rows) > 1 {
-			mid := len(rows) / 2
-			b.split(rows[:mid], results)
-			b.split(rows[mid:], results)
-			return
-		}
-		if isConflict(err) {
-			// Other transactions kept winning this key: transient, not
-			// the row's fault.
-			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		if held := b.s.probe.heldFault(kind); held != nil {
+			err = held
 		} else {
-			err = fmt.Errorf("%w: %w", ErrInvalid, err)
+			b.split(rows, results, err)
 		}
+	}
+	var blamed []*writeRequest
+	for _, r := range rows {
+		res, ok := results[r]
+		switch {
+		case !ok:
+			results[r] = writeResult{err: err}
+		case errors.Is(res.err, ErrInvalid):
+			blamed = append(blamed, r)
+		}
+	}
+	if len(blamed) == 0 {
+		return
+	}
+	if fault := b.s.probe.judge(context.Background(), kind, since, 0); fault != nil {
+		for _, r := range blamed {
+			results[r] = writeResult{err: fault}
+		}
+	}
+}
+
+// split answers rows after their statement failed with err: a batch that
+// failed for a reason tied to a row is halved and each half tried again, down
+// to the rows that fail alone.
+func (b *batcher) split(rows []*writeRequest, results map[*writeRequest]writeResult, err error) {
+	if rowTied(err) && len(rows) > 1 {
+		mid := len(rows) / 2
+		for _, half := range [][]*writeRequest{rows[:mid], rows[mid:]} {
+			if err := b.insertRetrying(half, results); err != nil {
+				b.split(half, results, err)
+			}
+		}
+		return
+	}
+	switch {
+	case isConflict(err):
+		// Other transactions kept winning this key: transient, not the
+		// row's fault.
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	case rowTied(err):
+		err = fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	for _, r := range rows {
 		results[r] = writeResult{err: err}

@@ -150,6 +150,11 @@ func (b *batcher) insert(rows []*writeRequest, results map[*writeRequest]writeRe
 	if err != nil {
 		return err
 	}
+	kind := probeInsert
+	if keyed {
+		kind = probeInsertKeyed
+	}
+	b.s.probe.stored(kind, contents[0])
 	var missing []string
 	for i, r := range rows {
 		a := answers[i]

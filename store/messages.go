@@ -126,11 +126,29 @@ func (s *Store) Get(ctx context.Context, id int64) (Message, error) {
 	return s.one(ctx, s.read, "getting message", "SELECT "+messageColumns+" FROM messages WHERE id = $1::bigint", id)
 }
 
-// Update replaces a message's content, or returns ErrNotFound.
+// Update replaces a message's content, or returns ErrNotFound. Content the
+// database refuses gives an error wrapping ErrInvalid, as Add does, once a
+// probe has shown that the database accepts other content (see prober);
+// otherwise the refusal is the database's fault and the error wraps
+// ErrUnavailable.
 func (s *Store) Update(ctx context.Context, id int64, content string) (Message, error) {
-	return s.one(ctx, s.run, "updating message",
+	if err := validate(content, ""); err != nil {
+		return Message{}, fmt.Errorf("updating message: %w", err)
+	}
+	since := time.Now()
+	m, err := s.one(ctx, s.run, "updating message",
 		"UPDATE messages SET content = $2, updated_at = now() WHERE id = $1::bigint RETURNING "+messageColumns,
 		id, content)
+	switch {
+	case err == nil:
+		s.probe.stored(probeUpdate, content)
+	case rowTied(err):
+		if fault := s.probe.judge(ctx, probeUpdate, since, id); fault != nil {
+			return Message{}, fmt.Errorf("updating message: %w", fault)
+		}
+		return Message{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return m, err
 }
 
 // Delete removes a message, or returns ErrNotFound.

@@ -58,6 +58,7 @@ type Store struct {
 	pool    *pgxpool.Pool
 	cfg     Config
 	writer  *batcher
+	probe   *prober
 	closeMu sync.Once
 }
 
@@ -73,6 +74,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("creating pool: %w", err)
 	}
 	s := &Store{pool: pool, cfg: cfg}
+	s.probe = &prober{s: s}
 	err = s.prepareSchema(ctx)
 	if err != nil && cfg.IAMAuth && isPasswordRefused(err) {
 		// The token may have raced a rotation: one more login, a moment

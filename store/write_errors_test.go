@@ -34,20 +34,21 @@ func TestDatabaseFaultsAreNotTheRowsFault(t *testing.T) {
 		name  string
 		setup func(t *testing.T, url string)
 		code  string
-		// single is whether a batch of one row is also not ErrInvalid:
-		// a row-data code on a lone row cannot be told from the row's fault.
-		single bool
+		// rowData is whether the code is one a row's data can cause: a
+		// probe must then show the database at fault.
+		rowData bool
 	}{
-		{"internal error XX000", raising("XX000"), "XX000", true},
-		{"data corrupted XX001", raising("XX001"), "XX001", true},
-		{"index corrupted XX002", raising("XX002"), "XX002", true},
+		{"internal error XX000", raising("XX000"), "XX000", false},
+		{"data corrupted XX001", raising("XX001"), "XX001", false},
+		{"index corrupted XX002", raising("XX002"), "XX002", false},
 		{"sequence limit 2200H", func(t *testing.T, url string) {
 			if _, err := connect(t, url).Exec(ctx, "SELECT setval('messages_id_seq', 9223372036854775807)"); err != nil {
 				t.Fatal(err)
 			}
-		}, "2200H", true},
-		{"every row refused 22023", raising("22023"), "22023", false},
-		{"every row refused 23514", raising("23514"), "23514", false},
+		}, "2200H", false},
+		{"every row refused 22023", raising("22023"), "22023", true},
+		{"every row refused 23514", raising("23514"), "23514", true},
+		{"every row refused 22012", raising("22012"), "22012", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,13 +68,18 @@ func TestDatabaseFaultsAreNotTheRowsFault(t *testing.T) {
 			}
 			for i, err := range st.CommitBatch([]string{"a", "b", "c", "d", "e"}) {
 				check(fmt.Sprintf("row %d of a batch of 5", i), err)
-				if !tc.single && !errors.Is(err, store.ErrUnavailable) {
+				if tc.rowData && !errors.Is(err, store.ErrUnavailable) {
 					t.Errorf("row %d: %v, want ErrUnavailable (redelivered)", i, err)
 				}
 			}
-			if tc.single {
-				_, err := st.Add(ctx, "alone", "http:alone")
+			// A lone row: keyed (a probe of its own kind) and not (within
+			// the batch's failed probe).
+			for _, key := range []string{"http:alone", ""} {
+				_, err := st.Add(ctx, "alone", key)
 				check("a lone Add", err)
+				if tc.rowData && !errors.Is(err, store.ErrUnavailable) {
+					t.Errorf("a lone Add (key %q): %v, want ErrUnavailable (redelivered)", key, err)
+				}
 			}
 			if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 0 {
 				t.Fatalf("%d rows stored", n)
@@ -104,6 +110,15 @@ func TestOneBadRowInABatchIsStillInvalid(t *testing.T) {
 	errs = st.CommitBatch([]string{"poison", "e", "poison"})
 	if !errors.Is(errs[0], store.ErrInvalid) || errs[1] != nil || !errors.Is(errs[2], store.ErrInvalid) {
 		t.Errorf("two poison rows and a good one: %v", errs)
+	}
+	// Every row of a batch refused, each for its own content: the
+	// database accepts other rows, so each row is at fault.
+	errs = st.CommitBatch([]string{"poison", "poison"})
+	if !errors.Is(errs[0], store.ErrInvalid) || !errors.Is(errs[1], store.ErrInvalid) {
+		t.Errorf("a batch of two poison rows: %v, want ErrInvalid for both", errs)
+	}
+	if _, err := st.Add(context.Background(), "poison", ""); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("a lone poison row: %v, want ErrInvalid", err)
 	}
 	if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 4 {
 		t.Fatalf("%d rows, want 4", n)
