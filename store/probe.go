@@ -52,11 +52,11 @@ const fixedCanary = "canary: a probe of whether the database accepts messages"
 const maxCanaryBytes = 4 << 10
 
 type prober struct {
-	s        *Store
-	mu       sync.Mutex
-	calls    [probeKinds]*probeCall
+	s         *Store
+	mu        sync.Mutex
+	calls     [probeKinds]*probeCall
 	succeeded [probeKinds]atomic.Int64 // unix nanos of the last write of the kind that succeeded
-	canary   atomic.Pointer[string]
+	canary    atomic.Pointer[string]
 }
 
 type probeCall struct {
