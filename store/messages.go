@@ -49,14 +49,37 @@ type Listing struct {
 
 const messageColumns = "id, coalesce(content, ''), created_at, updated_at"
 
-// listPage reads the newest $2 messages below $1, newest first, along the
-// primary key. List stops reading when the page outgrows its byte budget.
-const listPage = `SELECT ` + messageColumns + ` FROM messages WHERE id < $1::bigint ORDER BY id DESC LIMIT $2`
+// listChunk reads the newest $2 messages below $1, newest first, along the
+// primary key: one keyset chunk of a page.
+const listChunk = `SELECT ` + messageColumns + ` FROM messages WHERE id < $1::bigint ORDER BY id DESC LIMIT $2`
+
+// Sizing a page's first chunk (see List). Until pages have shown otherwise a
+// row is taken to weigh initialRowEstimate, the default content limit; a row
+// is never taken to weigh less than minRowEstimate; and a first chunk asks
+// for at most maxFirstChunk rows, so that a page of the default size is one
+// statement while one that meets far larger rows than expected reads at most
+// maxFirstChunk-1 rows past its budget.
+const (
+	initialRowEstimate = 64 << 10
+	minRowEstimate     = 256
+	maxFirstChunk      = 2*DefaultPageSize + 1
+)
 
 // List returns the newest messages below p.Before, oldest first, at most
 // p.Limit of them and MaxPageBytes of content. It walks the primary key
 // backwards, so a page costs the same on any table size, and it holds no
 // more than the page in memory.
+//
+// A page is read in keyset chunks, and every chunk is read to its end:
+// stopping a query midway would cancel it, and pgx closes a connection whose
+// query was cancelled, so every page cut by its byte bound would cost the
+// pool a new login (a TLS handshake and a token with IAM). A chunk asks for
+// as many rows as the rest of the budget holds at the expected row size: the
+// mean of this page's rows so far, or for its first chunk the size recent
+// pages found (it rises at once and decays by an eighth per page). So a page
+// of short messages is one statement, and a page reads its budget plus at
+// most the rest of the chunk that overflowed it: one row when rows are the
+// size expected, fewer than maxFirstChunk rows at worst.
 func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 	limit := p.Limit
 	if limit <= 0 {
@@ -73,41 +96,56 @@ func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 	}
 	var out Listing
 	err := s.read(ctx, func(ctx context.Context) error {
-		// A page cut by its byte budget ends its query early: cancelling the
-		// query closes its connection, where draining the rest would read
-		// (and discard) up to a page of rows more. Only the budget plus the
-		// one row that overflowed it is ever read. A byte-bounded window
-		// query that never sent that row cost the database about a third
-		// more for every page (cmd/pscmessages/BENCHMARKS.md), to save a rare reconnect.
-		qctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		rows, err := s.pool.Query(qctx, listPage, before, limit+1)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
 		out = Listing{}
 		var msgs []Message
-		size, cut := 0, false
-		for rows.Next() {
-			m, err := scanMessage(rows)
+		size, done := 0, false
+		estimate := max(s.rowEstimate.Load(), minRowEstimate)
+		for cursor := before; !done; {
+			// One row more than the page holds tells whether older
+			// messages remain.
+			want := limit + 1 - len(msgs)
+			if len(msgs) == 0 {
+				want = min(want, maxFirstChunk)
+			} else {
+				estimate = max(int64(size/len(msgs)), 1)
+			}
+			n := int(min(int64(want), 1+int64(max(budget-size, 0))/estimate))
+			rows, err := s.pool.Query(ctx, listChunk, cursor, n)
 			if err != nil {
 				return err
 			}
-			if len(msgs) == limit || len(msgs) > 0 && size+len(m.Content) > budget {
-				out.Next = msgs[len(msgs)-1].ID
-				cut = len(msgs) < limit
-				break
+			got := 0
+			for rows.Next() {
+				got++
+				if done {
+					continue // read to the end, so the connection stays usable
+				}
+				m, err := scanMessage(rows)
+				if err != nil {
+					rows.Close()
+					return err
+				}
+				cursor = m.ID
+				if len(msgs) == limit || len(msgs) > 0 && size+len(m.Content) > budget {
+					out.Next = msgs[len(msgs)-1].ID
+					done = true
+					continue
+				}
+				size += len(m.Content)
+				msgs = append(msgs, m)
 			}
-			size += len(m.Content)
-			msgs = append(msgs, m)
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			if got < n {
+				done = true // no older messages
+			}
 		}
-		if cut {
-			cancel()
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil && !cut {
-			return err
+		if len(msgs) > 0 {
+			mean := int64(size / len(msgs))
+			old := s.rowEstimate.Load()
+			s.rowEstimate.Store(max(mean, old-old/8))
 		}
 		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
 			msgs[i], msgs[j] = msgs[j], msgs[i]

@@ -151,3 +151,36 @@ func TestPageLimitBoundary(t *testing.T) {
 		}
 	})
 }
+
+// TestPagesCutByBytesKeepTheirConnection: a page cut by its byte bound must
+// not cost the pool its connection. Before the fix List cancelled its query
+// when the page outgrew MaxPageBytes and pgx closed the connection, so each
+// such page made a new login: 20 pages of limit 1000 over rows of 60 KB made
+// about 20 logins. Pages stay within their budget meanwhile.
+func TestPagesCutByBytesKeepTheirConnection(t *testing.T) {
+	st, _ := openStore(t)
+	ctx := context.Background()
+	const rows, size = 60, 60_000
+	for i := range rows {
+		if _, err := st.Add(ctx, fmt.Sprintf("%03d", i)+strings.Repeat("x", size-3), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page := func() {
+		l, err := st.List(ctx, store.Page{Limit: store.MaxPageSize})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Next == 0 || len(l.Messages) != store.MaxPageBytes/size {
+			t.Fatalf("page of %d messages, next %d; want %d and more", len(l.Messages), l.Next, store.MaxPageBytes/size)
+		}
+	}
+	page() // the pool's first connection
+	conns := st.Pool().Stat().NewConnsCount()
+	for range 20 {
+		page()
+	}
+	if n := st.Pool().Stat().NewConnsCount() - conns; n != 0 {
+		t.Errorf("20 pages cut by their byte bound made %d new logins, want 0", n)
+	}
+}

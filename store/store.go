@@ -19,6 +19,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -60,6 +61,9 @@ type Store struct {
 	writer  *batcher
 	probe   *prober
 	closeMu sync.Once
+	// rowEstimate is the mean content size of the rows of recent pages,
+	// which sizes the first chunk of the next page (see List).
+	rowEstimate atomic.Int64
 }
 
 // Open creates the pool, connects once to migrate or to check the schema, and
@@ -75,6 +79,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{pool: pool, cfg: cfg}
 	s.probe = &prober{s: s}
+	s.rowEstimate.Store(initialRowEstimate)
 	err = s.prepareSchema(ctx)
 	if err != nil && cfg.IAMAuth && isPasswordRefused(err) {
 		// The token may have raced a rotation: one more login, a moment
