@@ -53,16 +53,16 @@ const messageColumns = "id, coalesce(content, ''), created_at, updated_at"
 // primary key: one keyset chunk of a page.
 const listChunk = `SELECT ` + messageColumns + ` FROM messages WHERE id < $1::bigint ORDER BY id DESC LIMIT $2`
 
-// Sizing a page's first chunk (see List). Until pages have shown otherwise a
-// row is taken to weigh initialRowEstimate, the default content limit; a row
-// is never taken to weigh less than minRowEstimate; and a first chunk asks
-// for at most maxFirstChunk rows, so that a page of the default size is one
-// statement while one that meets far larger rows than expected reads at most
-// maxFirstChunk-1 rows past its budget.
+// Sizing a page's chunks (see List). Until pages have shown otherwise a row
+// is taken to weigh initialRowEstimate, the default content limit; a row is
+// never taken to weigh less than minRowEstimate; and a chunk asks for at most
+// maxChunk rows, so that a page of the default size is one statement while
+// one that meets far larger rows than expected reads at most maxChunk-1 rows
+// past its budget.
 const (
 	initialRowEstimate = 64 << 10
 	minRowEstimate     = 256
-	maxFirstChunk      = 2*DefaultPageSize + 1
+	maxChunk           = 2*DefaultPageSize + 1
 )
 
 // List returns the newest messages below p.Before, oldest first, at most
@@ -79,7 +79,7 @@ const (
 // pages found (it rises at once and decays by an eighth per page). So a page
 // of short messages is one statement, and a page reads its budget plus at
 // most the rest of the chunk that overflowed it: one row when rows are the
-// size expected, fewer than maxFirstChunk rows at worst.
+// size expected, fewer than maxChunk rows at worst.
 func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 	limit := p.Limit
 	if limit <= 0 {
@@ -103,10 +103,8 @@ func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 		for cursor := before; !done; {
 			// One row more than the page holds tells whether older
 			// messages remain.
-			want := limit + 1 - len(msgs)
-			if len(msgs) == 0 {
-				want = min(want, maxFirstChunk)
-			} else {
+			want := min(limit+1-len(msgs), maxChunk)
+			if len(msgs) > 0 {
 				estimate = max(int64(size/len(msgs)), 1)
 			}
 			n := int(min(int64(want), 1+int64(max(budget-size, 0))/estimate))
