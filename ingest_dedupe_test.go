@@ -3,6 +3,7 @@ package function
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -59,5 +60,25 @@ func TestDedupeIsPerTopic(t *testing.T) {
 	}
 	if n := countRows(t, f.url, "SELECT count(*) FROM dead_letters"); n != 0 {
 		t.Fatalf("%d dead letters", n)
+	}
+}
+
+// TestPublishTimeKeepsItsFractionOfASecond: the same message id on the same
+// topic with publish times apart by less than a second is two messages (an
+// emulator restarted on a kept database numbers its messages from 1 again,
+// and can do so within the second of the first), so both are stored, even
+// with the same content; the redelivery of each stores nothing.
+func TestPublishTimeKeepsItsFractionOfASecond(t *testing.T) {
+	f := newFixture(t, nil)
+	base := ingestServer(t, f)
+	for i, publishTime := range []string{"2026-11-30T10:00:00.123Z", "2026-11-30T10:00:00.123Z", "2026-11-30T10:00:00.456Z",
+		"2026-11-30T10:00:00.456789Z", "2026-11-30T10:00:00.456Z"} {
+		r := do(t, "POST", base+"/", eventBody("7", []byte("same content"), publishTime), ceHeaders("7", testSource))
+		if r.status != http.StatusNoContent {
+			t.Fatalf("delivery %d (%s): %d %s", i, publishTime, r.status, r.body)
+		}
+	}
+	if m, d := countRows(t, f.url, "SELECT count(*) FROM messages"), countRows(t, f.url, "SELECT count(*) FROM dead_letters"); m != 3 || d != 0 {
+		t.Fatalf("%d messages and %d dead letters from three publish times within one second, want 3 and 0", m, d)
 	}
 }
