@@ -113,8 +113,10 @@ func TestSecondRunnerLeavesALiveRunnersDatabaseAlone(t *testing.T) {
 		name string
 		env  map[string]string
 		args []string
+		want []string // what the refusal names; the first runner's PID and port by default
 	}{
-		{name: "bad configuration", env: map[string]string{"MAX_CONTENT_BYTES": "bogus"}},
+		// Refused before it looks at the folder at all.
+		{name: "bad configuration", env: map[string]string{"MAX_CONTENT_BYTES": "bogus"}, want: []string{"MAX_CONTENT_BYTES"}},
 		{name: "good configuration"},
 		{name: "fresh", args: []string{"-fresh"}},
 	} {
@@ -129,7 +131,10 @@ func TestSecondRunnerLeavesALiveRunnersDatabaseAlone(t *testing.T) {
 				t.Fatalf("the second runner ran:\n%s", second.stdout.String())
 			}
 			msg := second.stderr.String()
-			for _, want := range []string{fmt.Sprintf("PID %d", first.cmd.Process.Pid), fmt.Sprintf("127.0.0.1:%d", first.pgPort)} {
+			if tc.want == nil {
+				tc.want = []string{fmt.Sprintf("PID %d", first.cmd.Process.Pid), fmt.Sprintf("127.0.0.1:%d", first.pgPort)}
+			}
+			for _, want := range tc.want {
 				if !strings.Contains(msg, want) {
 					t.Errorf("the refusal does not name %q:\n%s", want, msg)
 				}
