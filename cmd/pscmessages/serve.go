@@ -169,7 +169,9 @@ func envOr(name, def string) string {
 }
 
 // defaultPGData is outside the home folder because, run as root, the server
-// runs as the postgres user, which cannot enter /root.
+// runs as the postgres user, which cannot enter /root. Its name is easy to
+// guess, so localpg creates it private and refuses it when someone else
+// made it first (store/localpg/datadir.go).
 func defaultPGData() string {
 	return filepath.Join(os.TempDir(), "pscmessages-"+strconv.Itoa(os.Getuid()), "pgdata")
 }
@@ -202,9 +204,6 @@ func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, erro
 	} else if err := localpg.CheckInUse(dir); err != nil {
 		return nil, inUse(dir, err)
 	}
-	if err := prepareParent(filepath.Dir(dir)); err != nil {
-		return nil, err
-	}
 	passfile := filepath.Join(dir, localPasswordFile)
 	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Durable: true, PasswordFile: passfile})
 	if errors.Is(err, localpg.ErrNotInstalled) {
@@ -215,7 +214,7 @@ func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, erro
 		return nil, inUse(dir, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("starting local PostgreSQL in %s: %w", dir, err)
+		return nil, fmt.Errorf("starting local PostgreSQL in %s: %w", dir, unsafeDir(err))
 	}
 	os.Setenv("DATABASE_URL", cluster.URL("postgres", "", "postgres", "passfile="+passfile))
 	fmt.Printf("no DATABASE_URL or DB_HOST: started local PostgreSQL on 127.0.0.1:%d, data in %s (kept across runs; -fresh deletes it)\n", cluster.Port(), dir)
@@ -223,44 +222,20 @@ func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, erro
 	return cluster, nil
 }
 
-// prepareParent makes sure the folder that holds the data folder exists and
-// that the server's OS user (postgres, when we run as root) can traverse it.
-// A folder we create gets 0755. A folder that was already there, such as
-// /tmp for LOCAL_PGDATA=$(mktemp -d), is not ours to reset: at most the
-// traverse bits (0o011) are added, and the rest of its mode, sticky, setuid
-// and setgid bits included, is kept. Turning /tmp's 1777 into 0755 would
-// lock every other user out of it.
-func prepareParent(parent string) error {
-	fi, err := os.Stat(parent)
-	if errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(parent, 0o755); err != nil {
-			return err
-		}
-		return os.Chmod(parent, 0o755) // MkdirAll's mode is cut by the umask
+// unsafeDir adds to a *localpg.UnsafeDirError what a developer can do.
+func unsafeDir(err error) error {
+	var unsafe *localpg.UnsafeDirError
+	if errors.As(err, &unsafe) {
+		return fmt.Errorf("%w.\nRemove it if it is not yours, or set LOCAL_PGDATA to a folder of your own", err)
 	}
-	if err != nil {
-		return err
-	}
-	return addTraverse(parent, fi.Mode())
-}
-
-// addTraverse adds search permission for group and others to the folder p
-// of mode m, keeping every other bit of m. It changes nothing when those
-// bits are set already, so a folder we do not own but can traverse (/tmp
-// for a non-root user) is fine.
-func addTraverse(p string, m os.FileMode) error {
-	keep := m & (os.ModePerm | os.ModeSticky | os.ModeSetuid | os.ModeSetgid)
-	if keep&0o011 == 0o011 {
-		return nil
-	}
-	return os.Chmod(p, keep|0o011)
+	return err
 }
 
 // inUse turns a *localpg.InUseError into what a developer can act on.
 func inUse(dir string, err error) error {
 	var busy *localpg.InUseError
 	if !errors.As(err, &busy) {
-		return err
+		return unsafeDir(err)
 	}
 	where := "its server still starting"
 	if busy.Port > 0 {

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -24,6 +27,10 @@ func TestStartLocalPostgresKeepsParentMode(t *testing.T) {
 		{"sticky world-writable like /tmp", 0o777 | os.ModeSticky, 0o777 | os.ModeSticky},
 		{"private", 0o700, 0o711},
 		{"private sticky setgid", 0o750 | os.ModeSticky | os.ModeSetgid, 0o751 | os.ModeSticky | os.ModeSetgid},
+	}
+	if os.Geteuid() != 0 {
+		// The server runs as us: nothing needs to pass through.
+		tests[1].want, tests[2].want = tests[1].mode, tests[2].mode
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -71,7 +78,8 @@ func TestStartLocalPostgresKeepsParentMode(t *testing.T) {
 }
 
 // TestStartLocalPostgresCreatesParent pins that a missing parent folder is
-// created traversable (0755) for the server's OS user.
+// created private: 0700, or 0711 as root, so that the server's OS user can
+// pass through it but no one can list or change what it holds.
 func TestStartLocalPostgresCreatesParent(t *testing.T) {
 	parent := filepath.Join(t.TempDir(), "a", "b")
 	t.Setenv("LOCAL_PGDATA", filepath.Join(parent, "pgdata"))
@@ -85,7 +93,97 @@ func TestStartLocalPostgresCreatesParent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := fi.Mode() & (os.ModePerm | os.ModeSticky); got != 0o755 {
-		t.Fatalf("mode of the created folder: got %v, want 0755", got)
+	want := os.FileMode(0o700)
+	if os.Geteuid() == 0 {
+		want = 0o711
+	}
+	if got := fi.Mode() & (os.ModePerm | os.ModeSticky); got != want {
+		t.Fatalf("mode of the created folder: got %v, want %v", got, want)
+	}
+}
+
+// plantedTMPDIR points TMPDIR, and so the default data folder, at a new
+// sticky world-writable folder, as /tmp is, and returns it.
+func plantedTMPDIR(t *testing.T) string {
+	t.Helper()
+	base, err := os.MkdirTemp("", "planted-tmp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", base)
+	t.Setenv("LOCAL_PGDATA", "")
+	return base
+}
+
+// TestServeRefusesADefaultFolderAnotherUserMade: the default data folder's
+// name is easy to guess, so another user can make it first. The runner,
+// with and without -fresh, must refuse it, naming it and what to do, and
+// create nothing in it.
+func TestServeRefusesADefaultFolderAnotherUserMade(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("planting a folder owned by another user needs root (chown); the CI runs this as root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("this test needs an OS user nobody: %v", err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	for _, fresh := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fresh=%v", fresh), func(t *testing.T) {
+			plantedTMPDIR(t)
+			parent := filepath.Dir(defaultPGData())
+			if err := os.Mkdir(parent, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(parent, uid, -1); err != nil {
+				t.Fatal(err)
+			}
+			c, err := startLocalPostgres(context.Background(), fresh)
+			if err == nil {
+				c.Destroy()
+				t.Fatal("the runner used a data folder another user made")
+			}
+			for _, want := range []string{parent, "is owned by uid " + nobody.Uid, "LOCAL_PGDATA"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("the refusal does not say %q: %v", want, err)
+				}
+			}
+			if entries, _ := os.ReadDir(parent); len(entries) > 0 {
+				t.Errorf("the runner wrote %s into the planted folder", entries[0].Name())
+			}
+		})
+	}
+}
+
+// TestServeFreshNeverFollowsADataFolderLink: with the data folder a
+// symbolic link to another folder, -fresh used to delete that folder's
+// contents.
+func TestServeFreshNeverFollowsADataFolderLink(t *testing.T) {
+	plantedTMPDIR(t)
+	dir := defaultPGData()
+	if err := os.Mkdir(filepath.Dir(dir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	kept := filepath.Join(target, "kept")
+	if err := os.WriteFile(kept, []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, dir); err != nil {
+		t.Fatal(err)
+	}
+	c, err := startLocalPostgres(context.Background(), true)
+	if err == nil {
+		c.Destroy()
+	}
+	if _, serr := os.Stat(kept); serr != nil {
+		t.Errorf("-fresh deleted what the data folder's link pointed to: %v", serr)
+	}
+	if err == nil || !strings.Contains(err.Error(), dir+": it is a symbolic link") {
+		t.Fatalf("got %v, want a refusal of the link %s", err, dir)
 	}
 }

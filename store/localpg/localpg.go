@@ -40,7 +40,11 @@ import (
 // PasswordFile.
 type Options struct {
 	// Dir is the data directory; "" means a new temporary directory that
-	// Destroy removes. A Dir that already holds a cluster (PG_VERSION exists)
+	// Destroy removes. A Dir must be private (see datadir.go): folders above
+	// it owned by root or the caller and not writable by others unless
+	// sticky, Dir itself a real directory of the caller's or the server
+	// user's; Start creates the missing ones and refuses, with an
+	// *UnsafeDirError, what someone else could have planted. A Dir that already holds a cluster (PG_VERSION exists)
 	// is reused, not re-initialised, so the local runner keeps its data
 	// across runs; a postmaster a crashed run left running in it is stopped
 	// first. Running as root, the server runs as OS user postgres, which
@@ -136,12 +140,6 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		if c.tempDir, err = os.MkdirTemp("", "localpg-"); err != nil {
 			return nil, fmt.Errorf("localpg: %w", err)
 		}
-		// MkdirTemp makes 0700 directories, which the server user could
-		// not traverse.
-		if err := os.Chmod(c.tempDir, 0o755); err != nil {
-			os.RemoveAll(c.tempDir)
-			return nil, fmt.Errorf("localpg: %w", err)
-		}
 		c.Dir = filepath.Join(c.tempDir, "data")
 	} else if c.Dir, err = filepath.Abs(c.Dir); err != nil {
 		return nil, fmt.Errorf("localpg: %w", err)
@@ -151,6 +149,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			c.Destroy()
 		}
 	}()
+	if err := prepareDataDir(c.Dir, c.cred); err != nil {
+		return nil, err
+	}
 
 	if err := c.initdb(ctx); err != nil {
 		return nil, err
@@ -328,7 +329,7 @@ func ForTest(t testing.TB, opts Options) *Cluster {
 // the server of a live process: Dir's owner lock (lockOwner) is taken first,
 // and a live owner makes it fail with *InUseError.
 func (c *Cluster) initdb(ctx context.Context) error {
-	if _, err := os.Stat(filepath.Join(c.Dir, "PG_VERSION")); err == nil {
+	if _, err := os.Lstat(filepath.Join(c.Dir, "PG_VERSION")); err == nil {
 		if err := c.lockOwner(); err != nil {
 			return err
 		}
@@ -341,16 +342,7 @@ func (c *Cluster) initdb(ctx context.Context) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("localpg: %w", err)
 	}
-	// 0755 parents, so that the server user can reach Dir.
-	if err := os.MkdirAll(filepath.Dir(c.Dir), 0o755); err != nil {
-		return fmt.Errorf("localpg: %w", err)
-	}
-	if err := os.Mkdir(c.Dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("localpg: %w", err)
-	}
-	if err := c.chown(c.Dir); err != nil {
-		return fmt.Errorf("localpg: %w", err)
-	}
+	// prepareDataDir made Dir, private and the server user's.
 	// Authentication is set up by writeHBA and setPassword, which also
 	// handle reused clusters.
 	args := []string{"-D", c.Dir, "-U", superuser, "--encoding=UTF8", "--locale=C", "--auth=trust"}
@@ -376,7 +368,7 @@ func (c *Cluster) initdb(ctx context.Context) error {
 func (c *Cluster) includeConf() error {
 	const line = "include_if_exists = '" + confFile + "'"
 	p := filepath.Join(c.Dir, "postgresql.conf")
-	conf, err := os.ReadFile(p)
+	conf, err := readNoFollow(p)
 	if err == nil && !bytes.Contains(conf, []byte(line)) {
 		err = c.writeFile("postgresql.conf", slices.Concat(conf, []byte("\n"+line+"\n")), 0o600)
 	}
@@ -634,7 +626,7 @@ func (c *Cluster) waitLog(ctx context.Context) error {
 
 // logTail returns the end of server.log, for error messages.
 func (c *Cluster) logTail() string {
-	b, err := os.ReadFile(filepath.Join(c.Dir, logFile))
+	b, err := readNoFollow(filepath.Join(c.Dir, logFile))
 	if err != nil {
 		return err.Error()
 	}
@@ -664,23 +656,14 @@ func (c *Cluster) run(ctx context.Context, name string, args ...string) error {
 	return nil
 }
 
-// writeFile writes a file in the data directory, owned by the server user.
+// writeFile writes a file in the data directory, owned by the server user,
+// never through a symbolic link (see replaceNoFollow).
 func (c *Cluster) writeFile(name string, data []byte, perm fs.FileMode) error {
-	p := filepath.Join(c.Dir, name)
-	if err := os.WriteFile(p, data, perm); err != nil {
-		return err
+	uid, gid := -1, -1
+	if c.cred != nil {
+		uid, gid = int(c.cred.Uid), int(c.cred.Gid)
 	}
-	if err := os.Chmod(p, perm); err != nil { // WriteFile keeps an existing file's mode
-		return err
-	}
-	return c.chown(p)
-}
-
-func (c *Cluster) chown(path string) error {
-	if c.cred == nil {
-		return nil
-	}
-	return os.Chown(path, int(c.cred.Uid), int(c.cred.Gid))
+	return replaceNoFollow(filepath.Join(c.Dir, name), data, perm, uid, gid)
 }
 
 // serverUser returns the credentials of OS user postgres, which runs the

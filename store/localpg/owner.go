@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -44,7 +45,7 @@ func (c *Cluster) lockOwner() error {
 	if c.owner != nil {
 		return nil
 	}
-	f, err := os.OpenFile(filepath.Join(c.Dir, ownerFile), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := openNoFollow(filepath.Join(c.Dir, ownerFile), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("localpg: %w", err)
 	}
@@ -147,7 +148,10 @@ func flockBriefly(f *os.File, how int) error {
 // moment. Its answer can be out of date at once: to delete dir, use
 // RemoveUnused, which holds the lock across the deletion.
 func CheckInUse(dir string) error {
-	f, err := os.Open(filepath.Join(dir, ownerFile))
+	if err := checkExisting(dir); err != nil {
+		return unlessMissing(err)
+	}
+	f, err := openNoFollow(filepath.Join(dir, ownerFile), os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -179,10 +183,12 @@ var testHookRemoveLocked func()
 // than having its live data deleted under it (a check, then a separate
 // delete, left that window open). A dir that does not exist is no error.
 func RemoveUnused(dir string) error {
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil
+	// Never through a symbolic link, nor in a folder someone else could
+	// have planted: either would delete what its maker chose.
+	if err := checkExisting(dir); err != nil {
+		return unlessMissing(err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, ownerFile), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := openNoFollow(filepath.Join(dir, ownerFile), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("localpg: %w", err)
 	}
@@ -204,22 +210,66 @@ func RemoveUnused(dir string) error {
 	if testHookRemoveLocked != nil {
 		testHookRemoveLocked()
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("localpg: %w", err)
-	}
-	for _, e := range entries {
-		if e.Name() == ownerFile {
-			continue
-		}
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
-			return fmt.Errorf("localpg: %w", err)
-		}
+	if err := removeContents(dir, ownerFile); err != nil {
+		return err
 	}
 	// The owner file goes last, still locked: a runner that opened it
 	// meanwhile is refused; one that comes after finds no folder.
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("localpg: %w", err)
+	}
+	return nil
+}
+
+// checkExisting applies the data directory rules (datadir.go) to dir, an
+// existing or missing data directory named by a caller.
+func checkExisting(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("localpg: %w", err)
+	}
+	cred, err := serverCred()
+	if err != nil {
+		return err
+	}
+	return checkExistingDataDir(abs, cred)
+}
+
+// unlessMissing is err, or nil when it says that something is missing.
+func unlessMissing(err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// removeContents deletes what the folder dir holds, but keep, through an
+// os.Root: nothing it deletes is reached through a symbolic link, even one
+// that replaced dir after it was checked.
+func removeContents(dir, keep string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("localpg: %w", err)
+	}
+	defer root.Close()
+	opened, err := root.Stat(".")
+	if err != nil {
+		return fmt.Errorf("localpg: %w", err)
+	}
+	if named, err := os.Lstat(dir); err != nil || !os.SameFile(opened, named) {
+		return &UnsafeDirError{Path: dir, Problem: "changed while it was being checked"}
+	}
+	entries, err := fs.ReadDir(root.FS(), ".")
+	if err != nil {
+		return fmt.Errorf("localpg: %w", err)
+	}
+	for _, e := range entries {
+		if e.Name() == keep {
+			continue
+		}
+		if err := root.RemoveAll(e.Name()); err != nil {
+			return fmt.Errorf("localpg: %w", err)
+		}
 	}
 	return nil
 }

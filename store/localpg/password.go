@@ -20,7 +20,12 @@ func loadOrCreatePassword(path string) (string, error) {
 	if pw, err := readPassword(path); err == nil && pw != "" {
 		// Tighten a file someone loosened: psql ignores a passfile others
 		// can read, and so should everyone.
-		if err := os.Chmod(path, 0o600); err != nil {
+		f, err := openNoFollow(path, os.O_RDONLY, 0)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		if err := f.Chmod(0o600); err != nil {
 			return "", err
 		}
 		return pw, nil
@@ -37,16 +42,16 @@ func loadOrCreatePassword(path string) (string, error) {
 	for _, h := range []string{host, "localhost"} {
 		fmt.Fprintf(&lines, "%s:*:*:%s:%s\n", h, superuser, pw)
 	}
-	if err := os.WriteFile(path, []byte(lines.String()), 0o600); err != nil {
+	if err := replaceNoFollow(path, []byte(lines.String()), 0o600, -1, -1); err != nil {
 		return "", err
 	}
-	return pw, os.Chmod(path, 0o600) // WriteFile keeps an existing file's mode
+	return pw, nil
 }
 
 // readPassword returns the password of the superuser's line in a pgpass
 // file written by loadOrCreatePassword.
 func readPassword(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := openNoFollow(path, os.O_RDONLY, 0)
 	if err != nil {
 		return "", err
 	}
