@@ -26,6 +26,7 @@ var commands = []command{
 	{"serve", "serve Messages and IngestPubSub on HOST:PORT (the default command)", runServe},
 	{"migrate", "apply the schema migrations and grant the functions' roles, as an administrator", runMigrate},
 	{"publish", "publish messages to a Pub/Sub topic (the emulator's, with PUBSUB_EMULATOR_HOST)", runPublish},
+	{"pull", "store a Pub/Sub subscription's messages in bulk, pulling them (no HTTP per message)", runPull},
 	{"deadletters", "list, show, replay or delete the Pub/Sub messages IngestPubSub kept in dead_letters", runDeadLetters},
 	{"bench", "measure POST/GET throughput and latency beside pgbench, cold start and idle RSS", runBench},
 	{"bench-rss", "measure the runner's peak memory under large deliveries and pages", runBenchRSS},

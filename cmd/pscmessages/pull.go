@@ -1,0 +1,102 @@
+package main
+
+// The pull subcommand: the bulk ingest path, a thin wiring of
+// cmd/internal/pullingest to the functions' own decoding and store.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"cloud.google.com/go/pubsub/v2"
+	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
+
+	function "example.com/pscmessages"
+	"example.com/pscmessages/cmd/internal/pullingest"
+)
+
+func runPull(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("pull", flag.ContinueOnError)
+	project := fs.String("project", pubsubProject(), "project `id` of the subscription; PUBSUB_PROJECT_ID or GOOGLE_CLOUD_PROJECT sets the default")
+	subID := fs.String("subscription", os.Getenv("PUBSUB_SUBSCRIPTION"), "subscription `id` or projects/P/subscriptions/S (required; PUBSUB_SUBSCRIPTION sets the default)")
+	topic := fs.String("topic", "", "the subscription's topic, `id` or projects/P/topics/T; when empty it is read from the subscription (needs pubsub.subscriptions.get)")
+	maxMsgs := fs.Int("max-outstanding-messages", pullingest.DefaultMaxOutstandingMessages, "messages received and not yet acknowledged, at most")
+	maxBytes := fs.Int("max-outstanding-bytes", pullingest.DefaultMaxOutstandingBytes, "bytes of message data received and not yet acknowledged, at most")
+	streams := fs.Int("streams", pullingest.DefaultStreams, "StreamingPull streams")
+	drain := fs.Duration("drain-timeout", pullingest.DefaultDrainTimeout, "how long SIGTERM waits for messages in flight to be stored and acknowledged")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages pull -subscription S [flags]\n\n"+
+			"Stores the messages of a Pub/Sub subscription as IngestPubSub does, pulling them in bulk\n"+
+			"(the emulator's with PUBSUB_EMULATOR_HOST, otherwise Pub/Sub with Google default credentials),\n"+
+			"into the database of DATABASE_URL or DB_*. Stops on SIGTERM or Ctrl-C after a drain.\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if *subID == "" {
+		return errors.New("-subscription is required")
+	}
+	if err := function.CheckConfig(); err != nil {
+		return err
+	}
+	log := function.NewLogger(os.Stderr).With("component", "pull")
+	if addr := os.Getenv("PUBSUB_EMULATOR_HOST"); addr != "" {
+		if err := checkEmulator(ctx, addr); err != nil {
+			return err
+		}
+	}
+	client, err := pubsub.NewClientWithConfig(ctx, *project, runnerClientConfig())
+	if err != nil {
+		return fmt.Errorf("pubsub client: %w", err)
+	}
+	defer client.Close()
+	subName := fullName(*project, "subscriptions", *subID)
+	topicName := ""
+	if *topic != "" {
+		topicName = fullName(*project, "topics", *topic)
+	} else {
+		gctx, cancel := context.WithTimeout(ctx, emulatorSetupTimeout)
+		s, err := client.SubscriptionAdminClient.GetSubscription(gctx, &pubsubpb.GetSubscriptionRequest{Subscription: subName})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("reading the topic of %s (or pass -topic): %w", subName, err)
+		}
+		topicName = s.GetTopic()
+		if topicName == "_deleted-topic_" {
+			return fmt.Errorf("%s: its topic was deleted", subName)
+		}
+	}
+	defer function.Close()
+	log.Info("pulling", "subscription", subName, "topic", topicName, "max_outstanding_messages", *maxMsgs, "max_outstanding_bytes", *maxBytes)
+	start := time.Now()
+	stats, err := pullingest.Run(ctx, client, pullingest.Config{
+		Subscription: subName, Topic: topicName,
+		MaxOutstandingMessages: *maxMsgs, MaxOutstandingBytes: *maxBytes, Streams: *streams,
+		DrainTimeout: *drain, Log: log,
+	}, storePulled)
+	log.Info("stopped pulling", "acked", stats.Acked, "nacked", stats.Nacked, "ack_failed", stats.AckFailed, "elapsed", time.Since(start).Round(time.Millisecond).String())
+	return err
+}
+
+// storePulled stores m through IngestPubSub's own decoding and store.
+func storePulled(ctx context.Context, topic string, m *pubsub.Message) error {
+	return function.StorePubSubMessage(ctx, topic, function.PubsubMessage{
+		Data: m.Data, Attributes: m.Attributes, MessageID: m.ID, PublishTime: m.PublishTime, OrderingKey: m.OrderingKey,
+	})
+}
+
+// fullName is projects/P/KIND/ID, or id when it is a full name already.
+func fullName(project, kind, id string) string {
+	if strings.HasPrefix(id, "projects/") {
+		return id
+	}
+	return "projects/" + project + "/" + kind + "/" + id
+}
