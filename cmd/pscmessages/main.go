@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"maps"
 	"os/signal"
+	"slices"
+	"sync"
 	"syscall"
 )
 
@@ -53,13 +56,9 @@ func usage(w io.Writer) {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	// The first Ctrl-C or SIGTERM starts a drain that may take over a
-	// minute; once it has, signals get their default action again, so a
-	// second one stops the process at once. What it leaves unanswered the
-	// clients see as a cut connection and Pub/Sub redelivers.
-	context.AfterFunc(ctx, stop)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	handleInterrupts(cancel)
 	name, args := "serve", os.Args[1:]
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
@@ -88,3 +87,50 @@ func main() {
 }
 
 func isHelpFlag(s string) bool { return s == "-h" || s == "-help" || s == "--help" }
+
+// handleInterrupts makes the first Ctrl-C or SIGTERM cancel the command
+// (serve then drains, which may take over a minute) and a second one end the
+// process at once: it runs the onAbort functions, which stop what must not
+// outlive it (the local PostgreSQL), then dies of that signal. What it
+// leaves unanswered the clients see as a cut connection and Pub/Sub
+// redelivers. From the second signal on, signals have their default action
+// again, so a third one does not wait even for onAbort.
+func handleInterrupts(cancel context.CancelFunc) {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		cancel()
+		sig := <-sigs
+		signal.Reset(os.Interrupt, syscall.SIGTERM)
+		aborts.mu.Lock()
+		fns := slices.Collect(maps.Values(aborts.fns))
+		aborts.mu.Unlock()
+		for _, fn := range fns {
+			fn()
+		}
+		syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+	}()
+}
+
+// aborts are the functions a second interrupt runs before the process dies.
+var aborts = struct {
+	mu   sync.Mutex
+	next int
+	fns  map[int]func()
+}{fns: map[int]func(){}}
+
+// onAbort registers fn to run if a second interrupt ends the process; the
+// returned function unregisters it. fn must be quick: the user is waiting.
+func onAbort(fn func()) (unregister func()) {
+	aborts.mu.Lock()
+	defer aborts.mu.Unlock()
+	id := aborts.next
+	aborts.next++
+	aborts.fns[id] = fn
+	return func() {
+		aborts.mu.Lock()
+		defer aborts.mu.Unlock()
+		delete(aborts.fns, id)
+	}
+}

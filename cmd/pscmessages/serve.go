@@ -66,6 +66,8 @@ func runServe(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
+		// Registered until the server is stopped.
+		defer onAbort(func() { abortLocalPostgres(cluster) })()
 		defer func() {
 			if err := cluster.Stop(context.Background()); err != nil {
 				fmt.Fprintln(os.Stderr, "stopping local PostgreSQL:", err)
@@ -174,6 +176,24 @@ func envOr(name, def string) string {
 // made it first (store/localpg/datadir.go).
 func defaultPGData() string {
 	return filepath.Join(os.TempDir(), "pscmessages-"+strconv.Itoa(os.Getuid()), "pgdata")
+}
+
+// abortTimeout bounds the immediate shutdown of the local PostgreSQL when a
+// second interrupt ends the runner; it normally takes well under a second.
+const abortTimeout = 10 * time.Second
+
+// abortLocalPostgres stops the local PostgreSQL at once, for a runner ending
+// on a second interrupt, or says in one line that it may still run and how
+// to stop it. The server recovers at its next start, as after a crash; with
+// its crash-safe settings no committed message is lost.
+func abortLocalPostgres(c *localpg.Cluster) {
+	ctx, cancel := context.WithTimeout(context.Background(), abortTimeout)
+	defer cancel()
+	if err := c.Abort(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "the local PostgreSQL in %s may still be running (%v); stop it with: %s\n", c.Dir, err, c.StopCommand())
+		return
+	}
+	fmt.Fprintln(os.Stderr, "stopped the local PostgreSQL at once; it recovers at its next start")
 }
 
 // localPasswordFile is the pgpass file, inside the data folder, that holds

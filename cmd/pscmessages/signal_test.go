@@ -6,6 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -104,5 +108,87 @@ func waitUntil(t *testing.T, exited <-chan struct{}, what string, cond func() bo
 			t.Fatalf("no %s in 60 s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSecondInterruptStopsTheLocalPostgres: a second SIGINT ends the runner
+// at once, and takes its local PostgreSQL with it. The server runs in a
+// session of its own, so the terminal's Ctrl-C never reaches it: the runner
+// used to die of the second signal and leave the server running, unsaid.
+func TestSecondInterruptStopsTheLocalPostgres(t *testing.T) {
+	dir := localDataDir(t)
+	t.Cleanup(func() { stopLeftServer(t, dir) })
+	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve", "-pubsub=false"},
+		host: "127.0.0.1", env: map[string]string{"LOCAL_PGDATA": dir}, unset: []string{"PUBSUB_*", "PG*", "LOCAL_PGDATA"}})
+	select {
+	case <-r.ready:
+	case <-r.exited:
+		t.Fatal("the runner exited before serving")
+	case <-time.After(90 * time.Second):
+		t.Fatal("the runner did not serve in 90 s")
+	}
+	if r.pgPort == 0 {
+		t.Fatal("the runner did not say where its PostgreSQL listens")
+	}
+	pgAddr := fmt.Sprintf("127.0.0.1:%d", r.pgPort)
+
+	// A request whose body never finishes holds the drain.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("POST", r.base+"/messages", pr)
+	req.ContentLength = 100
+	req.Header.Set("Content-Type", "application/json")
+	go func() {
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	pw.Write([]byte(`{"content": "held`))
+	time.Sleep(300 * time.Millisecond) // let the server read the headers; not a timing assertion
+
+	r.cmd.Process.Signal(syscall.SIGINT)
+	waitUntil(t, r.exited, "the listener to close after the first SIGINT", func() bool {
+		c, err := net.Dial("tcp", strings.TrimPrefix(r.base, "http://"))
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+	r.stopped = true // this test sends the signals
+	deadline := time.After(60 * time.Second)
+	for r.running() {
+		r.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-r.exited:
+		case <-deadline:
+			t.Fatal("the runner still runs 60 s after a second SIGINT")
+		case <-time.After(time.Second):
+		}
+	}
+	ws, _ := r.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGINT {
+		t.Fatalf("the runner ended with %v, not by the second SIGINT", r.cmd.ProcessState)
+	}
+	if c, err := net.DialTimeout("tcp", pgAddr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("the local PostgreSQL still accepts connections on %s after the runner ended", pgAddr)
+	}
+	if !strings.Contains(r.stderr.String(), "stopped the local PostgreSQL at once") {
+		t.Errorf("the runner did not say it stopped its PostgreSQL:\n%s", r.stderr.String())
+	}
+}
+
+// stopLeftServer stops a postmaster left running in dir, as a test's
+// cleanup: SIGQUIT is PostgreSQL's immediate shutdown.
+func stopLeftServer(t *testing.T, dir string) {
+	b, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	if pid, err := strconv.Atoi(strings.TrimSpace(line)); err == nil && pid > 0 {
+		syscall.Kill(pid, syscall.SIGQUIT)
+		time.Sleep(time.Second)
 	}
 }

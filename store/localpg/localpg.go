@@ -207,6 +207,33 @@ func (c *Cluster) Stop(ctx context.Context) error {
 	return nil
 }
 
+// Abort stops the server at once (pg_ctl stop -m immediate: no checkpoint,
+// so the next Start runs crash recovery; with Options.Durable no committed
+// transaction is lost). Unlike the other methods it does not wait for one
+// under way, so a process that must end now can call it while Stop or
+// Destroy runs; afterwards only Stop or Destroy may be called.
+func (c *Cluster) Abort(ctx context.Context) error {
+	if err := c.pgctlStop(ctx, "immediate"); err != nil {
+		return fmt.Errorf("localpg: %w", err)
+	}
+	return nil
+}
+
+// StopCommand is a shell command that stops the server, for a user to run
+// when this process could not stop it.
+func (c *Cluster) StopCommand() string {
+	cmd := shellQuote(filepath.Join(c.opts.BinDir, "pg_ctl")) + " stop -m fast -D " + shellQuote(c.Dir)
+	if c.cred != nil {
+		cmd = "su postgres -s /bin/sh -c " + shellQuote(cmd)
+	}
+	return cmd
+}
+
+// shellQuote quotes s as one word for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
 // Kill simulates a crash: it SIGKILLs the postmaster and its children, so the
 // next Start runs crash recovery. Without Options.Durable, recent commits may
 // be lost, as in a real crash with fsync off.
