@@ -3,33 +3,34 @@ package function
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"io"
 	"net/http"
 	"time"
 
 	"golang.org/x/sync/semaphore"
-
-	"example.com/pscmessages/store"
 )
 
 // Bounds of the event path. A Pub/Sub message may carry 10 MB of data, which
 // a push delivery carries base64-encoded (13.4 MB) in a JSON envelope; the
 // function stores at most MAX_CONTENT_BYTES of it. So a delivery is read into
 // memory only up to what a storable message can need (deliveryLimit); a larger
-// one is streamed through a digest, keeping its first
-// store.MaxDeadLetterPayload bytes for the dead letter, and is never held
-// whole.
+// one is streamed past, never held, to learn its size and the ids that name
+// it, and is answered 5xx: it is not acknowledged, so Pub/Sub keeps it whole
+// (and moves it to the subscription's dead-letter topic after its last
+// attempt) instead of the function keeping a part of it.
 const (
 	// envelopeAllowance is what a delivery may carry besides the base64 of
 	// its data: the JSON envelope, the ids and up to 100 attributes (Pub/Sub
 	// allows 256-byte keys and 1024-byte values).
 	envelopeAllowance = 256 << 10
-	// maxDeliveryBytes is how much of an oversized delivery is read (and
-	// hashed) before the rest is left unread: more than any Pub/Sub
-	// delivery (10 MB of data, base64 in JSON) can be.
+	// maxDeliveryBytes is how much of an oversized delivery is read before
+	// the rest is left unread: more than any Pub/Sub delivery (10 MB of
+	// data, base64 in JSON) can be.
 	maxDeliveryBytes = 32 << 20
+	// oversizedChunk is the buffer an oversized delivery is streamed
+	// through.
+	oversizedChunk = 64 << 10
 	// eventMemoryBudget bounds the memory that deliveries being decoded may
 	// hold at once, process-wide. A delivery weighs decodeCopies times the
 	// bytes it buffers (the body, the decoded data, the content, the copy
@@ -55,15 +56,13 @@ var eventBudget = semaphore.NewWeighted(eventMemoryBudget)
 
 // delivery is the body of one request to IngestPubSub, as read.
 type delivery struct {
-	// body is the whole body when it is at most the limit; otherwise only
-	// its first store.MaxDeadLetterPayload bytes.
+	// body is the whole body when it is at most the limit; nil otherwise.
 	body []byte
-	// oversized is set when the body exceeded the limit; size and sum then
-	// describe as much of it as was read (all of it unless it exceeded
+	// oversized is set when the body exceeded the limit; size is then as
+	// much of it as was read (all of it unless it exceeded
 	// maxDeliveryBytes too).
 	oversized bool
 	size      int64
-	sum       []byte
 	// fields are the ids an oversized delivery carries, as far as they
 	// could be found without decoding it.
 	fields  *fieldSniffer
@@ -81,7 +80,7 @@ func readDelivery(r *http.Request, limit int64) (*delivery, error) {
 	if n := r.ContentLength; n >= 0 && n <= limit {
 		keep = n + 1
 	} else if n > limit {
-		keep = store.MaxDeadLetterPayload // only the prefix is kept
+		keep = oversizedChunk // it is streamed past, never held
 	}
 	weight := min(decodeCopies*keep, eventMemoryBudget)
 	ctx, cancel := context.WithTimeout(r.Context(), budgetWait)
@@ -90,12 +89,11 @@ func readDelivery(r *http.Request, limit int64) (*delivery, error) {
 		return nil, errOverBudget
 	}
 	d := &delivery{release: func() { eventBudget.Release(weight) }}
-	h := sha256.New()
 	initial := keep
 	if r.ContentLength < 0 { // chunked: grow as it comes, up to keep
 		initial = min(keep, 32<<10)
 	}
-	buf, eof, err := readUpTo(io.TeeReader(r.Body, h), make([]byte, 0, initial), keep)
+	buf, eof, err := readUpTo(r.Body, make([]byte, 0, initial), keep)
 	if err != nil {
 		d.release()
 		return nil, err
@@ -104,19 +102,17 @@ func readDelivery(r *http.Request, limit int64) (*delivery, error) {
 		d.body = buf
 		return d, nil
 	}
-	// Oversized: keep the prefix, hash the rest without holding it, and
-	// pick out what names the event on the way.
+	// Oversized: count it without holding it, and pick out what names the
+	// event on the way, for the log.
 	d.oversized = true
-	d.body = buf[:min(len(buf), store.MaxDeadLetterPayload)]
 	d.fields = newFieldSniffer("id", "source", "type", "messageId", "message_id", "subscription")
 	d.fields.Write(buf)
-	n, err := io.Copy(io.MultiWriter(h, d.fields), io.LimitReader(r.Body, maxDeliveryBytes-int64(len(buf))))
+	n, err := io.CopyBuffer(d.fields, io.LimitReader(r.Body, maxDeliveryBytes-int64(len(buf))), buf[:cap(buf)])
 	if err != nil {
 		d.release()
 		return nil, readError(err)
 	}
 	d.size = int64(len(buf)) + n
-	d.sum = h.Sum(nil)
 	return d, nil
 }
 

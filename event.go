@@ -19,10 +19,12 @@ import (
 	"example.com/pscmessages/store"
 )
 
-// serveEvent answers 2xx once the event is stored or kept as a dead letter (the
-// platform then acknowledges it), and 5xx on a transient failure, so the
-// platform delivers it again. A delivery that is not a decodable Pub/Sub
-// event will never be, so it is kept in dead_letters and acknowledged too.
+// serveEvent answers 2xx once the event is stored or kept whole as a dead
+// letter (the platform then acknowledges it), and 5xx on a transient failure,
+// so the platform delivers it again. A delivery that is not a decodable
+// Pub/Sub event will never be, so it is kept in dead_letters and
+// acknowledged too. A delivery too large to decode is answered 5xx and so
+// left to Pub/Sub, which keeps it whole (see refuseOversized).
 func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
 	w, done := s.trackRequest(w, r)
 	defer done()
@@ -47,8 +49,12 @@ func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer d.release()
-	m, data, poison := eventFromDelivery(r, d, cfg)
-	kept := keptPayload{prefix: d.body, size: d.size, sum: d.sum}
+	if d.oversized {
+		s.refuseOversized(w, r, d, cfg)
+		return
+	}
+	m, data, poison := eventFromDelivery(r, d)
+	kept := keptPayload{payload: d.body}
 	switch {
 	case poison != nil:
 		err = s.deadLetter(r.Context(), m, poison.reason, kept)
@@ -69,6 +75,56 @@ func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// refuseOversized answers a delivery larger than deliveryLimit with 500, so
+// that it is not acknowledged. Keeping it as a dead letter would mean holding
+// it whole (up to 13.4 MB per delivery, 20 at once) or keeping a part that
+// can never be replayed; Pub/Sub instead keeps it whole, redelivers it with
+// backoff (so raising MAX_CONTENT_BYTES meanwhile stores it) and, after the
+// subscription's maximum delivery attempts, moves it to its dead-letter
+// topic, from which it can be published again. 500, not 413: Eventarc and
+// Pub/Sub retry every 5xx, while some delivery paths drop a 4xx for good.
+// Retry-After slows the local runner's redeliveries (Pub/Sub ignores it).
+func (s *service) refuseOversized(w http.ResponseWriter, r *http.Request, d *delivery, cfg settings) {
+	m := oversizedMeta(r, d)
+	s.metaLog(m).Warn("delivery too large to decode; not acknowledged, so Pub/Sub keeps it whole "+
+		"(on the subscription's dead-letter topic after its last attempt); raise MAX_CONTENT_BYTES to store it",
+		"size", d.size, "limit", deliveryLimit(cfg))
+	w.Header().Set("Retry-After", "10")
+	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": oversizedReason(d, cfg)})
+}
+
+// oversizedReason says why d was not decoded.
+func oversizedReason(d *delivery, cfg settings) string {
+	more := ""
+	if d.size >= maxDeliveryBytes {
+		more = " or more"
+	}
+	return fmt.Sprintf("the delivery of %d bytes%s exceeds the %d bytes IngestPubSub decodes "+
+		"(the base64 of MAX_BODY_BYTES=%d plus %d for the envelope; MAX_BODY_BYTES follows MAX_CONTENT_BYTES=%d unless set)",
+		d.size, more, deliveryLimit(cfg), cfg.maxBodyBytes, envelopeAllowance, cfg.maxContentBytes)
+}
+
+// oversizedMeta names an oversized delivery as far as its headers, or the
+// fields sniffed from its stream, tell.
+func oversizedMeta(r *http.Request, d *delivery) eventMeta {
+	h := r.Header
+	m := eventMeta{id: h.Get("ce-id"), source: h.Get("ce-source"), typ: h.Get("ce-type"), traceparent: h.Get("traceparent")}
+	switch {
+	case isUnwrapped(r):
+		m, _, _ = unwrappedEvent(r, nil)
+	case m.id == "": // structured mode or a push body
+		f := d.fields.found
+		m.id, m.source, m.typ = cmp.Or(f["id"], f["messageId"], f["message_id"]), f["source"], f["type"]
+		if f["messageId"] != "" || f["message_id"] != "" {
+			m.typ = cmp.Or(m.typ, MessagePublishedType)
+			if origin := cmp.Or(topicFromPath(r.URL.Path), f["subscription"]); m.source == "" && origin != "" {
+				m.source = "//pubsub.googleapis.com/" + origin
+			}
+		}
+	}
+	return m
+}
+
 // eventMeta is what identifies a delivered event.
 type eventMeta struct {
 	id, source, typ string
@@ -79,26 +135,10 @@ type eventMeta struct {
 // legacy Pub/Sub push body (no ce-* headers), into its identity and its data
 // (the messagePublished payload). It does not copy the body: data is a slice
 // of it, or of what structured mode decoded. A delivery that is none of these
-// returns a poison reason.
-func eventFromDelivery(r *http.Request, d *delivery, cfg settings) (eventMeta, []byte, *poisonError) {
+// returns a poison reason. d must not be oversized.
+func eventFromDelivery(r *http.Request, d *delivery) (eventMeta, []byte, *poisonError) {
 	h := r.Header
 	m := eventMeta{id: h.Get("ce-id"), source: h.Get("ce-source"), typ: h.Get("ce-type"), traceparent: h.Get("traceparent")}
-	if d.oversized {
-		if isUnwrapped(r) {
-			m, _, _ = unwrappedEvent(r, nil)
-		} else if h.Get("ce-id") == "" { // structured mode or a push body
-			f := d.fields.found
-			m.id, m.source, m.typ = cmp.Or(f["id"], f["messageId"], f["message_id"]), f["source"], f["type"]
-			if f["messageId"] != "" || f["message_id"] != "" {
-				m.typ = cmp.Or(m.typ, MessagePublishedType)
-				if origin := cmp.Or(topicFromPath(r.URL.Path), f["subscription"]); m.source == "" && origin != "" {
-					m.source = "//pubsub.googleapis.com/" + origin
-				}
-			}
-		}
-		return m, nil, &poisonError{fmt.Sprintf("the delivery of %d bytes%s exceeds the %d bytes a message of at most MAX_CONTENT_BYTES (%d) can take; kept: its first %d bytes, size and sha256",
-			d.size, map[bool]string{true: " or more", false: ""}[d.size >= maxDeliveryBytes], deliveryLimit(cfg), cfg.maxContentBytes, len(d.body))}
-	}
 	mt, _, _ := mime.ParseMediaType(h.Get("Content-Type"))
 	switch {
 	case isUnwrapped(r):
@@ -221,13 +261,11 @@ type poisonError struct{ reason string }
 
 func (e *poisonError) Error() string { return e.reason }
 
-// keptPayload is what a dead letter keeps of a delivery: the payload, or only
-// its prefix with the size and sha256 of the whole (zero when prefix is all
-// of it; the store computes them then).
+// keptPayload is what a dead letter keeps of a delivery: all of it, so that
+// it can be replayed once the cause is fixed. It is at most deliveryLimit
+// bytes: a larger delivery is never decoded, and never kept.
 type keptPayload struct {
-	prefix []byte
-	size   int64
-	sum    []byte
+	payload []byte
 }
 
 // Ingest stores the message of one messagePublished event. A message that can
@@ -239,9 +277,9 @@ func (s *service) Ingest(ctx context.Context, e event.Event) error {
 	m := eventMeta{id: e.ID(), source: e.Source(), typ: e.Type()}
 	m.traceparent, _ = e.Extensions()["traceparent"].(string)
 	if p := checkIdentity(m); p != nil {
-		return s.deadLetter(ctx, m, p.reason, keptPayload{prefix: e.Data()})
+		return s.deadLetter(ctx, m, p.reason, keptPayload{payload: e.Data()})
 	}
-	return s.ingest(ctx, m, e.Data(), keptPayload{prefix: e.Data()})
+	return s.ingest(ctx, m, e.Data(), keptPayload{payload: e.Data()})
 }
 
 // ingest stores the message in data (a messagePublished payload), or keeps
@@ -322,7 +360,7 @@ func (s *service) deadLetter(ctx context.Context, m eventMeta, reason string, ke
 func keepDeadLetter(ctx context.Context, st *store.Store, log *slog.Logger, m eventMeta, reason string, kept keptPayload) error {
 	if err := st.AddDeadLetter(ctx, store.DeadLetter{
 		EventID: m.id, EventSource: m.source, EventType: m.typ, Reason: reason,
-		Payload: kept.prefix, PayloadSize: kept.size, PayloadSHA256: kept.sum,
+		Payload: kept.payload,
 	}); err != nil {
 		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", causeText(err), "reason", reason)
 		return err
@@ -499,7 +537,7 @@ func wrappedPayload(msg PubsubMessage, subscription string) keptPayload {
 	if err != nil { // only a publish time beyond year 9999
 		b, _ = json.Marshal(MessagePublishedData{Message: PubsubMessage{Data: msg.Data, MessageID: msg.MessageID}, Subscription: subscription})
 	}
-	return keptPayload{prefix: b}
+	return keptPayload{payload: b}
 }
 
 // StorePubSubMessage stores a message pulled from a subscription of topic

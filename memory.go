@@ -10,7 +10,8 @@ import "example.com/pscmessages/store"
 //
 //   - IngestPubSub: each delivery holds at most decodeCopies times the
 //     largest delivery it decodes, and all of them together at most
-//     eventMemoryBudget; an oversized one holds only its prefix.
+//     eventMemoryBudget; an oversized one is streamed through a 64 KiB
+//     buffer.
 //   - Messages: a POST holds its body about four times over (the body, the
 //     decoded JSON, the content, the copy sent to PostgreSQL); a GET holds
 //     its page as read plus the message being encoded.

@@ -70,7 +70,10 @@ func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) 
 		return Replayed{}, err
 	}
 	defer dl.release()
-	m, data, poison := eventFromDelivery(r, dl, cfg)
+	if dl.oversized {
+		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, oversizedReason(dl, cfg))
+	}
+	m, data, poison := eventFromDelivery(r, dl)
 	if poison != nil {
 		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, poison.reason)
 	}

@@ -27,14 +27,15 @@ type KeptDeadLetter struct {
 }
 
 // NotReplayable says why d cannot be sent through IngestPubSub again, or ""
-// when it can: a delivery of which only a prefix was kept is gone, and an id
-// or source kept in display form (escaped or cut) would not deduplicate as
-// the original did.
+// when it can: a delivery of which only a prefix was kept (dead_letters may
+// hold such rows from before payloads were kept whole) is gone, and an id or
+// source kept in display form (escaped or cut) would not deduplicate as the
+// original did.
 func (d KeptDeadLetter) NotReplayable() string {
 	sum := sha256.Sum256(d.Payload)
 	switch {
 	case d.PayloadSize > int64(len(d.Payload)) || (len(d.PayloadSHA256) > 0 && !bytes.Equal(sum[:], d.PayloadSHA256)):
-		return fmt.Sprintf("only the first %d of its %d bytes were kept (the delivery was larger than IngestPubSub accepts), so it cannot be sent again; "+
+		return fmt.Sprintf("only the first %d of its %d bytes were kept, so it cannot be sent again; "+
 			"publish the message again, smaller, if it still matters, and delete this dead letter", len(d.Payload), d.PayloadSize)
 	case displayText(d.EventID, MaxDeadLetterText) != d.EventID || displayText(d.EventSource, MaxDeadLetterText) != d.EventSource ||
 		strings.Contains(d.EventID, `\x`) || strings.Contains(d.EventSource, `\x`) ||

@@ -9,20 +9,13 @@ import (
 	"unicode/utf8"
 )
 
-// Bounds of a dead letter. An event that can never be stored may be as large
-// and as strange as its publisher made it; what is kept of it is not.
-const (
-	// MaxDeadLetterPayload is how much of an event's payload a dead letter
-	// keeps (64 KiB): enough to see what the event was, small enough that 20
-	// concurrent poison events cannot fill the database or make an insert run
-	// into the query timeout. PayloadSize and PayloadSHA256 describe the
-	// whole payload.
-	MaxDeadLetterPayload = 64 << 10
-	// MaxDeadLetterText is how many bytes of an event's id, source and type a
-	// dead letter keeps for display (1 KiB each); the reason keeps up to four
-	// times that.
-	MaxDeadLetterText = 1 << 10
-)
+// MaxDeadLetterText is how many bytes of an event's id, source and type a
+// dead letter keeps for display (1 KiB each); the reason keeps up to four
+// times that. An event that can never be stored may carry ids as long and
+// as strange as its publisher made them; what is shown of them is bounded.
+// The payload is kept whole: its callers bound it (IngestPubSub decodes, and
+// so keeps, at most its delivery limit).
+const MaxDeadLetterText = 1 << 10
 
 // DeadLetter is an event that can never be stored, kept for inspection.
 //
@@ -38,29 +31,18 @@ type DeadLetter struct {
 	EventSource string
 	EventType   string
 	Reason      string
-	// Payload is the event as received, or a prefix of it. Only its first
-	// MaxDeadLetterPayload bytes are kept.
+	// Payload is the event as received, kept whole so that it can be
+	// replayed.
 	Payload []byte
-	// PayloadSize and PayloadSHA256 describe the whole payload, for a caller
-	// that read only a prefix of it (and hashed the rest as it went). When
-	// both are zero, AddDeadLetter computes them from Payload.
-	PayloadSize   int64
-	PayloadSHA256 []byte
 }
 
-// AddDeadLetter keeps d. A redelivered event (same source, id and payload
-// digest) is kept once; an event reusing a source and id with another payload
-// is kept beside the first.
+// AddDeadLetter keeps d, its payload whole, with the payload's size and
+// sha256. A redelivered event (same source, id and payload digest) is kept
+// once; an event reusing a source and id with another payload is kept beside
+// the first.
 func (s *Store) AddDeadLetter(ctx context.Context, d DeadLetter) error {
-	if d.PayloadSize == 0 && len(d.PayloadSHA256) == 0 {
-		sum := sha256.Sum256(d.Payload)
-		d.PayloadSize, d.PayloadSHA256 = int64(len(d.Payload)), sum[:]
-	}
-	key := deadLetterKey(d.EventSource, d.EventID, d.PayloadSHA256)
-	payload := d.Payload
-	if len(payload) > MaxDeadLetterPayload {
-		payload = payload[:MaxDeadLetterPayload]
-	}
+	sum := sha256.Sum256(d.Payload)
+	key := deadLetterKey(d.EventSource, d.EventID, sum[:])
 	err := s.run(ctx, func(ctx context.Context) error {
 		_, err := s.pool.Exec(ctx, `INSERT INTO dead_letters
 				(event_id, event_source, event_type, reason, payload, payload_size, payload_sha256, dedupe_key)
@@ -68,7 +50,7 @@ func (s *Store) AddDeadLetter(ctx context.Context, d DeadLetter) error {
 			ON CONFLICT (dedupe_key) DO NOTHING`,
 			displayText(d.EventID, MaxDeadLetterText), displayText(d.EventSource, MaxDeadLetterText),
 			displayText(d.EventType, MaxDeadLetterText), displayText(d.Reason, 4*MaxDeadLetterText),
-			payload, d.PayloadSize, d.PayloadSHA256, key)
+			d.Payload, int64(len(d.Payload)), sum[:], key)
 		return err
 	})
 	if err != nil {

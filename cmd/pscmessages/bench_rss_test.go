@@ -15,7 +15,7 @@ func TestBenchRSSTiny(t *testing.T) {
 	if err := benchRSS(t.Context(), cfg, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| 2 concurrent 1 MB Pub/Sub messages | 2× 204 |", "| 2 concurrent GET /?limit=100 over 64 KB rows | 2× 200 |"} {
+	for _, want := range []string{"| 2 concurrent 1 MB Pub/Sub messages | 2× 500 |", "| 2 concurrent GET /?limit=100 over 64 KB rows | 2× 200 |"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

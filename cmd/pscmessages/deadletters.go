@@ -36,8 +36,15 @@ Lists the Pub/Sub messages IngestPubSub kept because they could not be stored
 (id, received, size, reason), shows one with its payload, sends selected ones
 through IngestPubSub's own decoding and storing again (a message already
 stored is not stored twice) and deletes each one that is now stored (-keep
-keeps them), or deletes them. A dead letter of which only a prefix was kept
-(the delivery was too large) cannot be replayed.
+keeps them), or deletes them. Each dead letter holds its delivery whole, so
+it can be replayed once the cause is fixed: a constraint dropped, or
+MAX_CONTENT_BYTES raised in this command's environment for "content
+exceeds". A delivery larger than IngestPubSub decodes (the base64 of
+MAX_BODY_BYTES plus 256 KiB: 611672 bytes with the default limits) is never
+here: it is answered 500, so Pub/Sub keeps it whole and moves it to the
+subscription's dead-letter topic after its last attempt. Rows of which only
+a prefix was kept (from before dead letters were kept whole) cannot be
+replayed.
 
 It connects as the functions do (DATABASE_URL, or DB_HOST, DB_NAME, DB_USER,
 DB_PASSWORD, ...); with neither DATABASE_URL nor DB_HOST, to the local

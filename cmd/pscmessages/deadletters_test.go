@@ -26,7 +26,8 @@ func envelope(id, data string) []byte {
 
 // TestDeadLettersCommand runs `go run ./cmd/pscmessages deadletters` on real PostgreSQL:
 // list, show, replay through IngestPubSub's path (stored once, deleted after),
-// a truncated one refused, a still-poison one kept, and delete.
+// a truncated one (as dead_letters may hold from before payloads were kept
+// whole) refused, a still-poison one kept, and delete.
 func TestDeadLettersCommand(t *testing.T) {
 	ctx := t.Context()
 	c := localpg.ForTest(t, localpg.Options{})
@@ -44,14 +45,21 @@ func TestDeadLettersCommand(t *testing.T) {
 		Reason: "database was down (a test's reason)", Payload: envelope("m1", `{"content":"replayed hello"}`)}
 	whole := envelope("m2", strings.Repeat("x", 1000))
 	sum := sha256.Sum256(whole)
-	truncated := store.DeadLetter{EventID: "m2", EventSource: source, EventType: function.MessagePublishedType,
-		Reason: "too large", Payload: whole[:20], PayloadSize: int64(len(whole)), PayloadSHA256: sum[:]}
 	poison := store.DeadLetter{EventID: "m3", EventSource: source, EventType: function.MessagePublishedType,
 		Reason: "message data is not UTF-8", Payload: envelope("m3", "\xff")}
-	for _, d := range []store.DeadLetter{good, truncated, poison} {
+	for _, d := range []store.DeadLetter{good, poison} {
 		if err := st.AddDeadLetter(ctx, d); err != nil {
 			t.Fatal(err)
 		}
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `INSERT INTO dead_letters (event_id, event_source, event_type, reason, payload, payload_size, payload_sha256, dedupe_key)
+		VALUES ('m2', $1, $2, 'too large', $3, $4, $5, $6)`, source, function.MessagePublishedType, whole[:20], len(whole), sum[:], sum[:]); err != nil {
+		t.Fatal(err)
 	}
 	idOf := func(eventID string) string {
 		var id int64
