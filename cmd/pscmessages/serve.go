@@ -115,6 +115,12 @@ const (
 	// readTimeout bounds the whole request, body included: ample for the
 	// largest delivery (maxDeliveryBytes) over loopback.
 	readTimeout = 15 * time.Second
+	// writeTimeout bounds a request from the end of its headers to the end
+	// of its answer, so a client that never reads a large answer (a page of
+	// messages) cannot hold a connection and a goroutine for ever. It covers
+	// the longest legitimate request: its body (readTimeout), then a cold
+	// pool open and a query (shutdownTimeout).
+	writeTimeout = readTimeout + shutdownTimeout + 5*time.Second
 	// idleTimeout closes a keep-alive connection with no request.
 	idleTimeout = 60 * time.Second
 	// shutdownTimeout bounds the drain on SIGTERM/Ctrl-C: the longest a
@@ -128,6 +134,7 @@ func newLocalServer(h http.Handler) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
 	}
 }

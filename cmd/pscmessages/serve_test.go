@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -262,4 +263,49 @@ func TestServeTimeouts(t *testing.T) {
 func isDialError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// TestLocalServerCutsAClientThatNeverReads: the local server has a write
+// timeout, longer than the longest legitimate request (its body, a cold
+// pool open and a query), and a client that never reads its answer is cut
+// when it expires, releasing the handler. Without one, such a client held
+// its connection and goroutine for ever.
+func TestLocalServerCutsAClientThatNeverReads(t *testing.T) {
+	released := make(chan error, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := bytes.Repeat([]byte("x"), 64<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				released <- err
+				return
+			}
+		}
+	})
+	srv := newLocalServer(h)
+	if srv.WriteTimeout <= 0 {
+		t.Fatal("the local server has no write timeout: a client that never reads holds a connection for ever")
+	}
+	if longest := srv.ReadTimeout + shutdownTimeout; srv.WriteTimeout <= longest {
+		t.Fatalf("write timeout %v would cut a legitimate request (up to %v)", srv.WriteTimeout, longest)
+	}
+	// The same server with the timeout shortened, so the test takes a moment.
+	srv.WriteTimeout = 300 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4 << 10)
+	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")) // and never read
+	select {
+	case <-released:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler still writes to a client that never reads, 30 s on")
+	}
 }
