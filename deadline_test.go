@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// TestExpiredDeliveryIsNotAcked (issue 13 item 1): a delivery whose context
+// TestExpiredDeliveryIsNotAcked: a delivery whose context
 // ends while its row waits to be written is not acknowledged, nor
 // dead-lettered; its redelivery stores it exactly once.
 func TestExpiredDeliveryIsNotAcked(t *testing.T) {
@@ -42,7 +42,7 @@ func TestExpiredDeliveryIsNotAcked(t *testing.T) {
 	}
 }
 
-// TestExpiredRequestIsNotAnsweredStored (item 1, over HTTP): a POST or a
+// TestExpiredRequestIsNotAnsweredStored, over HTTP: a POST or a
 // delivery whose request context ends while its row waits to be written is
 // not answered 2xx, whatever the handler writes for a caller that left; its
 // retry stores it exactly once.

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// TestEvery405NamesWhatIsAllowed (item 7): on both functions, in both route
+// TestEvery405NamesWhatIsAllowed: on both functions, in both route
 // modes, every 405 carries an Allow header that names methods the route
 // does serve (none of which answers 405) and not the one refused.
 func TestEvery405NamesWhatIsAllowed(t *testing.T) {

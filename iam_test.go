@@ -138,7 +138,7 @@ func TestPasswordAuthNeverLogsSecrets(t *testing.T) {
 	env["DB_PASSWORD"] = "wrong-pw-value"
 	bad := newFixture(t, env)
 	r := postContent(t, bad.srv.URL, "x")
-	// A wrong password never heals by itself: 500, not 503 "retry later" (issue 12).
+	// A wrong password never heals by itself: 500, not 503 "retry later".
 	if r.status != 500 {
 		t.Fatalf("wrong password: %d %s", r.status, r.body)
 	}

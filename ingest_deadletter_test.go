@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-// TestUnwritableDeadLetterIsNotAcked (item 3): when a poison message cannot
+// TestUnwritableDeadLetterIsNotAcked: when a poison message cannot
 // be kept in dead_letters, the delivery is answered 5xx so that it is
 // redelivered; once the table takes it again, it is kept exactly once.
 func TestUnwritableDeadLetterIsNotAcked(t *testing.T) {
@@ -44,7 +44,7 @@ func TestUnwritableDeadLetterIsNotAcked(t *testing.T) {
 	}
 }
 
-// TestTransientFailureIsNeverDeadLettered (item 4): a valid message whose
+// TestTransientFailureIsNeverDeadLettered: a valid message whose
 // write fails for a transient reason (deadlock, serialization failure, too
 // many connections, a canceled statement, a lock held past the query
 // deadline) is answered 5xx and redelivered, never kept as a dead letter.

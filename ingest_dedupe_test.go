@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// TestDedupeIsPerTopic (item 2): one message id published on two topics is
+// TestDedupeIsPerTopic: one message id published on two topics is
 // two messages, on every delivery path; a redelivery of either stores nothing.
 func TestDedupeIsPerTopic(t *testing.T) {
 	f := newFixture(t, nil)

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// TestOversizeDeliveriesAreRefused (item 5): a delivery over the size limit,
+// TestOversizeDeliveriesAreRefused: a delivery over the size limit,
 // on every path of the deployed IngestPubSub (binary and structured
 // CloudEvents, legacy push with and without a topic), is never stored and
 // never acknowledged: it is answered 500 with its reason, so Pub/Sub keeps it

@@ -13,7 +13,7 @@ import (
 	"example.com/pscmessages/store"
 )
 
-// TestListingIsStreamed is item 5 on the HTTP side: a page is encoded one
+// TestListingIsStreamed, on the HTTP side: a page is encoded one
 // message at a time, so answering it allocates about the page itself (the
 // rows as read), not a second, growing copy of the whole answer. It counts
 // bytes allocated, not time.

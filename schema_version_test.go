@@ -7,7 +7,7 @@ import (
 	"example.com/pscmessages/store"
 )
 
-// TestMigrationsOffRefusesBehindSchema (item 6): with DB_MIGRATE=false the
+// TestMigrationsOffRefusesBehindSchema: with DB_MIGRATE=false the
 // function does not migrate a database that is behind, and answers 503
 // rather than writing to it.
 func TestMigrationsOffRefusesBehindSchema(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"example.com/pscmessages/store"
 )
 
-// TestKeyReusedForOtherContent: issue 8 item 3. The same key with other
+// TestKeyReusedForOtherContent: the same key with other
 // content is refused, one after the other and within one batch.
 func TestKeyReusedForOtherContent(t *testing.T) {
 	st, url := openStore(t)
@@ -54,7 +54,7 @@ func TestKeyReusedForOtherContent(t *testing.T) {
 	}
 }
 
-// TestRetryGetsTheFirstAnswer: issue 8 item 7. A retry gets the first answer
+// TestRetryGetsTheFirstAnswer: a retry gets the first answer
 // whatever happened to the row since; the key never stores anything else.
 func TestRetryGetsTheFirstAnswer(t *testing.T) {
 	st, url := openStore(t)
@@ -91,7 +91,8 @@ func TestRetryGetsTheFirstAnswer(t *testing.T) {
 	}
 }
 
-// TestReplaysDoNotBurnIDs: issue 8 item 8. 1 row + 100 replays draw one id.
+// TestReplaysDoNotBurnIDs: 1 row and 100 replays of it draw one id, so
+// retries cannot exhaust the id sequence.
 func TestReplaysDoNotBurnIDs(t *testing.T) {
 	st, url := openStore(t)
 	ctx := context.Background()
@@ -105,7 +106,8 @@ func TestReplaysDoNotBurnIDs(t *testing.T) {
 	}
 }
 
-// TestIDsBeyond32Bits: issue 8 item 8. Past 2^31 writes and reads go on.
+// TestIDsBeyond32Bits: past 2^31, writes and reads go on: an id never
+// passes through a 32-bit integer.
 func TestIDsBeyond32Bits(t *testing.T) {
 	st, url := openStore(t)
 	ctx := context.Background()

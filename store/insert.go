@@ -52,8 +52,8 @@ SELECT n, id, now(), NULL::bytea, true FROM fresh`
 // The arrays are read through (SELECT $n) so that the planner cannot see
 // their length: then a custom plan costs what the generic one does, and after
 // five executions PostgreSQL keeps the generic plan of the prepared
-// statement. Planning this statement afresh cost 0.4-0.5 ms, twice its
-// execution (0.18 ms for 4 rows); the generic plan is 0.05 ms.
+// statement. Planned afresh each time, this statement costs more to plan than
+// to run for a small batch (figures in cmd/pscmessages/BENCHMARKS.md).
 //
 // It returns, per input position n, the id, created_at and, for a known key,
 // the fingerprint of what it first stored. A key claimed by a transaction

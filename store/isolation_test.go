@@ -12,7 +12,7 @@ import (
 	"example.com/pscmessages/store"
 )
 
-// TestBadRowsDoNotFailTheirBatch: issue 8 item 1. Rows that PostgreSQL
+// TestBadRowsDoNotFailTheirBatch: rows that PostgreSQL
 // refuses share batches with good ones; each bad row gets ErrInvalid and
 // every good row is stored.
 func TestBadRowsDoNotFailTheirBatch(t *testing.T) {
@@ -74,7 +74,7 @@ func TestBadRowsDoNotFailTheirBatch(t *testing.T) {
 	}
 }
 
-// TestTwoStoresSharedKeysOppositeOrders: issue 8 item 2, at the store level:
+// TestTwoStoresSharedKeysOppositeOrders, at the store level:
 // two pools on one database (as two instances are), each with 64 concurrent
 // writers, send the same keys in opposite orders, mixed with keyless rows.
 // Nothing may fail (no 40P01 may surface), every key is stored exactly once,

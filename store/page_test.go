@@ -10,7 +10,7 @@ import (
 	"example.com/pscmessages/store"
 )
 
-// TestPagesAreBoundedInBytes: issue 8 item 5. A page of large messages stops
+// TestPagesAreBoundedInBytes: a page of large messages stops
 // at MaxPageBytes of content and gives Next; following Next reads every
 // message exactly once, newest pages first; a message larger than the
 // budget comes alone.

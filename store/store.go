@@ -94,10 +94,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pool.Close()
 		return nil, classifyAs(err, true)
 	}
-	// One writer: while its batch commits, the next batch gathers. Measured
-	// with `go run ./cmd/pscmessages bench`, a second writer halves the batches, and the
-	// CPU per row of a small batched INSERT is no lower than that of single
-	// INSERTs, so two writers were 14-19% slower (cmd/pscmessages/BENCHMARKS.md).
+	// One writer: while its batch commits, the next batch gathers. A second
+	// writer halves the batches, and the CPU per row of a small batched
+	// INSERT is no lower than that of single INSERTs, so two writers are
+	// slower, as `go run ./cmd/pscmessages bench` shows
+	// (cmd/pscmessages/BENCHMARKS.md, "One writer").
 	s.writer = newBatcher(s)
 	return s, nil
 }

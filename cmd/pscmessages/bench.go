@@ -1000,7 +1000,9 @@ type benchReport struct {
 }
 
 // noisyCores is how much CPU other processes may take during a phase before
-// its numbers are flagged: the kernel's loopback work alone shows ~0.1.
+// its numbers are flagged: well above what the kernel's own loopback work,
+// charged to other processes, shows on a quiet machine
+// (cmd/pscmessages/BENCHMARKS.md).
 const noisyCores = 0.3
 
 // targetShare is the POST rate, as a share of pgbench's, that group commit

@@ -1,8 +1,8 @@
 package main
 
 // `go run ./cmd/pscmessages bench-rss`: the peak resident memory of the local runner (the
-// functions as deployed, in their own process) under the two loads of issue 8
-// that used to exhaust it: 20 concurrent 10 MB Pub/Sub messages, and 20
+// functions as deployed, in their own process) under the two loads that
+// could exhaust it: 20 concurrent 10 MB Pub/Sub messages, and 20
 // concurrent GET /?limit=1000 over rows of 64 KB. Each load runs against a
 // fresh process, and the peak is that process's VmHWM from /proc. It measures
 // memory, not time, so a shared machine changes little; the method is in

@@ -94,7 +94,7 @@ func TestPercentile(t *testing.T) {
 }
 
 // TestTargetNote: the c>=8 target is "met" only where a level with c>=8 was
-// measured; with none it is "not measured" (issue 12: `-c 1,4` said "met").
+// measured; with none it is "not measured" (`-c 1,4` must not claim it).
 func TestTargetNote(t *testing.T) {
 	row := func(c int, post, tps float64) loadRow {
 		var r loadRow

@@ -1160,8 +1160,9 @@ func TestCbSplit(t *testing.T) {
 	}
 }
 
-// cbRuntimeBytes is what an idle instance holds (the runner idles at ~25 MiB,
-// go run ./cmd/pscmessages bench-rss), with room to spare.
+// cbRuntimeBytes is what an idle instance holds, as
+// `go run ./cmd/pscmessages bench-rss` measures it (cmd/pscmessages/BENCHMARKS.md),
+// with room to spare.
 const cbRuntimeBytes = 32 << 20
 
 // cbCheckMemory requires --memory to hold the function's bound for its

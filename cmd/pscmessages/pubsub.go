@@ -200,7 +200,7 @@ type pubsubConfig struct {
 
 // streams is the number of StreamingPull streams. One stream is plenty for
 // the real service and the gcloud emulator, but pstest hands each stream at
-// most one message per 10 ms tick (~90 messages/s): a stream per delivery
+// most one message per 10 ms tick: a stream per delivery
 // slot, up to maxPullStreams, keeps the fake from being the bottleneck.
 // Concurrency itself is bounded by MaxOutstandingMessages, across streams.
 func (c pubsubConfig) streams() int { return min(c.Concurrency, maxPullStreams) }

@@ -5,9 +5,9 @@ import (
 	"testing"
 )
 
-// TestServePubSubPortTaken is TestServePortTaken with -pubsub (issue 9 names
-// that case): a taken port fails at once, naming the address, before the
-// Pub/Sub side starts, and nothing claims to be serving.
+// TestServePubSubPortTaken is TestServePortTaken with -pubsub: a taken port
+// fails at once, naming the address, before the Pub/Sub side starts, and
+// nothing claims to be serving.
 func TestServePubSubPortTaken(t *testing.T) {
 	port := takenPort(t)
 	for _, tt := range []struct {

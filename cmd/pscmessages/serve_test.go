@@ -80,7 +80,7 @@ func TestServePortTaken(t *testing.T) {
 	}
 }
 
-// TestServeDrainsOnSIGTERM is item 9: under load, SIGTERM lets every request
+// TestServeDrainsOnSIGTERM: under load, SIGTERM lets every request
 // the server accepted finish; clients see answers or a refused connection,
 // never a connection cut mid-request, and the process exits 0.
 func TestServeDrainsOnSIGTERM(t *testing.T) {

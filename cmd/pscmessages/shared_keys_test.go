@@ -17,7 +17,7 @@ import (
 	"example.com/pscmessages/store/localpg"
 )
 
-// TestTwoProcessesSharedKeys is item 2 of issue 8 with two real processes:
+// TestTwoProcessesSharedKeys, with two real processes:
 // two runners on one database receive the same Pub/Sub message ids and the
 // same Idempotency-Keys in opposite orders, 64 requests at a time each, mixed
 // with rows that conflict with nothing. No row that conflicts with nothing
