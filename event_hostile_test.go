@@ -21,7 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Tests of issue 8 on the event path, through the HTTP entry point as the
+// Hostile and malformed deliveries on the event path, through the HTTP entry point as the
 // platform calls it: every delivery ends stored (2xx), kept in dead_letters
 // with its reason (2xx), or failed transiently (5xx); none fails another.
 
@@ -84,7 +84,7 @@ func deadLetters(t testing.TB, url string) []deadLetterRow {
 	return out
 }
 
-// TestUndeliverableDeliveriesAreKept is item 6: what cannot be decoded as a
+// TestUndeliverableDeliveriesAreKept: what cannot be decoded as a
 // Pub/Sub event is acknowledged and kept, once however often it is
 // redelivered, never answered 4xx (which Pub/Sub would redeliver forever) and
 // never stored under a made-up key.
@@ -153,7 +153,7 @@ func hostileDeliveries() []hostileDelivery {
 	}
 }
 
-// TestHostileIdentitiesAreDeadLettered is item 1: hostile ids and sources end
+// TestHostileIdentitiesAreDeadLettered: hostile ids and sources end
 // as dead letters (2xx), and 100 concurrent good events and 100 concurrent
 // POSTs sharing their batches are all stored.
 func TestHostileIdentitiesAreDeadLettered(t *testing.T) {
@@ -231,7 +231,7 @@ func TestHostileIdentitiesAreDeadLettered(t *testing.T) {
 	}
 }
 
-// TestReusedMessageIDs is item 3 through HTTP: a redelivery (same id, same
+// TestReusedMessageIDs, through HTTP: a redelivery (same id, same
 // publish time, same content) stores nothing; the same id and publish time
 // with other content is a dead letter logged at WARNING; the same id with a
 // new publish time (an emulator restarted on a kept database numbers its
