@@ -44,8 +44,8 @@ func TestRowTheDatabaseRefusesIs422(t *testing.T) {
 
 // TestEditTheDatabaseRefusesIs422: a PUT or PATCH of content the database
 // refuses (a CHECK constraint) is answered as a POST of it is, 422, and is
-// not logged as an internal error. Before the fix it was a 500 logged at
-// ERROR.
+// not logged as an internal error: the fault is the content's, and a 500
+// at ERROR would page an operator for a client's mistake.
 func TestEditTheDatabaseRefusesIs422(t *testing.T) {
 	f := newFixture(t, map[string]string{RoutesVar: RoutesAll})
 	if r := postContent(t, f.srv.URL, "fine"); r.status != 200 {

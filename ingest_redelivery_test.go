@@ -11,10 +11,10 @@ import (
 )
 
 // TestDatabaseFaultIsRedelivered: a trigger that fails every row with an
-// internal error (XX000) is the database's fault, not the event's. Before the
-// fix the event was answered 204 and kept as a dead letter (acknowledged,
-// never redelivered); now it is a 5xx, Pub/Sub redelivers it, and nothing is
-// kept. The HTTP API answers 5xx too.
+// internal error (XX000) is the database's fault, not the event's: the
+// delivery is answered 5xx so that Pub/Sub redelivers it once the database
+// is well, and nothing is kept as a dead letter (which would acknowledge it
+// for good). The HTTP API answers 5xx too.
 func TestDatabaseFaultIsRedelivered(t *testing.T) {
 	f := newFixture(t, nil)
 	base := ingestServer(t, f)
@@ -54,8 +54,9 @@ func TestDatabaseFaultIsRedelivered(t *testing.T) {
 // 22012) is the database's fault. A lone POST, 20 concurrent POSTs, a PUT and
 // a Pub/Sub delivery through the deployed ingest path are all answered as
 // transient (503 with Retry-After, a 5xx to Pub/Sub), and nothing is kept in
-// dead_letters. Before the fix a lone row with such a code was blamed: 422
-// ("retrying it unchanged will not help") and an acknowledged dead letter.
+// dead_letters: blaming a lone row for such a code would answer 422
+// ("retrying it unchanged will not help") and acknowledge a dead letter for
+// a message that a retry would store.
 func TestDatabaseWideRefusalIsUnavailable(t *testing.T) {
 	f := newFixture(t, map[string]string{RoutesVar: RoutesAll})
 	base := ingestServer(t, f)

@@ -12,8 +12,8 @@ import (
 
 // TestEveryDeadLetterIsLogged: three different events dead-lettered for the
 // same reason within the collapse window are three lines, each with its
-// event_id. Before, the collapse key (level, message, reason) left out the
-// event: only the first was logged.
+// event_id: the collapse key includes the event, or only the first of them
+// would be logged and the others' ids lost.
 func TestEveryDeadLetterIsLogged(t *testing.T) {
 	f := newFixture(t, nil)
 	ctx := context.Background()
@@ -36,8 +36,8 @@ func TestEveryDeadLetterIsLogged(t *testing.T) {
 
 // TestHeldRepeatsAreReportedWhenTheWindowEnds: repeats held back are
 // reported when their window ends, without waiting for another line.
-// Before, the "(repeated N times more ...)" line came only with the next
-// line logged, which on a quiet instance may be never.
+// Waiting for the next line to report them would, on a quiet instance,
+// never report them.
 func TestHeldRepeatsAreReportedWhenTheWindowEnds(t *testing.T) {
 	var buf syncBuffer
 	text := &textHandler{w: &buf, level: slog.LevelInfo, mu: new(sync.Mutex)}

@@ -11,9 +11,9 @@ import (
 )
 
 // TestCloseDoesNotWaitForKeyCleanup: the expired-key cleanup that the writer
-// starts after a batch runs on a context Close cancels. Before, it ran on
-// context.Background() and Close waited for it: up to 10 statements of the
-// query timeout each, beyond the server's drain. Here the cleanup waits for
+// starts after a batch runs on a context Close cancels: waited for, it could
+// hold Close for up to 10 statements of the query timeout each, beyond the
+// server's drain. Here the cleanup waits for
 // a lock that is held until Close has returned, under a query timeout of 5
 // minutes: Close must return first.
 func TestCloseDoesNotWaitForKeyCleanup(t *testing.T) {

@@ -12,10 +12,9 @@ import (
 // TestEachMigrationCommitsOnItsOwn: every migration is its own transaction.
 // A later migration that fails (here 006, whose index cannot be built on a
 // view squatting its table's name) leaves the earlier ones applied and
-// recorded, and the next run goes on from there. Before, all pending
-// migrations shared one transaction: a failure (or the 30 s deadline of a
-// cold start) undid them all, and 005's ACCESS EXCLUSIVE lock on messages
-// lasted through 006's backfill.
+// recorded, and the next run goes on from there. Sharing one transaction,
+// a failure (or a cold start's deadline) would undo them all, and 005's
+// ACCESS EXCLUSIVE lock on messages would last through 006's backfill.
 func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
 	ctx := context.Background()
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))

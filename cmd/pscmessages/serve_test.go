@@ -58,8 +58,8 @@ func takenPort(t *testing.T) string {
 }
 
 // TestServePortTaken: a taken port fails at once, naming the address, and
-// nothing claims to be serving (it used to print "serving ..." because the
-// port answered, then fail with "address already in use").
+// nothing claims to be serving: a port that answers is not proof that this
+// process listens on it.
 func TestServePortTaken(t *testing.T) {
 	port := takenPort(t)
 	// No database: the port is checked before one would be started.
