@@ -3,7 +3,12 @@ package function
 import (
 	"context"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"example.com/pscmessages/store"
 )
 
 // TestRequestRacingShutdownIs503: a request that got the store just before
@@ -24,5 +29,58 @@ func TestRequestRacingShutdownIs503(t *testing.T) {
 		if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 			t.Errorf("GET %s on a closed store: %d %s, want 503 with Retry-After", path, r.status, r.body)
 		}
+	}
+}
+
+// TestCloseDuringOpen closes the service while its first request is opening
+// the pool: Close waits for that open and closes what it made, and nothing
+// opens another pool afterwards.
+func TestCloseDuringOpen(t *testing.T) {
+	f := newFixture(t, nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // a failed assertion must not leave the opener stuck
+	var opened atomic.Pointer[store.Store]
+	realOpen := f.svc.db.open
+	f.svc.db.open = func(ctx context.Context) (*store.Store, error) {
+		close(started)
+		<-release
+		st, err := realOpen(ctx)
+		opened.Store(st)
+		return st, err
+	}
+	first := make(chan response, 1)
+	go func() { first <- postContent(t, f.srv.URL, "racing the close") }()
+	<-started
+	closed := make(chan struct{})
+	go func() { f.svc.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while the pool was still opening")
+	case <-time.After(100 * time.Millisecond):
+	}
+	unblock()
+	<-closed
+	// The request that opened the pool races the close for its write: it is
+	// either stored and answered 200, or answered 503.
+	switch r := <-first; r.status {
+	case http.StatusOK:
+		if n := countRows(t, f.url, "SELECT count(*) FROM messages WHERE content = 'racing the close'"); n != 1 {
+			t.Fatalf("answered 200 but %d rows stored", n)
+		}
+	case http.StatusServiceUnavailable:
+	default:
+		t.Fatalf("the request that opened the pool: %d %s", r.status, r.body)
+	}
+	st := opened.Load()
+	if st == nil {
+		t.Fatal("the open did not return a store")
+	}
+	if err := st.Pool().Ping(context.Background()); err == nil {
+		t.Fatal("the pool opened during Close is still open")
+	}
+	if r := postContent(t, f.srv.URL, "after close"); r.status != http.StatusServiceUnavailable {
+		t.Fatalf("POST after Close: %d %s, want 503", r.status, r.body)
 	}
 }

@@ -1,0 +1,32 @@
+package function
+
+import (
+	"errors"
+	"testing"
+
+	"example.com/pscmessages/store"
+)
+
+func TestSettingsLimits(t *testing.T) {
+	cases := []struct {
+		env      map[string]string
+		wantVar  string
+		wantBody int64
+	}{
+		{env: map[string]string{}, wantBody: DefaultMaxBodyBytes},
+		{env: map[string]string{"MAX_CONTENT_BYTES": "1000000"}, wantBody: 4000000},
+		{env: map[string]string{"MAX_CONTENT_BYTES": "100", "MAX_BODY_BYTES": "50"}, wantVar: "MAX_BODY_BYTES"},
+		{env: map[string]string{"MAX_CONTENT_BYTES": "0"}, wantVar: "MAX_CONTENT_BYTES"},
+	}
+	for _, tc := range cases {
+		tc.env["DATABASE_URL"] = "postgres://u@h/d"
+		s, err := loadSettings(func(k string) string { return tc.env[k] })
+		var ce *store.ConfigError
+		switch {
+		case tc.wantVar != "" && (!errors.As(err, &ce) || ce.Var != tc.wantVar):
+			t.Errorf("%v: err = %v, want one naming %s", tc.env, err, tc.wantVar)
+		case tc.wantVar == "" && (err != nil || s.maxBodyBytes != tc.wantBody):
+			t.Errorf("%v: body limit %d, err %v; want %d", tc.env, s.maxBodyBytes, err, tc.wantBody)
+		}
+	}
+}
