@@ -153,10 +153,10 @@ func TestPageLimitBoundary(t *testing.T) {
 }
 
 // TestPagesCutByBytesKeepTheirConnection: a page cut by its byte bound must
-// not cost the pool its connection. Before the fix List cancelled its query
-// when the page outgrew MaxPageBytes and pgx closed the connection, so each
-// such page made a new login: 20 pages of limit 1000 over rows of 60 KB made
-// about 20 logins. Pages stay within their budget meanwhile.
+// not cost the pool its connection: cancelling the query when the page
+// outgrows MaxPageBytes makes pgx close the connection, so each such page
+// would cost a new login (20 pages of limit 1000 over rows of 60 KB, about
+// 20 logins). Pages stay within their budget meanwhile.
 func TestPagesCutByBytesKeepTheirConnection(t *testing.T) {
 	st, _ := openStore(t)
 	ctx := context.Background()

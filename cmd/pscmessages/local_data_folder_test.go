@@ -160,8 +160,8 @@ func TestServeRefusesADefaultFolderAnotherUserMade(t *testing.T) {
 }
 
 // TestServeFreshNeverFollowsADataFolderLink: with the data folder a
-// symbolic link to another folder, -fresh used to delete that folder's
-// contents.
+// symbolic link to another folder, -fresh refuses it, naming the link, and
+// never deletes the contents of the folder it points to.
 func TestServeFreshNeverFollowsADataFolderLink(t *testing.T) {
 	plantedTMPDIR(t)
 	dir := defaultPGData()

@@ -22,8 +22,8 @@ import (
 
 // TestSecondInterruptStopsAtOnce: the first SIGINT starts a drain that waits
 // for a request held in flight (up to 40 s); a second SIGINT must stop the
-// process at once by the signal's default action. It used to be swallowed
-// by signal.NotifyContext until main returned.
+// process at once by the signal's default action, not be swallowed by
+// signal.NotifyContext until main returns.
 func TestSecondInterruptStopsAtOnce(t *testing.T) {
 	db := localpg.ForTest(t, localpg.Options{})
 	if err := db.CreateDatabase(context.Background(), "sigint"); err != nil {
@@ -75,8 +75,8 @@ func TestSecondInterruptStopsAtOnce(t *testing.T) {
 		return false
 	})
 	// The second SIGINT. Sent again every second in case it raced the
-	// handler of the first; on the old code none of them does anything and
-	// the process exits by itself after the 40 s drain, not by SIGINT.
+	// handler of the first; were they swallowed, the process would exit by
+	// itself after the 40 s drain, not by SIGINT.
 	deadline := time.After(60 * time.Second)
 	for {
 		cmd.Process.Signal(syscall.SIGINT)
@@ -113,8 +113,9 @@ func waitUntil(t *testing.T, exited <-chan struct{}, what string, cond func() bo
 
 // TestSecondInterruptStopsTheLocalPostgres: a second SIGINT ends the runner
 // at once, and takes its local PostgreSQL with it. The server runs in a
-// session of its own, so the terminal's Ctrl-C never reaches it: the runner
-// used to die of the second signal and leave the server running, unsaid.
+// session of its own, so the terminal's Ctrl-C never reaches it: a runner
+// that just died of the second signal would leave the server running,
+// unsaid.
 func TestSecondInterruptStopsTheLocalPostgres(t *testing.T) {
 	dir := localDataDir(t)
 	t.Cleanup(func() { stopLeftServer(t, dir) })

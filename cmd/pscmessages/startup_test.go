@@ -124,9 +124,9 @@ func TestServeRefusesBadConfigurationAtStart(t *testing.T) {
 }
 
 // TestServeReportsBadSettingsOnceBeforeLocalPostgres: a bad setting of the
-// functions' own stops the runner before it starts its local PostgreSQL (it
-// used to start it, then refuse), and is reported once: on stderr, not also
-// as a log line on stdout.
+// functions' own stops the runner before it starts its local PostgreSQL
+// (not after a wait for a server it then leaves), and is reported once: on
+// stderr, not also as a log line on stdout.
 func TestServeReportsBadSettingsOnceBeforeLocalPostgres(t *testing.T) {
 	bad := map[string]string{"LOG_LEVEL": "loud", "LOG_FORMAT": "xml", "HTTP_ROUTES": "everything", "DB_MAX_CONNS": "0"}
 	for name, value := range bad {

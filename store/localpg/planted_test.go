@@ -116,8 +116,8 @@ func wantUnsafe(t *testing.T, err error, path, problem string) {
 }
 
 // A data directory another user made, with a cluster's PG_VERSION and an
-// owner file linked to our file: Start used to take it for its own cluster
-// and truncate our file through the link.
+// owner file linked to our file: Start must not take it for its own cluster,
+// or it would truncate our file through the link.
 func TestStartRefusesADataDirAnotherUserMade(t *testing.T) {
 	uid, gid := otherUser(t)
 	v := newVictim(t)
@@ -261,8 +261,9 @@ func TestStartNeverWritesThroughAHardLink(t *testing.T) {
 	wantUnsafe(t, err, link, "has other hard links")
 }
 
-// serve -fresh on a data directory that is a link to a folder of ours: it
-// used to delete that folder's contents.
+// serve -fresh on a data directory that is a link to a folder of ours:
+// RemoveUnused and Start refuse the link and never delete the contents of
+// the folder it points to.
 func TestRemoveUnusedNeverFollowsADataDirLink(t *testing.T) {
 	for _, planter := range []string{"us", "another user"} {
 		t.Run("planted by "+planter, func(t *testing.T) {
