@@ -61,7 +61,8 @@ func runServe(ctx context.Context, args []string) error {
 
 	// Deferred in this order, so on the way out the pool closes (pending
 	// writes finish) before the local PostgreSQL stops.
-	if os.Getenv("DATABASE_URL") == "" && os.Getenv("DB_HOST") == "" {
+	ownDatabase := os.Getenv("DATABASE_URL") != "" || os.Getenv("DB_HOST") != ""
+	if !ownDatabase {
 		cluster, err := startLocalPostgres(ctx, *fresh)
 		if err != nil {
 			return err
@@ -78,6 +79,9 @@ func runServe(ctx context.Context, args []string) error {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	defer function.Close()
+	if ownDatabase {
+		fmt.Println(describeDatabase(ctx, os.Getenv))
+	}
 
 	srv := newLocalServer(handler)
 	errc := make(chan error, 1)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
 )
 
@@ -307,5 +308,57 @@ func TestLocalServerCutsAClientThatNeverReads(t *testing.T) {
 	case <-released:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the handler still writes to a client that never reads, 30 s on")
+	}
+}
+
+// TestServeNamesTheDatabaseItWillMigrate: pointed at an existing database,
+// the runner says at start, in one line without credentials, which database
+// it is and which migrations the first request will apply there. It used
+// to create its tables there silently.
+func TestServeNamesTheDatabaseItWillMigrate(t *testing.T) {
+	const secret = "s3cret-pw"
+	c := localpg.ForTest(t, localpg.Options{})
+	if err := c.CreateDatabase(context.Background(), "existing"); err != nil {
+		t.Fatal(err)
+	}
+	url := c.URL("postgres", secret, "existing") // trust: the password is only carried
+	names, err := store.MigrationNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	where := fmt.Sprintf(`database "existing" on 127.0.0.1:%d: `, c.Port())
+	for i, want := range []string{
+		where + "no schema of ours yet; the functions' first request creates their tables there with migrations " + strings.Join(names, ", ") + " (DB_MIGRATE=false turns that off)",
+		where + fmt.Sprintf("schema at version %d, no migrations to apply", len(names)),
+	} {
+		s := startServeChild(t, psFreePort(t), map[string]string{"DATABASE_URL": url})
+		select {
+		case <-s.ready:
+		case <-s.exited:
+			t.Fatalf("serve exited early:\n%s", s.stderr.String())
+		case <-time.After(60 * time.Second):
+			t.Fatal("serve did not start in 60 s")
+		}
+		out := s.stdout.String()
+		if !strings.Contains(out, want+"\n") {
+			t.Fatalf("run %d: stdout does not say %q:\n%s", i+1, want, out)
+		}
+		if n := strings.Count("\n"+out, "\ndatabase "); n != 1 {
+			t.Errorf("run %d: %d lines about the database, want 1:\n%s", i+1, n, out)
+		}
+		if strings.Contains(out+s.stderr.String(), secret) {
+			t.Fatalf("run %d: the output shows the password:\n%s", i+1, out)
+		}
+		if i == 0 { // the first request applies them
+			resp, err := http.Post(s.base+"/", "application/json", strings.NewReader(`{"content": "hello"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("POST: %d", resp.StatusCode)
+			}
+		}
+		s.stop(t)
 	}
 }
