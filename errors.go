@@ -29,6 +29,11 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		writeJSON(w, apiErr.status, map[string]string{"error": apiErr.msg})
 	case errors.Is(err, store.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "message not found"})
+	case errors.Is(err, store.ErrMigrationOffline):
+		// Logged at Error once by the lazy pool, naming the migration and
+		// the command that applies it.
+		noteError(w, err.Error())
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "the database needs a migration that an administrator applies; see the service's logs"})
 	case errors.As(err, &cfgErr), errors.Is(err, store.ErrPermanent):
 		// The cause is logged at Error once (by config or the lazy pool);
 		// each request that meets it is a Debug line, not another alarm.

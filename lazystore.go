@@ -33,10 +33,14 @@ type lazyStore struct {
 }
 
 const (
-	openTimeout = 30 * time.Second
-	minBackoff  = 200 * time.Millisecond
-	maxBackoff  = 10 * time.Second
+	minBackoff = 200 * time.Millisecond
+	maxBackoff = 10 * time.Second
 )
+
+// openTimeout bounds one attempt to open the pool, migrations included
+// (DB_MIGRATE=true). Migrations that scan large tables are never applied
+// under it (store.InlineMigrationBytes). A variable for tests.
+var openTimeout = 30 * time.Second
 
 // unavailableError carries how long a caller should wait before retrying.
 type unavailableError struct {
@@ -88,7 +92,11 @@ func (l *lazyStore) get(ctx context.Context) (*store.Store, error) {
 				level = slog.LevelDebug
 			}
 			l.lastPermanent = err.Error()
-			l.log.Log(ctx, level, "cannot use the database; fix the configuration (retrying every "+maxBackoff.String()+" meanwhile)", "error", err.Error(), "attempt", l.failures)
+			msg := "cannot use the database; fix the configuration (retrying every " + maxBackoff.String() + " meanwhile)"
+			if errors.Is(err, store.ErrMigrationOffline) {
+				msg = "cannot use the database until a pending migration is applied with `go run ./cmd/pscmessages migrate` (checking again every " + maxBackoff.String() + ")"
+			}
+			l.log.Log(ctx, level, msg, "error", err.Error(), "attempt", l.failures)
 		} else {
 			l.lastPermanent = ""
 			l.log.Warn("database unavailable; will retry", "error", causeText(err), "attempt", l.failures, "retry_in", backoff.String())

@@ -10,7 +10,7 @@ import (
 // MigrateTo migrates conn to version v, for tests of a migration's effect on
 // data written by an older schema.
 func MigrateTo(ctx context.Context, conn *pgx.Conn, v int32) error {
-	return migrateTo(ctx, conn, v)
+	return migrateTo(ctx, conn, v, migrateOptions{})
 }
 
 // DeadLetterKey exposes deadLetterKey to tests.
@@ -38,3 +38,6 @@ func (s *Store) CommitBatch(contents []string) []error {
 	}
 	return errs
 }
+
+// MigrationScans exposes migrationScans.
+func MigrationScans(sql string) []string { return migrationScans(sql) }

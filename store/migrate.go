@@ -3,12 +3,15 @@ package store
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/tern/v2/migrate"
 )
 
@@ -48,13 +51,78 @@ const MigrationLock int64 = 9628173550095224
 // as it was, so databases migrated by earlier builds carry on. Migrations
 // marked "---- tern: disable-tx ----" (say, CREATE INDEX CONCURRENTLY) cannot
 // run this way and are refused.
+//
+// Migrate applies every migration, however large the tables it scans: it is
+// for `go run ./cmd/pscmessages migrate`, which has no deadline. A cold start
+// with DB_MIGRATE=true uses [Store]'s own path, which leaves a migration that
+// scans large tables (see [InlineMigrationBytes]) to that command.
 func Migrate(ctx context.Context, conn *pgx.Conn) error {
-	return migrateTo(ctx, conn, -1)
+	return migrateTo(ctx, conn, -1, migrateOptions{})
+}
+
+// MigrationStep is what [MigrateReporting] reports of one migration: it
+// is about to be applied (Took zero), it waits for another migrator (Waiting,
+// with that migrator's backend pid when PostgreSQL tells it), or it was
+// applied in Took.
+type MigrationStep struct {
+	Name string
+	// Scans names the tables the migration rewrites or reads whole, and
+	// Bytes their size (pg_total_relation_size) before it ran.
+	Scans      []string
+	Bytes      int64
+	Waiting    bool
+	WaitingPID int32
+	Took       time.Duration
+}
+
+// MigrateReporting is [Migrate], calling report before each migration
+// (and when it has to wait for the migration lock) and after it.
+func MigrateReporting(ctx context.Context, conn *pgx.Conn, report func(MigrationStep)) error {
+	return migrateTo(ctx, conn, -1, migrateOptions{report: report})
+}
+
+// InlineMigrationBytes is the most a migration marked "-- scans: TABLE" may
+// have to read (pg_total_relation_size of its tables together) to be applied
+// by a cold start with DB_MIGRATE=true: 64 MiB, a rewrite of about 300,000
+// short messages, which takes a second or two even on a busy machine, far
+// inside the 30 s a cold start may take to open the pool. A larger one is
+// left to `go run ./cmd/pscmessages migrate` (see MIGRATIONS.md): under the
+// cold start's deadline it would be cancelled and rolled back on every
+// attempt, each time after holding its locks for the whole deadline. A
+// variable for tests.
+var InlineMigrationBytes int64 = 64 << 20
+
+// ErrMigrationOffline marks a pending migration that scans tables too large
+// for a cold start to migrate; see [InlineMigrationBytes]. It is permanent
+// ([ErrPermanent]): an administrator runs `migrate`, and the next attempt to
+// open the store (the function retries every 10 s) finds it done.
+var ErrMigrationOffline = errors.New("a pending migration must be applied with `go run ./cmd/pscmessages migrate`")
+
+// scansMarker is the line by which a migration names the tables it rewrites
+// or reads whole: "-- scans: messages" or "-- scans: messages, dead_letters".
+var scansMarker = regexp.MustCompile(`(?m)^-- scans: ([a-z_]+(?:, *[a-z_]+)*)\s*$`)
+
+// migrationScans returns the tables a migration marks as scanned.
+func migrationScans(sql string) []string {
+	var out []string
+	for _, m := range scansMarker.FindAllStringSubmatch(sql, -1) {
+		for _, t := range strings.Split(m[1], ",") {
+			out = append(out, strings.TrimSpace(t))
+		}
+	}
+	return out
+}
+
+type migrateOptions struct {
+	// inline refuses, with ErrMigrationOffline, a migration whose scanned
+	// tables exceed InlineMigrationBytes.
+	inline bool
+	report func(MigrationStep)
 }
 
 // migrateTo migrates up to version target; a negative target means the
 // latest. It never migrates down.
-func migrateTo(ctx context.Context, conn *pgx.Conn, target int32) error {
+func migrateTo(ctx context.Context, conn *pgx.Conn, target int32, opts migrateOptions) error {
 	m, err := loadMigrations(ctx)
 	if err != nil {
 		return err
@@ -67,9 +135,20 @@ func migrateTo(ctx context.Context, conn *pgx.Conn, target int32) error {
 	if target < 0 || int(target) > len(m.Migrations) {
 		target = int32(len(m.Migrations))
 	}
+	if opts.inline {
+		// Before queueing for the lock: while `migrate` applies a large
+		// migration, a cold start would otherwise wait out its deadline
+		// behind it, on every attempt.
+		if err := checkInline(ctx, conn, m.Migrations, target); err != nil {
+			return err
+		}
+	}
 	for {
-		done, err := migrateNext(ctx, conn, m.Migrations, target)
+		done, err := migrateNext(ctx, conn, m.Migrations, target, opts)
 		if err != nil {
+			if errors.Is(err, ErrMigrationOffline) {
+				return err
+			}
 			return fmt.Errorf("applying migrations: %w", err)
 		}
 		if done {
@@ -78,14 +157,97 @@ func migrateTo(ctx context.Context, conn *pgx.Conn, target int32) error {
 	}
 }
 
+// checkInline returns an ErrMigrationOffline error for the first pending
+// migration (up to target) that scans too much for a cold start.
+func checkInline(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migration, target int32) error {
+	current, err := recordedVersion(ctx, conn)
+	if err != nil {
+		return err
+	}
+	for v := max(current, 0); v < target && int(v) < len(migrations); v++ {
+		if err := inlineAllowed(ctx, conn, migrations[v]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recordedVersion reads the schema version without the lock, 0 before the
+// first migration.
+func recordedVersion(ctx context.Context, conn *pgx.Conn) (int32, error) {
+	var v int32
+	err := conn.QueryRow(ctx, "SELECT coalesce((SELECT version FROM "+pgx.Identifier{VersionTable}.Sanitize()+"), 0)").Scan(&v)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
+		return 0, nil
+	}
+	return v, err
+}
+
+// scannedBytes is the size of the tables a migration scans, as they are now.
+func scannedBytes(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, tables []string) (int64, error) {
+	var n int64
+	err := q.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(c)), 0)::int8
+		FROM unnest($1::text[]) t, LATERAL (SELECT to_regclass(t) AS c) r WHERE c IS NOT NULL`, tables).Scan(&n)
+	return n, err
+}
+
+// inlineAllowed refuses a migration whose scanned tables are too large for
+// a cold start, naming it, the command that applies it, and the migrator
+// applying it now if there is one.
+func inlineAllowed(ctx context.Context, conn *pgx.Conn, mig *migrate.Migration) error {
+	tables := migrationScans(mig.UpSQL)
+	if len(tables) == 0 {
+		return nil
+	}
+	n, err := scannedBytes(ctx, conn, tables)
+	if err != nil || n <= InlineMigrationBytes {
+		return err
+	}
+	busy := ""
+	if pid, err := migrationLockHolder(ctx, conn); err == nil && pid != 0 {
+		busy = fmt.Sprintf(" (a migrator, backend pid %d, holds the migration lock now)", pid)
+	}
+	return &PermanentError{Err: ErrMigrationOffline, Msg: fmt.Sprintf(
+		"migration %s scans %s (%d MiB), more than a cold start applies (%d MiB): run `go run ./cmd/pscmessages migrate` to apply it%s; "+
+			"until then every request is answered 500, and the function checks again every 10 s (store/MIGRATIONS.md)",
+		mig.Name, strings.Join(tables, ", "), n>>20, InlineMigrationBytes>>20, busy)}
+}
+
+// migrationLockHolder is the backend pid holding MigrationLock, 0 if none.
+func migrationLockHolder(ctx context.Context, conn *pgx.Conn) (int32, error) {
+	var pid int32
+	err := conn.QueryRow(ctx, `SELECT coalesce((SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND ((classid::int8 << 32) | objid::int8) = $1::int8 AND objsubid = 1 LIMIT 1), 0)`, MigrationLock).Scan(&pid)
+	return pid, err
+}
+
 // migrateNext applies, in one transaction under the migration lock, the
 // migration after the recorded version, unless that version has reached
 // target (done). The version is read under the lock, so a migration another
 // instance applied meanwhile is not applied again.
-func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migration, target int32) (done bool, err error) {
+func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migration, target int32, opts migrateOptions) (done bool, err error) {
+	var applied *MigrationStep
+	defer func() {
+		if applied != nil && err == nil && opts.report != nil {
+			opts.report(*applied) // committed
+		}
+	}()
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", MigrationLock); err != nil {
-			return fmt.Errorf("waiting for the migration lock: %w", err)
+		var locked bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1::bigint)", MigrationLock).Scan(&locked); err != nil {
+			return fmt.Errorf("taking the migration lock: %w", err)
+		}
+		if !locked {
+			if opts.report != nil {
+				pid, _ := migrationLockHolder(ctx, conn)
+				opts.report(MigrationStep{Waiting: true, WaitingPID: pid})
+			}
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", MigrationLock); err != nil {
+				return fmt.Errorf("waiting for the migration lock: %w", err)
+			}
 		}
 		vt := pgx.Identifier{VersionTable}.Sanitize()
 		// Tern's version table, created as tern creates it. No arguments:
@@ -106,9 +268,23 @@ func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migr
 			return nil
 		}
 		mig := migrations[current]
+		if opts.inline {
+			if err := inlineAllowed(ctx, conn, mig); err != nil {
+				return err
+			}
+		}
+		step := MigrationStep{Name: mig.Name, Scans: migrationScans(mig.UpSQL)}
+		if opts.report != nil {
+			if len(step.Scans) > 0 {
+				step.Bytes, _ = scannedBytes(ctx, tx, step.Scans)
+			}
+			opts.report(step)
+		}
+		start := time.Now()
 		if _, err := tx.Exec(ctx, mig.UpSQL); err != nil {
 			return fmt.Errorf("migration %s: %w", mig.Name, err)
 		}
+		applied, step.Took = &step, max(time.Since(start), time.Nanosecond)
 		// As tern does: a migration's SET must not outlive it.
 		if _, err := tx.Exec(ctx, "RESET ALL"); err != nil {
 			return err
@@ -175,7 +351,10 @@ func (s *Store) prepareSchema(ctx context.Context) error {
 	}
 	defer conn.Release()
 	if s.cfg.Migrate {
-		if err := Migrate(ctx, conn.Conn()); err != nil {
+		if err := migrateTo(ctx, conn.Conn(), -1, migrateOptions{inline: true}); err != nil {
+			if errors.Is(err, ErrMigrationOffline) {
+				return err
+			}
 			if isTransient(err) {
 				return classify(err)
 			}

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -49,5 +50,28 @@ func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
 	}
 	if v := queryInt(t, url, "SELECT version FROM "+store.VersionTable); v != int(store.SchemaVersion()) {
 		t.Fatalf("schema version %d, want %d", v, store.SchemaVersion())
+	}
+}
+
+// TestMigrationsMarkWhatTheyScan: every migration that rewrites or reads a
+// whole existing table (an index build, a backfill, a column type change)
+// names it with "-- scans:", so a cold start never runs it on a large table.
+func TestMigrationsMarkWhatTheyScan(t *testing.T) {
+	migrations, err := store.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	scans := regexp.MustCompile(`(?im)^\s*(CREATE (UNIQUE )?INDEX|UPDATE|INSERT INTO \S+ \([^)]*\)\s*SELECT|ALTER TABLE \S+ ALTER COLUMN \S+ TYPE)`)
+	marked := 0
+	for _, sql := range migrations {
+		name, _, _ := strings.Cut(sql, "\n")
+		got := store.MigrationScans(sql)
+		if scans.MatchString(sql) && len(got) == 0 {
+			t.Errorf("%s scans a table but has no -- scans: line", name)
+		}
+		marked += min(len(got), 1)
+	}
+	if marked < 4 {
+		t.Errorf("%d migrations marked, want at least 002, 004, 005 and 006", marked)
 	}
 }

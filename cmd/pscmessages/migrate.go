@@ -59,7 +59,8 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 		"SELECT and INSERT on messages and idempotency_keys for replaying; never UPDATE or DELETE on messages")
 	createRole := fs.Bool("create-role", false, "create a -grant or -deadletters-operator role that does not exist, as CREATE ROLE ... LOGIN without a password.\n"+
 		"Not for Cloud SQL IAM users: gcloud sql users create --type=cloud_iam_service_account makes those")
-	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
+	timeout := fs.Duration("timeout", 0, "give up after this long; 0, the default, never gives up: a migration that rewrites a large\n"+
+		"table takes as long as it takes (Ctrl-C stops it, and PostgreSQL rolls back the migration it was applying)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "usage: go run ./cmd/pscmessages migrate [-dry-run] [-grant ROLE[,ROLE]]... [-deadletters-operator ROLE]... [-create-role]\n\n"+
 			"Applies the schema migrations as an administrator, then grants each -grant role exactly what the\n"+
@@ -96,8 +97,11 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
 	conn, err := store.AdminConn(ctx, cfg)
 	if err != nil {
 		return err
@@ -170,7 +174,10 @@ func migrateSchema(ctx context.Context, conn *pgx.Conn, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := store.Migrate(ctx, conn); err != nil {
+	report, finish := migrateProgress(w, migrateTick)
+	err = store.MigrateReporting(ctx, conn, report)
+	finish()
+	if err != nil {
 		return err
 	}
 	after, err := migrateVersion(ctx, conn)
@@ -191,6 +198,60 @@ func migrateSchema(ctx context.Context, conn *pgx.Conn, w io.Writer) error {
 		fmt.Fprintf(w, "  applied %s\n", strings.TrimPrefix(name, "-- "))
 	}
 	return nil
+}
+
+// migrateTick is how often a migration still running says so.
+var migrateTick = 10 * time.Second
+
+// migrateProgress prints each migration as it starts, every tick while it
+// runs, and when it is applied, so that an operator sees a long rewrite
+// advance and what it waits for. finish stops the ticking of a migration
+// that failed.
+func migrateProgress(w io.Writer, tick time.Duration) (report func(store.MigrationStep), finish func()) {
+	var stop chan struct{}
+	var done chan struct{}
+	finish = func() {
+		if stop != nil {
+			close(stop)
+			<-done
+			stop = nil
+		}
+	}
+	report = func(st store.MigrationStep) {
+		switch {
+		case st.Waiting:
+			who := "another migrator"
+			if st.WaitingPID != 0 {
+				who = fmt.Sprintf("another migrator (backend pid %d)", st.WaitingPID)
+			}
+			fmt.Fprintf(w, "waiting for the migration lock held by %s\n", who)
+		case st.Took == 0:
+			what := ""
+			if len(st.Scans) > 0 {
+				what = fmt.Sprintf(": scans %s (%.1f MiB), which takes a while on a large table", strings.Join(st.Scans, ", "), float64(st.Bytes)/(1<<20))
+			}
+			fmt.Fprintf(w, "applying %s%s\n", st.Name, what)
+			stop, done = make(chan struct{}), make(chan struct{})
+			go func(name string, stop, done chan struct{}) {
+				defer close(done)
+				start := time.Now()
+				t := time.NewTicker(tick)
+				defer t.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-t.C:
+						fmt.Fprintf(w, "  still applying %s (%s)\n", name, time.Since(start).Round(time.Second))
+					}
+				}
+			}(st.Name, stop, done)
+		default:
+			finish()
+			fmt.Fprintf(w, "applied %s in %s\n", st.Name, st.Took.Round(time.Millisecond))
+		}
+	}
+	return report, finish
 }
 
 // migrateVersion is the recorded schema version, 0 before the first migration.

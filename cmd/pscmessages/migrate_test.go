@@ -2,12 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -402,4 +406,115 @@ func TestMigrateConfigErrors(t *testing.T) {
 	if _, err := migrateRun(t, nil, "-help"); err != nil {
 		t.Errorf("-help: %v", err)
 	}
+}
+
+// TestMigrateShowsProgressWithoutDeadline: `migrate` has no deadline by
+// default, waits (saying for whom) while another migrator holds the
+// migration lock, then names each migration as it starts, says it is still
+// running every tick, and how long it took.
+func TestMigrateShowsProgressWithoutDeadline(t *testing.T) {
+	c := migrateCluster(t)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, c.SuperuserURL("app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	migrations, err := store.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range migrations[:4] {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE `+store.VersionTable+` (version int4 NOT NULL);
+		INSERT INTO `+store.VersionTable+` VALUES (4);
+		INSERT INTO messages (content) SELECT 'message ' || i FROM generate_series(1, 200000) i`); err != nil {
+		t.Fatal(err)
+	}
+	if fl := flagDefault(t, "timeout"); fl != "" {
+		t.Fatalf("-timeout defaults to %s, want none", fl)
+	}
+	defer func(d time.Duration) { migrateTick = d }(migrateTick)
+	migrateTick = 20 * time.Millisecond
+
+	// Another migrator holds the lock.
+	holder, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", store.MigrationLock); err != nil {
+		t.Fatal(err)
+	}
+	var pid int32
+	if err := holder.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	out := &syncWriter{}
+	done := make(chan error, 1)
+	go func() {
+		done <- migrateCmd(ctx, nil, func(k string) string { return migrateAdminEnv(c)[k] }, out, out)
+	}()
+	waiting := fmt.Sprintf("waiting for the migration lock held by another migrator (backend pid %d)", pid)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), waiting); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("migrate does not say it waits for pid %d:\n%s", pid, out.String())
+		}
+	}
+	if err := holder.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out.String())
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`applying 005_message_ids_bigint.sql: scans messages \([0-9.]+ MiB\)`),
+		regexp.MustCompile(`still applying 005_message_ids_bigint.sql \(`),
+		regexp.MustCompile(`applied 005_message_ids_bigint.sql in [0-9.]+m?s`),
+		regexp.MustCompile(`applied 006_idempotency_keys.sql in`),
+		regexp.MustCompile(fmt.Sprintf(`schema migrated from version 4 to %d`, store.SchemaVersion())),
+	} {
+		if !want.MatchString(out.String()) {
+			t.Errorf("migrate output lacks %s:\n%s", want, out.String())
+		}
+	}
+}
+
+// flagDefault is the default of migrate's flag name as -help prints it,
+// "" for none (the zero value).
+func flagDefault(t *testing.T, name string) string {
+	t.Helper()
+	var out bytes.Buffer
+	if err := migrateCmd(t.Context(), []string{"-help"}, func(string) string { return "" }, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(out.String(), "\n  -"+name+" ")
+	if !ok {
+		t.Fatalf("-help does not list -%s:\n%s", name, out.String())
+	}
+	block, _, _ = strings.Cut(block, "\n  -")
+	if m := regexp.MustCompile(`\(default ([^)]+)\)`).FindStringSubmatch(block); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// syncWriter is a buffer written by migrate's progress and read by the test.
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

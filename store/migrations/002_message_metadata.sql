@@ -5,6 +5,9 @@ ALTER TABLE messages
     ADD COLUMN IF NOT EXISTS updated_at      timestamptz NOT NULL DEFAULT now(),
     ADD COLUMN IF NOT EXISTS idempotency_key text;
 
+-- Building the index reads the whole table (a tutorial's table may be large):
+-- scans: messages
+
 -- One row per Idempotency-Key or Pub/Sub message id; NULLs (legacy rows,
 -- POSTs without a key) never conflict.
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency_key_key ON messages (idempotency_key);

@@ -13,6 +13,9 @@ ALTER TABLE dead_letters
     ADD COLUMN IF NOT EXISTS payload_sha256 bytea,
     ADD COLUMN IF NOT EXISTS dedupe_key     bytea;
 
+-- The backfill below rewrites every row kept so far:
+-- scans: dead_letters
+
 -- Rows kept before this migration: describe their payload (which stays as it
 -- was, untruncated: a migration does not throw away what an operator may
 -- still want) and give those that were deduplicated by source and id the key

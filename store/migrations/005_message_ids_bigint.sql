@@ -3,8 +3,10 @@
 -- indexes under an ACCESS EXCLUSIVE lock, which blocks reads and writes of
 -- messages for as long as the rewrite takes: 4.3-4.8 s for 1,000,000 rows
 -- (201 MB with indexes) on a 2-core machine shared with other work. Run it
--- ahead of a deploy with `go run ./cmd migrate` (README, Deploying, step 7),
--- not from a cold-starting function.
+-- ahead of a deploy with `go run ./cmd/pscmessages migrate` (README,
+-- Deploying, step 7); a cold-starting function applies it only to a small
+-- table (store.InlineMigrationBytes, MIGRATIONS.md):
+-- scans: messages
 --
 -- The lock_timeout keeps the ALTER from queueing behind a long transaction:
 -- while it waited, every later query on messages would queue behind it. If it

@@ -1,0 +1,101 @@
+package function
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"example.com/pscmessages/store"
+)
+
+// TestColdStartLeavesLargeMigrationToMigrate: with DB_MIGRATE=true, a cold
+// start that finds 005 (the rewrite of messages into 64-bit ids) pending on a
+// table larger than a cold start may rewrite does not try it under its
+// deadline (shortened here, so the real table outlasts it): every request is
+// answered 500 at once, one ERROR line names the migration and the command
+// that applies it, and the table is never locked or rewritten. Once the
+// migration is applied (as `migrate` does), the function serves without a
+// restart. Before, each cold start began the rewrite, held ACCESS EXCLUSIVE
+// on messages until its deadline cancelled it, and answered 503 for ever.
+func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
+	ctx := context.Background()
+	url := testDB(t)
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Version 4: migrations 001-004 applied as they are, then the table a
+	// tutorial deployment has grown, above store.InlineMigrationBytes.
+	migrations, err := store.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range migrations[:4] {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE `+store.VersionTable+` (version int4 NOT NULL);
+		INSERT INTO `+store.VersionTable+` VALUES (4);
+		INSERT INTO messages (content) SELECT 'message ' || i || ' ' || repeat('x', 150) FROM generate_series(1, 400000) i;
+		ANALYZE messages`); err != nil {
+		t.Fatal(err)
+	}
+	var size int64
+	if err := conn.QueryRow(ctx, "SELECT pg_total_relation_size('messages')").Scan(&size); err != nil {
+		t.Fatal(err)
+	}
+	if size <= store.InlineMigrationBytes {
+		t.Fatalf("messages is %d bytes, not over the %d a cold start migrates", size, store.InlineMigrationBytes)
+	}
+	// The deadline of a cold start, shortened so that the table outlasts it
+	// (005 takes seconds here; see the migration's own figure).
+	defer func(d time.Duration) { openTimeout = d }(openTimeout)
+	openTimeout = 300 * time.Millisecond
+
+	f := newFixture(t, map[string]string{"DATABASE_URL": url})
+	for i := range 3 {
+		start := time.Now()
+		r := postContent(t, f.srv.URL, "during the pending migration")
+		if r.status != 500 || !strings.Contains(string(r.body), "needs a migration") {
+			t.Fatalf("request %d: %d %s, want 500 naming a migration", i, r.status, r.body)
+		}
+		if took := time.Since(start); took > openTimeout {
+			t.Errorf("request %d took %v: it waited on the migration", i, took)
+		}
+	}
+	logs := f.logs.String()
+	if n := strings.Count(logs, `"severity":"ERROR"`); n != 1 ||
+		!strings.Contains(logs, "go run ./cmd/pscmessages migrate") || !strings.Contains(logs, "005_message_ids_bigint.sql") {
+		t.Fatalf("want one ERROR line naming `go run ./cmd/pscmessages migrate` and 005_message_ids_bigint.sql, got %d:\n%s", n, logs)
+	}
+	var version int
+	var idType string
+	if err := conn.QueryRow(ctx, "SELECT (SELECT version FROM "+store.VersionTable+"), "+
+		"(SELECT data_type FROM information_schema.columns WHERE table_name = 'messages' AND column_name = 'id')").Scan(&version, &idType); err != nil {
+		t.Fatal(err)
+	}
+	if version != 4 || idType != "integer" {
+		t.Fatalf("schema version %d, id %s: the cold start migrated", version, idType)
+	}
+
+	// An administrator migrates; the function picks it up by itself.
+	if err := store.Migrate(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := postContent(t, f.srv.URL, "after the migration")
+		if r.status/100 == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after migrating: %d %s, want 2xx within 15 s", r.status, r.body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
