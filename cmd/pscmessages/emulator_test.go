@@ -1,3 +1,5 @@
+//go:build e2e
+
 package main
 
 // The official Pub/Sub emulator and the real gcloud CLI, for the tests that

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package main
 
 // Every gcloud command of cloudbuild.yaml, judged by gcloud itself: the

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package main
 
 // A recording fake of the Google APIs that gcloud calls, so that the real CLI

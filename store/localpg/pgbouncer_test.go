@@ -1,3 +1,5 @@
+//go:build e2e || pgbouncer
+
 package localpg_test
 
 import (
