@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"go/ast"
+	"go/build/constraint"
 	"go/parser"
 	"go/token"
 	"os"
@@ -59,10 +60,13 @@ type cbStep struct {
 
 // cbFacts is what the code says the deployment must match.
 type cbFacts struct {
-	EntryPoints map[string]string // registered name → "HTTP" or "CloudEvent"
-	EnvVars     map[string]bool   // names the code reads
-	EventType   string            // the CloudEvent type IngestPubSub accepts
-	GoVersion   string            // go.mod's go directive, major.minor
+	EntryPoints map[string]string   // registered name → "HTTP" or "CloudEvent"
+	EnvVars     map[string]bool     // names the code reads
+	EventType   string              // the CloudEvent type IngestPubSub accepts
+	GoVersion   string              // go.mod's go directive, major.minor
+	Tiers       map[string][]string // .ci/tools: each test tier's tools
+	CIRun       string              // the text of .ci/run
+	TestFiles   []cbTestFile        // every _test.go of the module
 }
 
 // cbRequiredIAMVars are what store.ConfigFromEnv needs for an IAM login
@@ -116,6 +120,7 @@ func cbReadFacts(t *testing.T) cbFacts {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cbReadTiers(t, &facts)
 	return facts
 }
 
@@ -667,26 +672,7 @@ func (c *cbChecked) checkTests(facts cbFacts, deps map[string]map[string]bool, f
 		if tag := strings.TrimPrefix(st.Name, "golang:"); !strings.HasPrefix(tag, facts.GoVersion+"-") && tag != facts.GoVersion {
 			fail("step %s runs %s; go.mod says go %s", st.ID, st.Name, facts.GoVersion)
 		}
-		want := map[string]bool{"go vet ./...": false, "go test ./...": false, "apt-get install postgresql": false}
-		for _, words := range c.commands[st.ID] {
-			for len(words) > 1 && cbEnvAssign.MatchString(words[0]) {
-				words = words[1:] // VAR=value command
-			}
-			line := strings.Join(words, " ")
-			for w := range want {
-				if line == w {
-					want[w] = true
-				}
-			}
-			if words[0] == "apt-get" && slices.Contains(words, "install") && slices.Contains(words, "postgresql") {
-				want["apt-get install postgresql"] = true
-			}
-		}
-		for w, ok := range want {
-			if !ok {
-				fail("step %s does not run %q", st.ID, w)
-			}
-		}
+		cbCheckTierRun("step "+st.ID, cbTierCommands(c.commands[st.ID]), facts, "", nil, fail)
 	}
 	if testStep == "" {
 		fail("no golang step runs the tests")
@@ -697,6 +683,8 @@ func (c *cbChecked) checkTests(facts cbFacts, deps map[string]map[string]bool, f
 			fail("step %s deploys without waiting for the tests (%s)", g.step, testStep)
 		}
 	}
+	cbCheckTestFiles(facts, fail)
+	cbCheckCIRun(facts, fail)
 }
 
 func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
@@ -1033,7 +1021,32 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "unknown pooler", overrides: map[string]string{"_DB_POOLER": "session"}, want: "preflight fails"},
 		{name: "deploy before tests", yamlFrom: "waitFor: [preflight, test]\n    entrypoint: bash", yamlTo: "waitFor: [preflight]\n    entrypoint: bash", want: "without waiting for the tests"},
 		{name: "test image behind go.mod", yamlFrom: "golang:1.26-bookworm", yamlTo: "golang:1.25-bookworm", want: "go.mod says go 1.26"},
-		{name: "tests skipped", yamlFrom: "go test ./...", yamlTo: "go test ./cmd/", want: `does not run "go test ./..."`},
+		{name: "tests skipped", yamlFrom: "go test -tags pgbouncer ./...", yamlTo: "go test -tags pgbouncer ./cmd/...", want: "test ./... by tier"},
+		{name: "step installs by hand", yamlFrom: "bash .ci/tools pgbouncer\n", yamlTo: "apt-get install -y postgresql pgbouncer\n", want: "install with .ci/tools"},
+		{name: "step tests a tier it did not install", yamlFrom: "bash .ci/tools pgbouncer", yamlTo: "bash .ci/tools default", want: "installs only the default tier, without pgbouncer"},
+		{name: "step installs more than it tests", yamlFrom: "go test -tags pgbouncer ./...", yamlTo: "go test ./...", want: "installs the pgbouncer tier but does not run go test -tags pgbouncer ./..."},
+		{name: "step runs e2e without its tools", yamlFrom: "go test -tags pgbouncer ./...", yamlTo: "go test -tags e2e ./...", want: "without pubsub-emulator"},
+		{name: "step names an unknown tier", yamlFrom: "bash .ci/tools pgbouncer", yamlTo: "bash .ci/tools pooler", want: `installs tier "pooler", which .ci/tools does not know`},
+		{name: "e2e files not vetted", yamlFrom: "        go vet -tags e2e ./...\n", yamlTo: "", want: "go vet -tags e2e ./..."},
+		{name: "tier loses a tool its files start", mutateCode: func(f *cbFacts) { f.Tiers["pgbouncer"] = []string{"go", "postgresql"} }, want: "starts pgbouncer but builds in the pgbouncer tier"},
+		{name: "e2e tier loses the emulator", mutateCode: func(f *cbFacts) {
+			f.Tiers["e2e"] = slices.DeleteFunc(slices.Clone(f.Tiers["e2e"]), func(s string) bool { return s == "pubsub-emulator" })
+		}, want: "starts pubsub-emulator but builds in the e2e tier"},
+		{name: "PgBouncer test untagged", mutateCode: func(f *cbFacts) {
+			i := slices.IndexFunc(f.TestFiles, func(tf cbTestFile) bool { return tf.Path == "store/pgbouncer_test.go" })
+			f.TestFiles[i].Constraint = nil
+		}, want: "store/pgbouncer_test.go starts pgbouncer but builds in the default tier"},
+		{name: "test behind a tag no tier sets", mutateCode: func(f *cbFacts) {
+			f.TestFiles = append(f.TestFiles, cbTestFile{Path: "slow_test.go", Constraint: &constraint.TagExpr{Tag: "slow"}})
+		}, want: "slow_test.go is not built with -tags e2e"},
+		{name: "CI skips the e2e tier", mutateCode: func(f *cbFacts) { f.CIRun = strings.Replace(f.CIRun, "go test -tags e2e ./...\n", "", 1) }, want: "installs the e2e tier but does not run go test -tags e2e ./..."},
+		{name: "CI skips the README's command", mutateCode: func(f *cbFacts) { f.CIRun = strings.Replace(f.CIRun, "go test ./...\n", "", 1) }, want: `.ci/run runs go test ./... with tags ["e2e"]`},
+		{name: "CI installs by hand", mutateCode: func(f *cbFacts) {
+			f.CIRun = strings.Replace(f.CIRun, "bash .ci/tools e2e\n", "apt-get install -y postgresql pgbouncer\n", 1)
+		}, want: ".ci/run runs \"apt-get install"},
+		{name: "CI installs a smaller tier", mutateCode: func(f *cbFacts) {
+			f.CIRun = strings.Replace(f.CIRun, "bash .ci/tools e2e\n", "bash .ci/tools pgbouncer\n", 1)
+		}, want: ".ci/run installs the pgbouncer tier; want e2e"},
 		{name: "shell variable not escaped", yamlFrom: `"$$auth"`, yamlTo: `"$auth"`, want: "unescaped $"},
 		{name: "unknown substitution", yamlFrom: "--region=${_REGION}", yamlTo: "--region=${_REGOIN}", want: "_REGOIN is used but has no default"},
 		{name: "unused substitution", yamlFrom: "substitutions:\n", yamlTo: "substitutions:\n  _SPARE: x\n", want: "_SPARE is defined but never used"},
@@ -1061,6 +1074,8 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 			f := facts
 			f.EntryPoints = cbClone(facts.EntryPoints)
 			f.EnvVars = cbClone(facts.EnvVars)
+			f.Tiers = cbClone(facts.Tiers)
+			f.TestFiles = slices.Clone(facts.TestFiles)
 			if tt.mutateCode != nil {
 				tt.mutateCode(&f)
 			}
