@@ -329,7 +329,8 @@ func TestEventMemoryBudget(t *testing.T) {
 			eventBudget.Release(eventMemoryBudget)
 		}
 	}()
-	r := do(t, "POST", base+"/", eventBody("b-1", []byte("x"), ""), ceHeaders("b-1", testSource))
+	// The wait is budgetWait; far beyond it, the delivery waits for ever.
+	r := doWithin(t, 5*time.Second, "POST", base+"/", eventBody("b-1", []byte("x"), ""), ceHeaders("b-1", testSource))
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 		t.Fatalf("with the budget taken: %d (Retry-After %q) %s, want 503 with Retry-After", r.status, r.header.Get("Retry-After"), r.body)
 	}

@@ -202,13 +202,26 @@ func (r response) json(t testing.TB) map[string]any {
 	return m
 }
 
+// requestTimeout bounds every request a test makes with do: a wait that
+// never ends in the service (for the database, or for memory budget) fails
+// the test within seconds instead of hanging until go test's own timeout.
+const requestTimeout = 30 * time.Second
+
 func do(t testing.TB, method, url string, body string, header map[string]string) response {
+	t.Helper()
+	return doWithin(t, requestTimeout, method, url, body, header)
+}
+
+// doWithin is do with a bound of its own.
+func doWithin(t testing.TB, within time.Duration, method, url string, body string, header map[string]string) response {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, url, rd)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +230,7 @@ func do(t testing.TB, method, url string, body string, header map[string]string)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
+		t.Fatalf("%s %s: %v (bound %v)", method, url, err, within)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)

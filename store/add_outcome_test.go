@@ -24,10 +24,10 @@ func TestExpiredCallerIsNeverToldStored(t *testing.T) {
 			release := lockTable(t, url, "messages")
 			var plug <-chan addResult
 			if tc.queued {
-				plug = addAsync(context.Background(), st, "plug", "")
+				plug = addAsync(testContext(t), st, "plug", "")
 				waitForLockWaiters(t, url, 1)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
+			ctx, cancel := context.WithCancel(testContext(t))
 			expired := addAsync(ctx, st, "expired", "expired-key")
 			if tc.queued {
 				time.Sleep(100 * time.Millisecond) // let it reach the queue
@@ -53,7 +53,7 @@ func TestExpiredCallerIsNeverToldStored(t *testing.T) {
 				}
 			}
 			// Its fate, by its key: a retry stores it once or finds it stored.
-			again, err := st.Add(context.Background(), "expired", "expired-key")
+			again, err := st.Add(testContext(t), "expired", "expired-key")
 			if err != nil || again.ID == 0 {
 				t.Fatalf("retry with the same key: %+v, %v", again, err)
 			}
@@ -73,7 +73,7 @@ func TestExpiredCallerIsNeverToldStored(t *testing.T) {
 // about, so it is the INSERT that fails, not a check in Go.
 func TestStatementErrorNeverAnsweredAsStored(t *testing.T) {
 	st, url := openStoreWith(t, longQueries)
-	ctx := context.Background()
+	ctx := testContext(t)
 	if _, err := dbConn(t, url).Exec(ctx, "ALTER TABLE messages ADD CONSTRAINT test_refuses_poison CHECK (content IS DISTINCT FROM 'poison')"); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -18,7 +17,7 @@ import (
 // minutes: Close must return first.
 func TestCloseDoesNotWaitForKeyCleanup(t *testing.T) {
 	st, url := openStoreWith(t, func(c *store.Config) { c.QueryTimeout = 5 * time.Minute })
-	ctx := context.Background()
+	ctx := testContext(t)
 	holder := connect(t, url)
 	tx, err := holder.Begin(ctx)
 	if err != nil {
@@ -62,7 +61,7 @@ func TestCloseDoesNotWaitForKeyCleanup(t *testing.T) {
 // is in the table and every other one was refused as closed; after Close,
 // writes are refused at once.
 func TestCloseLetsPendingWritesFinish(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	st, url := openStoreWith(t, longQueries)
 	release := lockTable(t, url, "messages")
 	running := addAsync(ctx, st, "running", "")
@@ -118,7 +117,7 @@ func TestCloseLetsPendingWritesFinish(t *testing.T) {
 // the API answered 500.
 func TestCallsAfterCloseAreErrClosed(t *testing.T) {
 	st, _ := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	added, err := st.Add(ctx, "before close", "")
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 
 func connect(t testing.TB, url string) *pgx.Conn {
 	t.Helper()
-	conn, err := pgx.Connect(context.Background(), url)
+	conn, err := pgx.Connect(testContext(t), url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func randomText(n int) string {
 // payload whole with its size and digest.
 func TestDeadLetterHostileEvents(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	big := bytes.Repeat([]byte("0123456789"), 1<<20) // 10 MiB
 	// Random, so that the btree cannot compress it below its row limit.
 	longSource := randomText(8000)
@@ -103,7 +103,7 @@ func TestDeadLetterHostileEvents(t *testing.T) {
 // first; a redelivery of either is kept once.
 func TestDeadLetterReusedIDKeptApart(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	for _, p := range []string{"A", "B", "A", "B"} {
 		d := store.DeadLetter{EventID: "7", EventSource: "//pubsub/t", Reason: "poison", Payload: []byte(p)}
 		if err := st.AddDeadLetter(ctx, d); err != nil {
@@ -124,7 +124,7 @@ func TestDeadLetterReusedIDKeptApart(t *testing.T) {
 // TestDeadLetterMigrationKeepsDedupe: a dead letter kept before migration 004
 // is still found by a redelivery after it, and keeps its payload.
 func TestDeadLetterMigrationKeepsDedupe(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 // adjust, and returns it with the database's superuser URL.
 func openStoreWith(t testing.TB, adjust func(*store.Config)) (*store.Store, string) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := testContext(t)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		t.Fatal(err)
@@ -39,7 +39,7 @@ func longQueries(c *store.Config) { c.QueryTimeout = time.Minute }
 
 func dbConn(t testing.TB, url string) *pgx.Conn {
 	t.Helper()
-	conn, err := pgx.Connect(context.Background(), url)
+	conn, err := pgx.Connect(testContext(t), url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func dbConn(t testing.TB, url string) *pgx.Conn {
 func count(t testing.TB, url, sql string, args ...any) int {
 	t.Helper()
 	var n int
-	if err := dbConn(t, url).QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+	if err := dbConn(t, url).QueryRow(testContext(t), sql, args...).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
@@ -60,7 +60,7 @@ func count(t testing.TB, url, sql string, args ...any) int {
 // but makes every INSERT wait, until the returned function is called.
 func lockTable(t testing.TB, url, table string) (release func()) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := testContext(t)
 	conn := dbConn(t, url)
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -83,7 +83,7 @@ func waitForLockWaiters(t testing.TB, url string, n int) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var waiting int
-		err := conn.QueryRow(context.Background(),
+		err := conn.QueryRow(testContext(t),
 			"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'").Scan(&waiting)
 		if err != nil {
 			t.Fatal(err)
@@ -133,7 +133,7 @@ func receive(t testing.TB, ch <-chan addResult, what string) addResult {
 func queueBehindPlug(t *testing.T, st *store.Store, url string, n int, fn func(i int)) store.Added {
 	t.Helper()
 	release := lockTable(t, url, "messages")
-	plug := addAsync(context.Background(), st, "plug", "")
+	plug := addAsync(testContext(t), st, "plug", "")
 	waitForLockWaiters(t, url, 1)
 	var started, done sync.WaitGroup
 	for i := range n {

@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -15,7 +14,7 @@ import (
 // content is refused, one after the other and within one batch.
 func TestKeyReusedForOtherContent(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	if _, err := st.Add(ctx, "A", "pubsub:t#7"); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +57,7 @@ func TestKeyReusedForOtherContent(t *testing.T) {
 // whatever happened to the row since; the key never stores anything else.
 func TestRetryGetsTheFirstAnswer(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	const key = "http:K"
 	first, err := st.Add(ctx, "a", key)
 	if err != nil {
@@ -95,7 +94,7 @@ func TestRetryGetsTheFirstAnswer(t *testing.T) {
 // retries cannot exhaust the id sequence.
 func TestReplaysDoNotBurnIDs(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	for range 101 {
 		if _, err := st.Add(ctx, "x", "http:replayed"); err != nil {
 			t.Fatal(err)
@@ -110,7 +109,7 @@ func TestReplaysDoNotBurnIDs(t *testing.T) {
 // passes through a 32-bit integer.
 func TestIDsBeyond32Bits(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	if _, err := connect(t, url).Exec(ctx, "SELECT setval('messages_id_seq', 2147483647)"); err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +136,7 @@ func TestIDsBeyond32Bits(t *testing.T) {
 // idempotency_keys table existed (backfilled by the migration) or by an
 // older instance during a rollout (found through messages) keep deduplicating.
 func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		t.Fatal(err)
@@ -179,7 +178,7 @@ func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
 // deleted, in bounded batches, and the key stores a new message.
 func TestExpiredKeysAreReleased(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	first, err := st.Add(ctx, "a", "http:old")
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +207,7 @@ func TestExpiredKeysAreReleased(t *testing.T) {
 // its reuse refused, whichever of them comes first in a shared batch.
 func TestReusedKeyInOneBatchWithItsRetry(t *testing.T) {
 	st, _ := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	first, err := st.Add(ctx, "a", "http:K")
 	if err != nil {
 		t.Fatal(err)
@@ -237,7 +236,7 @@ func TestReusedKeyInOneBatchWithItsRetry(t *testing.T) {
 // the same batch, which is the case the test is named for.
 func TestIdempotentAddsInOneBatch(t *testing.T) {
 	st, url := openStoreWith(t, longQueries)
-	ctx := context.Background()
+	ctx := testContext(t)
 	const n = 40
 	results := make([]addResult, n)
 	plug := queueBehindPlug(t, st, url, 2*n, func(i int) {

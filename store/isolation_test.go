@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -17,7 +16,7 @@ import (
 // every good row is stored.
 func TestBadRowsDoNotFailTheirBatch(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	// A row the database refuses although validate lets it through, so that
 	// the batch statement itself fails and must be split.
 	if _, err := connect(t, url).Exec(ctx, "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (content <> 'poison')"); err != nil {
@@ -81,7 +80,7 @@ func TestBadRowsDoNotFailTheirBatch(t *testing.T) {
 // and every answer for a key names the same row.
 func TestTwoStoresSharedKeysOppositeOrders(t *testing.T) {
 	a, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	b, err := store.Open(ctx, store.Config{ConnString: url, Migrate: true})
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +176,7 @@ func TestTwoStoresSharedKeysOppositeOrders(t *testing.T) {
 func queryInt(t testing.TB, url, sql string, args ...any) int {
 	t.Helper()
 	var n int
-	if err := connect(t, url).QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+	if err := connect(t, url).QueryRow(testContext(t), sql, args...).Scan(&n); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
@@ -188,7 +187,7 @@ func queryInt(t testing.TB, url, sql string, args ...any) int {
 // transient (ErrUnavailable), never as ErrInvalid.
 func TestConflictsAreRetried(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	conn := connect(t, url)
 	// The first two claims of key "http:flaky" fail as a deadlock would;
 	// every claim of "http:stuck" fails as a lost unique race would.

@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"fmt"
 	"regexp"
 	"strings"
@@ -17,7 +16,7 @@ import (
 // a failure (or a cold start's deadline) would undo them all, and 005's
 // ACCESS EXCLUSIVE lock on messages would last through 006's backfill.
 func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		t.Fatal(err)

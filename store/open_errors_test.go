@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -110,7 +109,7 @@ func TestOpenIAMRefusedTokenOnceIsTransient(t *testing.T) {
 
 	race := &raceTokens{token: "new-token", later: func() {
 		time.Sleep(200 * time.Millisecond)
-		if err := c.Exec(context.Background(), "ALTER ROLE "+ident+" PASSWORD 'new-token'"); err != nil {
+		if err := c.Exec(testContext(t), "ALTER ROLE "+ident+" PASSWORD 'new-token'"); err != nil {
 			t.Error(err)
 		}
 	}}

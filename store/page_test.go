@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -16,7 +15,7 @@ import (
 // budget comes alone.
 func TestPagesAreBoundedInBytes(t *testing.T) {
 	st, _ := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	const rows, size = 40, 64000
 	for i := range rows {
 		content := fmt.Sprintf("%03d", i) + strings.Repeat("x", size-3)
@@ -80,7 +79,7 @@ func TestPagesAreBoundedInBytes(t *testing.T) {
 // listed once, in order. Limits beyond MaxPageSize are clamped.
 func TestPageLimitBoundary(t *testing.T) {
 	st, url := openStoreWith(t, nil)
-	ctx := context.Background()
+	ctx := testContext(t)
 	conn := dbConn(t, url)
 	const limit = 5
 	total := 0
@@ -159,7 +158,7 @@ func TestPageLimitBoundary(t *testing.T) {
 // 20 logins). Pages stay within their budget meanwhile.
 func TestPagesCutByBytesKeepTheirConnection(t *testing.T) {
 	st, _ := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	const rows, size = 60, 60_000
 	for i := range rows {
 		if _, err := st.Add(ctx, fmt.Sprintf("%03d", i)+strings.Repeat("x", size-3), ""); err != nil {

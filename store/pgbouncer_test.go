@@ -23,7 +23,7 @@ import (
 func bouncedDB(t *testing.T) (pooled, direct string, b *localpg.Bouncer) {
 	t.Helper()
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
-	if err := cluster.CreateDatabase(context.Background(), name); err != nil {
+	if err := cluster.CreateDatabase(testContext(t), name); err != nil {
 		t.Fatal(err)
 	}
 	b = localpg.BouncerForTest(t, localpg.BouncerOptions{Upstream: cluster})
@@ -32,7 +32,7 @@ func bouncedDB(t *testing.T) (pooled, direct string, b *localpg.Bouncer) {
 
 func openPooled(t *testing.T, url string) *store.Store {
 	t.Helper()
-	st, err := store.Open(context.Background(), store.Config{ConnString: url, Migrate: true, Pooler: store.PoolerTransaction, MaxConns: 8})
+	st, err := store.Open(testContext(t), store.Config{ConnString: url, Migrate: true, Pooler: store.PoolerTransaction, MaxConns: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func openPooled(t *testing.T, url string) *store.Store {
 func TestConcurrentReadsThroughTransactionPooler(t *testing.T) {
 	pooled, _, _ := bouncedDB(t)
 	st := openPooled(t, pooled)
-	ctx := context.Background()
+	ctx := testContext(t)
 	const workers, each = 16, 30
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each*5)
@@ -99,7 +99,7 @@ func TestConcurrentReadsThroughTransactionPooler(t *testing.T) {
 func TestMigrationsThroughTransactionPooler(t *testing.T) {
 	pooled, direct, _ := bouncedDB(t)
 	// A leaked session lock makes the next migrator wait for ever: bound it.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(testContext(t), 30*time.Second)
 	defer cancel()
 	const instances = 6
 	var wg sync.WaitGroup

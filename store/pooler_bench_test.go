@@ -3,7 +3,6 @@
 package store_test
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -24,7 +23,7 @@ import (
 //
 //	for i in 1 2 3; do go test ./store -run '^$' -bench PoolerExecModes -benchtime 6000x; done
 func BenchmarkPoolerExecModes(b *testing.B) {
-	ctx := context.Background()
+	ctx := testContext(b)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		b.Fatal(err)

@@ -54,7 +54,7 @@ func TestDBPoolerSetting(t *testing.T) {
 // the first concurrent GET.
 func TestPoolerRefusesStatementCacheInURL(t *testing.T) {
 	for _, mode := range []string{"cache_statement", "describe_exec"} {
-		_, err := store.Open(context.Background(), store.Config{
+		_, err := store.Open(testContext(t), store.Config{
 			ConnString: "postgres://u@127.0.0.1:1/d?default_query_exec_mode=" + mode, Pooler: store.PoolerTransaction})
 		var ce *store.ConfigError
 		if !errors.As(err, &ce) || ce.Var != "DATABASE_URL" || !strings.Contains(err.Error(), mode) {
@@ -67,7 +67,7 @@ func TestPoolerRefusesStatementCacheInURL(t *testing.T) {
 // migrators, including an old build's tern holding the session lock.
 func TestMigrateWaitsForHeldLock(t *testing.T) {
 	_, direct := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	holder, err := pgx.Connect(ctx, direct)
 	if err != nil {
 		t.Fatal(err)

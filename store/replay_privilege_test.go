@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -64,7 +63,7 @@ func TestReplayOnlyStoreLeastPrivilege(t *testing.T) {
 	if _, err := st.Add(ctx, "keyless", ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Delete(context.Background(), first.ID); err == nil {
+	if err := st.Delete(testContext(t), first.ID); err == nil {
 		t.Fatal("a ReplayOnly store's operator deleted a message")
 	}
 }

@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"testing"
 
@@ -17,7 +16,7 @@ import (
 func TestPre004DeadLetterInsertFailsAfter004(t *testing.T) {
 	_, url := openStore(t)
 	// The statement of builds before 004 (store/messages.go at b5a083a^).
-	_, err := connect(t, url).Exec(context.Background(), `INSERT INTO dead_letters (event_id, event_source, event_type, reason, payload)
+	_, err := connect(t, url).Exec(testContext(t), `INSERT INTO dead_letters (event_id, event_source, event_type, reason, payload)
 			VALUES (NULLIF($1, ''), NULLIF($2, ''), NULLIF($3, ''), $4, $5)
 			ON CONFLICT (event_source, event_id) DO NOTHING`,
 		"1", "//pubsub.googleapis.com/projects/p/topics/t", "google.cloud.pubsub.topic.v1.messagePublished", "empty", []byte("{}"))

@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -18,7 +17,7 @@ import (
 // an earlier version (or recording one) fails Open with ErrSchema, naming
 // what is missing, and Open changes nothing.
 func TestBehindSchemaIsRefused(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	latest := store.SchemaVersion()
 	if latest < 2 {
 		t.Fatalf("%d migrations: nothing to be behind", latest)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -31,10 +32,22 @@ func TestMain(m *testing.M) {
 
 var dbSeq atomic.Int64
 
+// testTimeout bounds what each test waits for the database: a lock that is
+// never released (a migration lock left on a session, say) fails the test
+// within seconds instead of hanging until go test's own timeout.
+const testTimeout = 30 * time.Second
+
+// testContext is a context with testTimeout that ends with the test.
+func testContext(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 // openStore opens a store on a fresh database and returns it with its URL.
 func openStore(t testing.TB) (*store.Store, string) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := testContext(t)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		t.Fatal(err)
@@ -50,7 +63,7 @@ func openStore(t testing.TB) (*store.Store, string) {
 
 func TestGroupCommitUnderConcurrency(t *testing.T) {
 	st, _ := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	const writers, each = 32, 50
 	ids := make(chan int64, writers*each)
 	var wg sync.WaitGroup
@@ -96,7 +109,7 @@ func TestGroupCommitUnderConcurrency(t *testing.T) {
 // that holds its own content and key, and no row may be answered twice.
 func TestMixedBatchesWithEqualContent(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	old, err := st.Add(ctx, "same", "old-key")
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +175,7 @@ func TestMixedBatchesWithEqualContent(t *testing.T) {
 
 func TestListPagesNewestFirstOldestFirstWithin(t *testing.T) {
 	st, _ := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	for i := 1; i <= 7; i++ {
 		if _, err := st.Add(ctx, fmt.Sprint(i), ""); err != nil {
 			t.Fatal(err)
@@ -195,7 +208,7 @@ func TestListPagesNewestFirstOldestFirstWithin(t *testing.T) {
 
 func TestNotFound(t *testing.T) {
 	st, _ := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	if _, err := st.Get(ctx, 99); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("Get: %v", err)
 	}
@@ -214,7 +227,7 @@ func TestNotFound(t *testing.T) {
 // pool's idle connections; the next read is retried on a fresh one.
 func TestReadSurvivesTerminatedConnections(t *testing.T) {
 	st, _ := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	if _, err := st.List(ctx, store.Page{}); err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +240,7 @@ func TestReadSurvivesTerminatedConnections(t *testing.T) {
 }
 
 func TestUnavailableIsTyped(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	c := localpg.ForTest(t, localpg.Options{})
 	st, err := store.Open(ctx, store.Config{ConnString: c.SuperuserURL("postgres"), Migrate: true})
 	if err != nil {
@@ -251,7 +264,7 @@ func TestUnavailableIsTyped(t *testing.T) {
 
 func TestDeadLetterKeptOnce(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	d := store.DeadLetter{EventID: "1", EventSource: "//pubsub/x", EventType: "t", Reason: "bad", Payload: []byte{0xff, 0}}
 	for range 2 {
 		if err := st.AddDeadLetter(ctx, d); err != nil {
@@ -271,7 +284,7 @@ func TestDeadLetterKeptOnce(t *testing.T) {
 }
 
 func TestMigrationsOffNeedSchema(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		t.Fatal(err)

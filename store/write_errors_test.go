@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -18,7 +17,7 @@ import (
 // fix, class XX counted as a row's fault: the batch was split and every row
 // got ErrInvalid.
 func TestDatabaseFaultsAreNotTheRowsFault(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	raising := func(code string) func(t *testing.T, url string) {
 		return func(t *testing.T, url string) {
 			_, err := connect(t, url).Exec(ctx, fmt.Sprintf(`
@@ -93,7 +92,7 @@ func TestDatabaseFaultsAreNotTheRowsFault(t *testing.T) {
 // the good ones are stored.
 func TestOneBadRowInABatchIsStillInvalid(t *testing.T) {
 	st, url := openStore(t)
-	if _, err := connect(t, url).Exec(context.Background(), "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (content <> 'poison')"); err != nil {
+	if _, err := connect(t, url).Exec(testContext(t), "ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (content <> 'poison')"); err != nil {
 		t.Fatal(err)
 	}
 	errs := st.CommitBatch([]string{"a", "poison", "c", "d"})
@@ -117,7 +116,7 @@ func TestOneBadRowInABatchIsStillInvalid(t *testing.T) {
 	if !errors.Is(errs[0], store.ErrInvalid) || !errors.Is(errs[1], store.ErrInvalid) {
 		t.Errorf("a batch of two poison rows: %v, want ErrInvalid for both", errs)
 	}
-	if _, err := st.Add(context.Background(), "poison", ""); !errors.Is(err, store.ErrInvalid) {
+	if _, err := st.Add(testContext(t), "poison", ""); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("a lone poison row: %v, want ErrInvalid", err)
 	}
 	if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 4 {

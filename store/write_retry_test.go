@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"strconv"
@@ -20,7 +19,7 @@ import (
 // handed a healthy one instead, and the test proves that the write ran twice:
 // it acquired one connection more than the same write does without a reset.
 func TestWriteRetriedAfterConnectionReset(t *testing.T) {
-	ctx := context.Background()
+	ctx := testContext(t)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		t.Fatal(err)

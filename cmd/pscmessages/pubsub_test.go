@@ -337,16 +337,37 @@ func TestPubSubEndToEnd(t *testing.T) {
 	t.Run("shutdown mid-stream acks only what is stored", func(t *testing.T) {
 		url := env.database(t)
 		first := env.serve(t, url, "restart", nil, "-pubsub-concurrency", e2eConcurrency)
-		const n = 300
+		const n, before = 300, 50
 		payloads, want := psContents("restart", n)
-		ids := env.publishAll(t, "restart", payloads)
-		psWaitFor(t, 30*time.Second, "a first part stored", func() bool {
-			return psStoredRows(t, url) >= 50
+		ids := env.publishAll(t, "restart", payloads[:before])
+		psWaitFor(t, 30*time.Second, "the first part stored", func() bool {
+			return psStoredRows(t, url) >= before
+		})
+		// Hold the table so that the rest is certainly in flight, not
+		// stored, when the shutdown comes, however fast the machine: inserts
+		// wait for the lock, reads do not.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		holder, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer holder.Close(context.Background())
+		hold, err := holder.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := hold.Exec(ctx, "LOCK TABLE messages IN EXCLUSIVE MODE"); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, env.publishAll(t, "restart", payloads[before:])...)
+		psWaitFor(t, 30*time.Second, "an insert waiting for the held table", func() bool {
+			return psQueryInt(t, url, "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'messages'::regclass") > 0
 		})
 		first.stop(t)
 		stored := psStoredRows(t, url)
-		if stored >= n {
-			t.Fatalf("all %d stored before the shutdown; the test proves nothing", n)
+		if stored != before {
+			t.Fatalf("%d rows stored while the table was held, want the %d stored before", stored, before)
 		}
 		// Nothing acked may be missing from the table.
 		var acked []string
@@ -358,7 +379,10 @@ func TestPubSubEndToEnd(t *testing.T) {
 		if missing := psQueryInt(t, url, `SELECT count(*) FROM unnest($1::text[]) w WHERE NOT EXISTS (SELECT 1 FROM messages WHERE content = w)`, acked); missing != 0 {
 			t.Fatalf("%d of %d acked messages are not stored", missing, len(acked))
 		}
-		t.Logf("stopped after %d of %d stored, %d acked", stored, n, len(acked))
+		t.Logf("stopped with %d of %d stored, %d acked", stored, n, len(acked))
+		if err := hold.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
 		// A second run picks up the rest, and what the first stored but
 		// could not ack is not stored twice.
 		env.serve(t, url, "restart", nil, "-pubsub-concurrency", e2eConcurrency)
