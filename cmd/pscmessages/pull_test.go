@@ -16,7 +16,7 @@ import (
 func (e *psEnv) startPull(t testing.TB, url, sub string, args ...string) *runner {
 	t.Helper()
 	return startRunner(t, runnerOptions{process: "TestMainProcess", args: append([]string{"pull", "-subscription", sub}, args...),
-		env: map[string]string{"DATABASE_URL": url, "PUBSUB_EMULATOR_HOST": e.fake.Addr, "PUBSUB_PROJECT_ID": psProject},
+		env:   map[string]string{"DATABASE_URL": url, "PUBSUB_EMULATOR_HOST": e.fake.Addr, "PUBSUB_PROJECT_ID": psProject},
 		unset: psUnset, cleanExit: true})
 }
 
