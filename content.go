@@ -60,10 +60,60 @@ func decodeContent(body []byte, maxContent int) (string, error) {
 	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &content) != nil {
 		return "", badRequest("field \"content\" must be a string")
 	}
+	if err := checkEscapes(raw); err != nil {
+		return "", err
+	}
 	if err := checkContent(content, maxContent); err != nil {
 		return "", err
 	}
 	return content, nil
+}
+
+// checkEscapes refuses a JSON string whose \u escapes name a lone UTF-16
+// surrogate (\ud800 without a low surrogate after it, or \udc00 alone):
+// encoding/json decodes one as U+FFFD, so the content stored would not be
+// the content sent. Text cannot hold a lone surrogate, so there is nothing
+// exact to store.
+func checkEscapes(str json.RawMessage) error {
+	hex4 := func(i int) rune {
+		if i+6 > len(str) || str[i] != '\\' || str[i+1] != 'u' {
+			return -1
+		}
+		var r rune
+		for _, c := range str[i+2 : i+6] {
+			switch {
+			case '0' <= c && c <= '9':
+				r = r<<4 | rune(c-'0')
+			case 'a' <= c && c <= 'f':
+				r = r<<4 | rune(c-'a'+10)
+			case 'A' <= c && c <= 'F':
+				r = r<<4 | rune(c-'A'+10)
+			default:
+				return -1
+			}
+		}
+		return r
+	}
+	for i := 0; i < len(str); i++ {
+		if str[i] != '\\' {
+			continue
+		}
+		r := hex4(i)
+		switch {
+		case r < 0:
+			i++ // a two-byte escape such as \\ or \"
+		case 0xd800 <= r && r < 0xdc00:
+			if low := hex4(i + 6); low < 0xdc00 || low > 0xdfff {
+				return badRequest("content holds a lone UTF-16 surrogate escape (\\u%04x), which is not a character", r)
+			}
+			i += 11
+		case 0xdc00 <= r && r <= 0xdfff:
+			return badRequest("content holds a lone UTF-16 surrogate escape (\\u%04x), which is not a character", r)
+		default:
+			i += 5
+		}
+	}
+	return nil
 }
 
 // checkContent applies the rules every stored message obeys, from either entry point.

@@ -442,6 +442,9 @@ func decodePubsub(m eventMeta, msg PubsubMessage, maxContent int) (content, key 
 				if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &content) != nil {
 					return "", "", &poisonError{`field "content" must be a string`}
 				}
+				if err := checkEscapes(raw); err != nil {
+					return "", "", &poisonError{err.Error()}
+				}
 			}
 		}
 	}

@@ -289,7 +289,7 @@ func TestOversizedDeliveryIsLeftToPubSub(t *testing.T) {
 		runtime.ReadMemStats(&before)
 		r := do(t, "POST", base+"/", body, ceHeaders("big-1", testSource))
 		runtime.ReadMemStats(&after)
-		if r.status != http.StatusInternalServerError || !strings.Contains(string(r.body), fmt.Sprintf("the delivery of %d bytes exceeds the 611672 bytes IngestPubSub decodes", len(body))) {
+		if r.status != http.StatusInternalServerError || !strings.Contains(string(r.body), fmt.Sprintf("the delivery of %d bytes exceeds the %d bytes IngestPubSub decodes", len(body), deliveryLimit(settings{maxBodyBytes: DefaultMaxBodyBytes}))) {
 			t.Fatalf("delivery %d: %d %s, want 500 naming its size and the limit", attempt, r.status, r.body)
 		}
 		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(len(body))/4 {

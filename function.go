@@ -12,6 +12,7 @@ package function
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -85,8 +86,26 @@ func Close() { shared.Close() }
 // Limits on what a request or message may carry, with their defaults.
 const (
 	DefaultMaxContentBytes = 64 << 10
-	DefaultMaxBodyBytes    = 256 << 10
+	// DefaultMaxBodyBytes is what a body needs to carry the largest
+	// default content however it is escaped (minBodyBytes).
+	DefaultMaxBodyBytes = maxEscapedBytes*DefaultMaxContentBytes + bodyEnvelopeBytes
 )
+
+// A body must carry any content within MAX_CONTENT_BYTES, however its JSON is
+// escaped: a control character takes six bytes as \u0001, the most any byte
+// of content can take (a 2- to 4-byte character takes at most 12 bytes as a
+// surrogate pair of escapes, 3 per byte). bodyEnvelopeBytes leaves room for
+// {"content": ""} and a little whitespace around it.
+const (
+	maxEscapedBytes   = 6
+	bodyEnvelopeBytes = 1 << 10
+)
+
+// minBodyBytes is the smallest body limit that never refuses content within
+// maxContent for how it is escaped.
+func minBodyBytes(maxContent int) int64 {
+	return maxEscapedBytes*int64(maxContent) + bodyEnvelopeBytes
+}
 
 // settings is the function's configuration beyond the database's.
 type settings struct {
@@ -117,7 +136,7 @@ func loadSettings(getenv func(string) string) (settings, error) {
 		s.maxContentBytes = n
 	}
 	// The body must be able to carry the largest content, JSON-escaped.
-	s.maxBodyBytes = max(DefaultMaxBodyBytes, 4*int64(s.maxContentBytes))
+	s.maxBodyBytes = minBodyBytes(s.maxContentBytes)
 	if v := getenv("MAX_BODY_BYTES"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 2 || n > 64<<20 {
@@ -125,8 +144,9 @@ func loadSettings(getenv func(string) string) (settings, error) {
 		}
 		s.maxBodyBytes = n
 	}
-	if s.maxBodyBytes < int64(s.maxContentBytes) {
-		return settings{}, &store.ConfigError{Var: "MAX_BODY_BYTES", Msg: "must not be below MAX_CONTENT_BYTES"}
+	if need := minBodyBytes(s.maxContentBytes); s.maxBodyBytes < need {
+		return settings{}, &store.ConfigError{Var: "MAX_BODY_BYTES", Msg: fmt.Sprintf(
+			"must be at least 6 × MAX_CONTENT_BYTES + 1024 (%d), so that content within MAX_CONTENT_BYTES fits however its JSON is escaped", need)}
 	}
 	return s, nil
 }

@@ -38,7 +38,7 @@ func TestEmptyListIsArray(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	f := newFixture(t, map[string]string{"MAX_CONTENT_BYTES": "16", "MAX_BODY_BYTES": "64", RoutesVar: RoutesAll})
+	f := newFixture(t, map[string]string{"MAX_CONTENT_BYTES": "16", "MAX_BODY_BYTES": "1120", RoutesVar: RoutesAll})
 	cases := []struct {
 		name, method, path, ctype, body string
 		header                          map[string]string
@@ -65,7 +65,7 @@ func TestBadInput(t *testing.T) {
 		{name: "text content type", method: "POST", path: "/messages", ctype: "text/plain", body: `{"content":"a"}`, status: 415},
 		{name: "latin1 charset", method: "POST", path: "/", ctype: "application/json; charset=latin1", body: `{"content":"a"}`, status: 415},
 		{name: "content over limit", method: "POST", path: "/", ctype: "application/json", body: `{"content":"12345678901234567"}`, status: 413},
-		{name: "body over limit", method: "POST", path: "/", ctype: "application/json", body: `{"content":"a","pad":"` + strings.Repeat("x", 80) + `"}`, status: 413},
+		{name: "body over limit", method: "POST", path: "/", ctype: "application/json", body: `{"content":"a","pad":"` + strings.Repeat("x", 1200) + `"}`, status: 413},
 		{name: "bad idempotency key", method: "POST", path: "/", ctype: "application/json", body: `{"content":"a"}`, header: map[string]string{"Idempotency-Key": "has space"}, status: 400},
 		{name: "DELETE root", method: "DELETE", path: "/", status: 405, allow: "GET, HEAD, POST"},
 		{name: "PUT collection", method: "PUT", path: "/messages", status: 405, allow: "GET, HEAD, POST"},

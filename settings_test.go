@@ -14,8 +14,11 @@ func TestSettingsLimits(t *testing.T) {
 		wantBody int64
 	}{
 		{env: map[string]string{}, wantBody: DefaultMaxBodyBytes},
-		{env: map[string]string{"MAX_CONTENT_BYTES": "1000000"}, wantBody: 4000000},
+		{env: map[string]string{"MAX_CONTENT_BYTES": "1000000"}, wantBody: 6001024},
 		{env: map[string]string{"MAX_CONTENT_BYTES": "100", "MAX_BODY_BYTES": "50"}, wantVar: "MAX_BODY_BYTES"},
+		// Content within the limit, escaped six bytes a byte, would not fit.
+		{env: map[string]string{"MAX_CONTENT_BYTES": "100", "MAX_BODY_BYTES": "1623"}, wantVar: "MAX_BODY_BYTES"},
+		{env: map[string]string{"MAX_CONTENT_BYTES": "100", "MAX_BODY_BYTES": "1624"}, wantBody: 1624},
 		{env: map[string]string{"MAX_CONTENT_BYTES": "0"}, wantVar: "MAX_CONTENT_BYTES"},
 	}
 	for _, tc := range cases {

@@ -40,7 +40,7 @@ keeps them), or deletes them. Each dead letter holds its delivery whole, so
 it can be replayed once the cause is fixed: a constraint dropped, or
 MAX_CONTENT_BYTES raised in this command's environment for "content
 exceeds". A delivery larger than IngestPubSub decodes (the base64 of
-MAX_BODY_BYTES plus 256 KiB: 611672 bytes with the default limits) is never
+MAX_BODY_BYTES plus 256 KiB: 787800 bytes with the default limits) is never
 here: it is answered 500, so Pub/Sub keeps it whole and moves it to the
 subscription's dead-letter topic after its last attempt. Rows of which only
 a prefix was kept (from before dead letters were kept whole) cannot be
