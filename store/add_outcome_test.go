@@ -57,7 +57,7 @@ func TestExpiredCallerIsNeverToldStored(t *testing.T) {
 			if err != nil || again.ID == 0 {
 				t.Fatalf("retry with the same key: %+v, %v", again, err)
 			}
-			if n := count(t, url, "SELECT count(*) FROM messages WHERE idempotency_key = 'expired-key' AND id = $1 AND content = 'expired'", again.ID); n != 1 {
+			if n := count(t, url, "SELECT count(*) FROM messages m JOIN idempotency_keys k ON k.message_id = m.id WHERE k.key = 'expired-key' AND m.id = $1 AND m.content = 'expired'", again.ID); n != 1 {
 				t.Fatalf("retry answered id %d, but %d rows hold it", again.ID, n)
 			}
 			if n := count(t, url, "SELECT count(*) FROM messages WHERE content = 'expired'"); n != 1 {

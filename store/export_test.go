@@ -16,9 +16,20 @@ func MigrateTo(ctx context.Context, conn *pgx.Conn, v int32) error {
 // DeadLetterKey exposes deadLetterKey to tests.
 var DeadLetterKey = deadLetterKey
 
-// ExpireKeys runs the cleanup of idempotency records older than retention.
+// ExpireKeys runs one cleanup of idempotency records older than retention,
+// with the writer's time budget, and returns how many it deleted.
 func (s *Store) ExpireKeys(ctx context.Context, retention time.Duration) (int, error) {
-	return s.expireKeys(ctx, retention)
+	n, _, err := s.expireKeys(ctx, retention, cleanupBudget)
+	return n, err
+}
+
+// ShortenKeyRetention makes the writer's cleanup expire records older than
+// retention and run every every, for benchmarks that cannot wait 7 days.
+func (s *Store) ShortenKeyRetention(retention, every time.Duration) {
+	c := s.writer.clean
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.retention, c.every = retention, every
 }
 
 // CommitBatch stores contents (keyless) as one batch of the group-commit

@@ -16,72 +16,80 @@ import (
 // messages longer than 7 days needs a larger value here.
 //
 // After it, a key may be used again for a new message: its record is
-// deleted and the key is cleared from the message it created.
+// deleted. The message it created is not touched.
 const IdempotencyRetention = 7 * 24 * time.Hour
 
-// Cleanup of expired keys. The writer starts one at most every
-// cleanupEvery, after a batch (so it runs while the instance has requests,
-// and thus CPU, on Cloud Run), in its own goroutine so that writes do not
-// wait for it. One run deletes at most cleanupRuns × cleanupBatch records
-// (10 × 1,000), oldest first; a backlog larger than that shrinks by that
-// much per minute per instance.
+// Cleanup of expired keys. The writer starts a run after a batch (so it runs
+// while the instance has requests, and thus CPU, on Cloud Run), in its own
+// goroutine on its own connection so that writes do not wait for it: once
+// cleanupEvery has passed since the last run, or at once when the last run
+// ended before it had caught up. A run deletes expired records oldest first,
+// cleanupBatch per statement, until fewer than cleanupBatch were left
+// (caught up) or cleanupBudget has passed.
+//
+// So it keeps pace with any rate the writer sustains: while behind it runs
+// back to back beside the writer, and deleting a record (one small row and
+// two index entries, found by the recorded_at index) costs the database less
+// than the keyed insert that wrote it (that record plus a message). Once
+// caught up, the expired records waiting at any moment are at most those of
+// cleanupEvery plus one run's budget of writes.
 const (
-	cleanupEvery = time.Minute
-	cleanupBatch = 1000
-	cleanupRuns  = 10
+	cleanupEvery  = time.Minute
+	cleanupBatch  = 5000
+	cleanupBudget = 10 * time.Second
 )
 
-// expireKeys deletes up to $2 records older than $1 seconds and clears the
-// key of the messages they created, so that the key can store a new message.
+// expireKeys deletes up to $2 records older than $1 microseconds.
 const expireKeys = `
-WITH expired AS (
-    DELETE FROM idempotency_keys WHERE key IN (
-        SELECT key FROM idempotency_keys
-        WHERE recorded_at < now() - $1::bigint * interval '1 second'
-        ORDER BY recorded_at LIMIT $2)
-    RETURNING key, message_id
-), cleared AS (
-    UPDATE messages m SET idempotency_key = NULL
-    FROM expired e WHERE m.id = e.message_id AND m.idempotency_key = e.key
-)
-SELECT count(*) FROM expired`
+DELETE FROM idempotency_keys WHERE key IN (
+    SELECT key FROM idempotency_keys
+    WHERE recorded_at < now() - $1::bigint * interval '1 microsecond'
+    ORDER BY recorded_at LIMIT $2)`
 
 type cleaner struct {
+	retention time.Duration
+	every     time.Duration
+
 	mu      sync.Mutex
 	last    time.Time
 	running sync.WaitGroup
 	busy    bool
 	// ctx is what a cleanup runs on; stop cancels it, so that Close does
-	// not wait for a cleanup (up to cleanupRuns statements of the query
-	// timeout each) beyond the writes it drains. Nothing is lost: the
-	// records expire on a later run.
+	// not wait for a cleanup (up to cleanupBudget) beyond the writes it
+	// drains. Nothing is lost: the records expire on a later run.
 	ctx    context.Context
 	cancel context.CancelFunc
 }
 
 func newCleaner() *cleaner {
-	c := &cleaner{}
+	c := &cleaner{retention: IdempotencyRetention, every: cleanupEvery}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c
 }
 
-// maybeStart starts a cleanup when none ran for cleanupEvery.
+// maybeStart starts a cleanup when none ran for c.every, or when the last
+// one had not caught up.
 func (c *cleaner) maybeStart(s *Store) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.busy || c.ctx.Err() != nil || time.Since(c.last) < cleanupEvery {
+	if c.busy || c.ctx.Err() != nil || time.Since(c.last) < c.every {
 		return
 	}
 	c.busy, c.last = true, time.Now()
 	c.running.Add(1)
+	retention := c.retention
 	go func() {
 		defer c.running.Done()
-		if _, err := s.expireKeys(c.ctx, IdempotencyRetention); err != nil && c.ctx.Err() == nil {
+		_, caughtUp, err := s.expireKeys(c.ctx, retention, cleanupBudget)
+		if err != nil && c.ctx.Err() == nil {
 			// The next run tries again; nothing is lost meanwhile.
 			slog.Warn("deleting expired idempotency keys failed", "error", err.Error())
 		}
 		c.mu.Lock()
 		c.busy = false
+		if !caughtUp && err == nil {
+			c.last = time.Time{} // behind: the next batch starts another run
+		}
 		c.mu.Unlock()
 	}()
 }
@@ -92,19 +100,26 @@ func (c *cleaner) stop() {
 	c.running.Wait()
 }
 
-// expireKeys deletes records older than retention, in bounded batches, and
-// returns how many it deleted.
-func (s *Store) expireKeys(ctx context.Context, retention time.Duration) (int, error) {
-	total := 0
-	for range cleanupRuns {
-		var n int
+// expireKeys deletes records older than retention, cleanupBatch at a time,
+// until it has caught up or budget has passed, and returns how many it
+// deleted and whether it caught up.
+func (s *Store) expireKeys(ctx context.Context, retention, budget time.Duration) (deleted int, caughtUp bool, err error) {
+	deadline := time.Now().Add(budget)
+	for {
+		var n int64
 		err := s.run(ctx, func(ctx context.Context) error {
-			return s.pool.QueryRow(ctx, expireKeys, int64(retention/time.Second), cleanupBatch).Scan(&n)
+			tag, err := s.pool.Exec(ctx, expireKeys, retention.Microseconds(), cleanupBatch)
+			n = tag.RowsAffected()
+			return err
 		})
-		total += n
-		if err != nil || n < cleanupBatch {
-			return total, err
+		deleted += int(n)
+		switch {
+		case err != nil:
+			return deleted, false, err
+		case n < cleanupBatch:
+			return deleted, true, nil
+		case time.Now().After(deadline):
+			return deleted, false, nil
 		}
 	}
-	return total, nil
 }

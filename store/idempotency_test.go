@@ -133,8 +133,8 @@ func TestIDsBeyond32Bits(t *testing.T) {
 }
 
 // TestKeysStoredBeforeTheUpgrade: keys of rows written before the
-// idempotency_keys table existed (backfilled by the migration) or by an
-// older instance during a rollout (found through messages) keep deduplicating.
+// idempotency_keys table existed, in messages.idempotency_key, are
+// backfilled by 006 and keep deduplicating after 007 drops that column.
 func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
 	ctx := testContext(t)
 	name := fmt.Sprintf("s%d", dbSeq.Add(1))
@@ -146,7 +146,8 @@ func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
 	if err := store.MigrateTo(ctx, conn, 3); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, "INSERT INTO messages (content, idempotency_key) VALUES ('old', 'http:before')"); err != nil {
+	var want int64
+	if err := conn.QueryRow(ctx, "INSERT INTO messages (content, idempotency_key) VALUES ('old', 'http:before') RETURNING id").Scan(&want); err != nil {
 		t.Fatal(err)
 	}
 	st, err := store.Open(ctx, store.Config{ConnString: url, Migrate: true})
@@ -154,23 +155,18 @@ func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	// An older instance, still running during the rollout, writes a keyed
-	// row without a record.
-	if _, err := conn.Exec(ctx, "INSERT INTO messages (content, idempotency_key) VALUES ('rollout', 'http:during')"); err != nil {
-		t.Fatal(err)
+	a, err := st.Add(ctx, "old", "http:before")
+	if err != nil || !a.Replayed || a.ID != want {
+		t.Errorf("retry of http:before: %+v, %v; want a replay of %d", a, err, want)
 	}
-	for _, tc := range []struct{ content, key string }{{"old", "http:before"}, {"rollout", "http:during"}} {
-		want := queryInt(t, url, "SELECT id FROM messages WHERE idempotency_key = $1", tc.key)
-		a, err := st.Add(ctx, tc.content, tc.key)
-		if err != nil || !a.Replayed || a.ID != int64(want) {
-			t.Errorf("retry of %s: %+v, %v; want a replay of %d", tc.key, a, err, want)
-		}
-		if _, err := st.Add(ctx, "other", tc.key); !errors.Is(err, store.ErrKeyReused) {
-			t.Errorf("other content under %s: %v, want ErrKeyReused", tc.key, err)
-		}
+	if _, err := st.Add(ctx, "other", "http:before"); !errors.Is(err, store.ErrKeyReused) {
+		t.Errorf("other content under http:before: %v, want ErrKeyReused", err)
 	}
-	if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 2 {
-		t.Fatalf("%d rows, want 2", n)
+	if n := queryInt(t, url, "SELECT count(*) FROM messages"); n != 1 {
+		t.Fatalf("%d rows, want 1", n)
+	}
+	if n := queryInt(t, url, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'messages' AND column_name = 'idempotency_key'"); n != 0 {
+		t.Fatal("messages.idempotency_key is still there after the migrations")
 	}
 }
 
@@ -278,5 +274,46 @@ func TestIdempotentAddsInOneBatch(t *testing.T) {
 	}
 	if rows != 4+n || xmins != 1 {
 		t.Fatalf("%d rows written by %d transactions, want %d by one: the requests did not share a batch", rows, xmins, 4+n)
+	}
+}
+
+// TestCleanupCatchesUpWithABacklog: one cleanup deletes every expired record
+// however many there are (within its time budget), not a fixed number per
+// minute, and never rewrites the messages the keys created. Before the fix a
+// run deleted at most 10,000 records, so keyed writes above ~167/s grew the
+// table without bound, and every expired key rewrote its message.
+func TestCleanupCatchesUpWithABacklog(t *testing.T) {
+	st, url := openStore(t)
+	ctx := context.Background()
+	kept, err := st.Add(ctx, "kept", "http:expiring")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const backlog = 25_000
+	conn := connect(t, url)
+	if _, err := conn.Exec(ctx, `INSERT INTO idempotency_keys (key, fingerprint, message_id, created_at, recorded_at)
+		SELECT 'http:backlog-' || g, '\x00', g, now(), now() - interval '8 days' FROM generate_series(1, $1::int) g`, backlog); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "UPDATE idempotency_keys SET recorded_at = now() - interval '8 days' WHERE key = 'http:expiring'"); err != nil {
+		t.Fatal(err)
+	}
+	version := func() string {
+		var v string
+		if err := conn.QueryRow(ctx, "SELECT xmin::text || ctid::text FROM messages WHERE id = $1", kept.ID).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	before := version()
+	n, err := st.ExpireKeys(ctx, store.IdempotencyRetention)
+	if err != nil || n != backlog+1 {
+		t.Fatalf("one cleanup deleted %d records, %v; want all %d expired ones", n, err, backlog+1)
+	}
+	if left := queryInt(t, url, "SELECT count(*) FROM idempotency_keys"); left != 0 {
+		t.Fatalf("%d records left", left)
+	}
+	if version() != before {
+		t.Error("the cleanup rewrote the message of an expired key")
 	}
 }

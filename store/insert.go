@@ -40,14 +40,16 @@ SELECT n, id, now(), NULL::bytea, true FROM fresh`
 // statement:
 //
 //   - known: what each key was first used for, as this statement sees it:
-//     its idempotency_keys record, or for a key stored before those records
-//     existed and not backfilled (written by an older instance during a
-//     rollout), its messages row as it is now.
+//     its idempotency_keys record.
 //   - claimed: a record for every key not known, with an id drawn for it
 //     only then, so replays burn no ids. Inserted in input order, which is
 //     key order. A key that another transaction is storing waits for it and
 //     then claims nothing.
 //   - fresh, inserted: a message for every claimed key and every keyless row.
+//
+// The key lives in idempotency_keys alone: messages carries no copy of it,
+// so that a key's expiry deletes one small record and never rewrites the
+// message (see 007_retire_message_keys.sql).
 //
 // The arrays are read through (SELECT $n) so that the planner cannot see
 // their length: then a custom plan costs what the generic one does, and after
@@ -66,10 +68,6 @@ WITH input AS (
 ), known AS (
     SELECT k.key, k.fingerprint, k.message_id, k.created_at
     FROM idempotency_keys k WHERE k.key IN (SELECT key FROM input)
-    UNION ALL
-    SELECT m.idempotency_key, sha256(convert_to(coalesce(m.content, ''), 'UTF8')), m.id, m.created_at
-    FROM messages m WHERE m.idempotency_key IN (SELECT key FROM input)
-        AND NOT EXISTS (SELECT FROM idempotency_keys k WHERE k.key = m.idempotency_key)
 ), claimed AS (
     INSERT INTO idempotency_keys (key, fingerprint, message_id, created_at)
     SELECT i.key, i.fingerprint, nextval('messages_id_seq'), now()
@@ -78,13 +76,13 @@ WITH input AS (
     ON CONFLICT (key) DO NOTHING
     RETURNING key, message_id
 ), fresh AS (
-    SELECT i.n, i.content, i.key,
+    SELECT i.n, i.content,
         CASE WHEN i.key IS NULL THEN nextval('messages_id_seq') ELSE c.message_id END AS id
     FROM input i LEFT JOIN claimed c ON c.key = i.key
     WHERE i.key IS NULL OR c.key IS NOT NULL
 ), inserted AS (
-    INSERT INTO messages (id, content, idempotency_key, created_at, updated_at)
-    SELECT id, content, key, now(), now() FROM fresh ORDER BY n
+    INSERT INTO messages (id, content, created_at, updated_at)
+    SELECT id, content, now(), now() FROM fresh ORDER BY n
 )
 SELECT n, id, now(), NULL::bytea, true FROM fresh
 UNION ALL
@@ -93,11 +91,7 @@ SELECT i.n, k.message_id, k.created_at, k.fingerprint, false FROM input i JOIN k
 // lookupKeys reads what keys were first used for, as insertKeyed's known does.
 const lookupKeys = `
 SELECT k.key, k.fingerprint, k.message_id, k.created_at
-FROM idempotency_keys k WHERE k.key = ANY($1::text[])
-UNION ALL
-SELECT m.idempotency_key, sha256(convert_to(coalesce(m.content, ''), 'UTF8')), m.id, m.created_at
-FROM messages m WHERE m.idempotency_key = ANY($1::text[])
-    AND NOT EXISTS (SELECT FROM idempotency_keys k WHERE k.key = m.idempotency_key)`
+FROM idempotency_keys k WHERE k.key = ANY($1::text[])`
 
 // insert stores rows with one statement and records a result for each. It
 // returns the statement's error and records nothing when that fails; once

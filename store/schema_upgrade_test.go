@@ -25,3 +25,25 @@ func TestPre004DeadLetterInsertFailsAfter004(t *testing.T) {
 		t.Fatalf("old build's dead-letter insert on the current schema: %v, want 42P10", err)
 	}
 }
+
+// TestPre007KeyedInsertFailsAfter007 pins the upgrade window of
+// 007_retire_message_keys.sql that the README describes (Deploying): a build
+// older than it writes messages.idempotency_key with every keyed message,
+// which 007 drops, so on the new schema its keyed writes fail (42703) and are
+// retried, while its keyless ones still work. If this test starts failing,
+// that README paragraph is stale.
+func TestPre007KeyedInsertFailsAfter007(t *testing.T) {
+	_, url := openStore(t)
+	conn := connect(t, url)
+	ctx := context.Background()
+	// The statements of builds before 007 (store/insert.go before it), reduced
+	// to what names the column.
+	_, err := conn.Exec(ctx, "INSERT INTO messages (id, content, idempotency_key, created_at, updated_at) VALUES (nextval('messages_id_seq'), 'x', 'http:k', now(), now())")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42703" {
+		t.Fatalf("old build's keyed insert on the current schema: %v, want 42703", err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO messages (id, content, created_at, updated_at) VALUES (nextval('messages_id_seq'), 'x', now(), now())"); err != nil {
+		t.Fatalf("old build's keyless insert on the current schema: %v", err)
+	}
+}

@@ -75,7 +75,7 @@ func TestWriteRetriedAfterConnectionReset(t *testing.T) {
 		if a.ID == 0 || a.Replayed || a.Content != content {
 			t.Fatalf("the write after a connection reset: %+v", a)
 		}
-		if n := count(t, url, "SELECT count(*) FROM messages WHERE content = $1 AND idempotency_key = $2", content, "key-"+content); n != 1 {
+		if n := count(t, url, "SELECT count(*) FROM messages m JOIN idempotency_keys k ON k.message_id = m.id WHERE m.content = $1 AND k.key = $2", content, "key-"+content); n != 1 {
 			t.Fatalf("%d rows for one write", n)
 		}
 		if proxy.connections() == conns {
