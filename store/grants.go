@@ -44,8 +44,7 @@ func (p Privilege) SQL() (privilege, object string) {
 //     and replayed rows, Update and Delete change rows.
 //   - messages_id_seq: Add draws ids with nextval() itself.
 //   - idempotency_keys: Add reads what keys were first used for and records
-//     new ones; the writer's cleanup deletes expired records (and clears
-//     their key in messages, with the UPDATE above).
+//     new ones; the writer's cleanup deletes expired records.
 //   - dead_letters: AddDeadLetter inserts with ON CONFLICT (dedupe_key), and
 //     PostgreSQL requires SELECT on a conflict target's columns, so that
 //     column (a digest) is readable and no others. (Schemas granted before
