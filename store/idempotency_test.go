@@ -284,7 +284,7 @@ func TestIdempotentAddsInOneBatch(t *testing.T) {
 // table without bound, and every expired key rewrote its message.
 func TestCleanupCatchesUpWithABacklog(t *testing.T) {
 	st, url := openStore(t)
-	ctx := context.Background()
+	ctx := testContext(t)
 	kept, err := st.Add(ctx, "kept", "http:expiring")
 	if err != nil {
 		t.Fatal(err)

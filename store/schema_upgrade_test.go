@@ -35,7 +35,7 @@ func TestPre004DeadLetterInsertFailsAfter004(t *testing.T) {
 func TestPre007KeyedInsertFailsAfter007(t *testing.T) {
 	_, url := openStore(t)
 	conn := connect(t, url)
-	ctx := context.Background()
+	ctx := testContext(t)
 	// The statements of builds before 007 (store/insert.go before it), reduced
 	// to what names the column.
 	_, err := conn.Exec(ctx, "INSERT INTO messages (id, content, idempotency_key, created_at, updated_at) VALUES (nextval('messages_id_seq'), 'x', 'http:k', now(), now())")
