@@ -156,7 +156,12 @@ func deadLettersDatabase(ctx context.Context, stderr io.Writer) (func(), error) 
 	fmt.Fprintf(stderr, "started the local PostgreSQL in %s for this command\n", dir)
 	os.Setenv("DATABASE_URL", cluster.URL("postgres", "", "postgres", "passfile="+passfile))
 	// runDeadLetters closes the function's pool (deferred after this) first.
-	return func() { cluster.Stop(context.Background()) }, nil
+	// A second interrupt does not leave the server running either.
+	unregister := onAbort(func() { abortLocalPostgres(cluster) })
+	return func() {
+		cluster.Stop(context.Background())
+		unregister()
+	}, nil
 }
 
 func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, w io.Writer) error {
