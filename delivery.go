@@ -88,7 +88,8 @@ func readDelivery(r *http.Request, limit int64) (*delivery, error) {
 	if err := eventBudget.Acquire(ctx, weight); err != nil {
 		return nil, errOverBudget
 	}
-	d := &delivery{release: func() { eventBudget.Release(weight) }}
+	budgetInUse.Add(weight)
+	d := &delivery{release: func() { budgetInUse.Add(-weight); eventBudget.Release(weight) }}
 	initial := keep
 	if r.ContentLength < 0 { // chunked: grow as it comes, up to keep
 		initial = min(keep, 32<<10)

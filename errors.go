@@ -17,6 +17,7 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	var apiErr *apiError
 	var cfgErr *store.ConfigError
 	var unavail *unavailableError
+	spanError(r.Context(), errorKind(err))
 	switch {
 	case errors.Is(err, context.Canceled):
 		// The client left; nobody reads this answer.

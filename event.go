@@ -55,19 +55,21 @@ func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
 	}
 	m, data, poison := eventFromDelivery(r, d)
 	kept := keptPayload{payload: d.body}
+	ctx, m, endSpan := s.consume(r.Context(), m, data, unwrappedAttrs(r))
 	switch {
 	case poison != nil:
-		err = s.deadLetter(r.Context(), m, poison.reason, kept)
+		err = s.deadLetter(ctx, m, poison.reason, kept)
 	case isUnwrapped(r):
 		msg, p := unwrappedMessage(r, data)
 		if p != nil {
-			err = s.deadLetter(r.Context(), m, p.reason, wrappedPayload(msg, r.Header.Get(headerSubscription)))
+			err = s.deadLetter(ctx, m, p.reason, wrappedPayload(msg, r.Header.Get(headerSubscription)))
 			break
 		}
-		err = s.ingestMessage(r.Context(), m, msg, func() keptPayload { return wrappedPayload(msg, r.Header.Get(headerSubscription)) })
+		err = s.ingestMessage(ctx, m, msg, func() keptPayload { return wrappedPayload(msg, r.Header.Get(headerSubscription)) })
 	default:
-		err = s.ingest(r.Context(), m, data, kept)
+		err = s.ingest(ctx, m, data, kept)
 	}
+	endSpan(err)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -276,10 +278,15 @@ type keptPayload struct {
 func (s *service) Ingest(ctx context.Context, e event.Event) error {
 	m := eventMeta{id: e.ID(), source: e.Source(), typ: e.Type()}
 	m.traceparent, _ = e.Extensions()["traceparent"].(string)
+	ctx, m, endSpan := s.consume(ctx, m, e.Data(), nil)
+	var err error
 	if p := checkIdentity(m); p != nil {
-		return s.deadLetter(ctx, m, p.reason, keptPayload{payload: e.Data()})
+		err = s.deadLetter(ctx, m, p.reason, keptPayload{payload: e.Data()})
+	} else {
+		err = s.ingest(ctx, m, e.Data(), keptPayload{payload: e.Data()})
 	}
-	return s.ingest(ctx, m, e.Data(), keptPayload{payload: e.Data()})
+	endSpan(err)
+	return err
 }
 
 // ingest stores the message in data (a messagePublished payload), or keeps
@@ -341,6 +348,7 @@ func storeOrKeep(ctx context.Context, st *store.Store, log *slog.Logger, m event
 		return err
 	}
 	if added.Replayed {
+		noteOutcome(ctx, "duplicate", "")
 		log.Debug("redelivered event already stored", "message_id", added.ID)
 	}
 	return nil
@@ -365,6 +373,7 @@ func keepDeadLetter(ctx context.Context, st *store.Store, log *slog.Logger, m ev
 		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", causeText(err), "reason", reason)
 		return err
 	}
+	noteOutcome(ctx, "dead_lettered", deadLetterReason(reason))
 	// Each dead letter is its own line, however many share a reason.
 	log.Log(everyLine(ctx), slog.LevelWarn, "event kept in dead_letters", "reason", reason)
 	return nil
@@ -557,5 +566,8 @@ func StorePubSubMessage(ctx context.Context, topic string, msg PubsubMessage) er
 
 func (s *service) storePulled(ctx context.Context, topic string, msg PubsubMessage) error {
 	m := eventMeta{id: msg.MessageID, source: "//pubsub.googleapis.com/" + topic, typ: MessagePublishedType, traceparent: msg.Attributes["googclient_traceparent"]}
-	return s.ingestMessage(ctx, m, msg, func() keptPayload { return wrappedPayload(msg, "") })
+	ctx, m, endSpan := s.consume(ctx, m, nil, msg.Attributes)
+	err := s.ingestMessage(ctx, m, msg, func() keptPayload { return wrappedPayload(msg, "") })
+	endSpan(err)
+	return err
 }

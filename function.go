@@ -35,14 +35,29 @@ func init() {
 	// request's context, and can leave a delivery hanging until the next one
 	// arrives. See serveEvent.
 	functions.HTTP("IngestPubSub", serveEvent)
+	shared.tel = tel
+	if telErr != nil {
+		shared.log.Error("OpenTelemetry is off: invalid configuration", "error", telErr.Error())
+	}
+	flushOnSIGTERM(tel, os.Getenv)
 }
 
 // shared is the process's one service: the pool it opens on first use is
 // reused by every request and event the instance handles.
 var shared = newService(os.Getenv, os.Stdout)
 
+// tel is the process's OpenTelemetry SDK, nil when the OTEL_* variables do
+// not ask for it (see telemetry.go); an invalid one is reported by config.
+var tel, telErr = setupTelemetry(os.Getenv, nil)
+
+// The entry points as served: in a server span each when telemetry is on.
+var (
+	messagesEntry = tel.instrument("Messages", http.HandlerFunc(shared.ServeHTTP), messagesRoute)
+	eventEntry    = tel.instrument("IngestPubSub", http.HandlerFunc(shared.serveEvent), deliveryRoute)
+)
+
 // Messages is the HTTP entry point.
-func Messages(w http.ResponseWriter, r *http.Request) { shared.ServeHTTP(w, r) }
+func Messages(w http.ResponseWriter, r *http.Request) { messagesEntry.ServeHTTP(w, r) }
 
 // IngestPubSub stores the message of one Pub/Sub messagePublished CloudEvent,
 // for callers that already hold a decoded event.
@@ -50,7 +65,7 @@ func IngestPubSub(ctx context.Context, e event.Event) error { return shared.Inge
 
 // serveEvent is the deployed IngestPubSub entry point: one HTTP delivery of a
 // CloudEvent (binary or structured mode) or a legacy Pub/Sub push body.
-func serveEvent(w http.ResponseWriter, r *http.Request) { shared.serveEvent(w, r) }
+func serveEvent(w http.ResponseWriter, r *http.Request) { eventEntry.ServeHTTP(w, r) }
 
 // CheckConfig reports an invalid configuration, naming the variable, so a
 // local runner can refuse to start instead of answering 500s.
@@ -58,6 +73,9 @@ func CheckConfig() error {
 	cfg, err := shared.config()
 	if err != nil {
 		return err
+	}
+	if telErr != nil {
+		return telErr
 	}
 	return cfg.db.Check()
 }
@@ -79,9 +97,15 @@ func CheckEnv(getenv func(string) string) error {
 // LOG_LEVEL), for a local runner whose own lines should read like theirs.
 func NewLogger(w io.Writer) *slog.Logger { return newLogger(os.Getenv, w) }
 
-// Close closes the shared pool, letting pending writes finish. Local runners
-// call it on shutdown; on Cloud Run the instance simply stops.
-func Close() { shared.Close() }
+// Close closes the shared pool, letting pending writes finish, then flushes
+// the spans and metrics still buffered. Local runners call it on shutdown;
+// on Cloud Run the SIGTERM handler of flushOnSIGTERM flushes them.
+func Close() {
+	shared.Close()
+	if err := tel.shutdown(); err != nil {
+		shared.log.Warn("telemetry not flushed", "error", oneLine(err.Error()))
+	}
+}
 
 // Limits on what a request or message may carry, with their defaults.
 const (
@@ -121,6 +145,9 @@ func loadSettings(getenv func(string) string) (settings, error) {
 		return settings{}, err
 	}
 	if err := checkLogSettings(getenv); err != nil {
+		return settings{}, err
+	}
+	if _, err := loadTelemetrySettings(getenv); err != nil {
 		return settings{}, err
 	}
 	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes}
@@ -164,6 +191,7 @@ type service struct {
 	project projectID
 	// replayDB is Replay's own store: least privilege (see replay.go).
 	replayDB lazyStore
+	tel      *telemetry // nil when telemetry is off
 }
 
 func newService(getenv func(string) string, logTo io.Writer) *service {

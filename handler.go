@@ -23,6 +23,7 @@ import (
 // answered 500 with X-Google-Status: crash, and CLOUD_RUN_TIMEOUT_SECONDS,
 // when set, bounds the request's context.
 func Handler(target string) (http.Handler, error) {
+	runnerOwnsSignals.Store(true)
 	fns := map[string]http.HandlerFunc{"Messages": Messages, "IngestPubSub": serveEvent}
 	// The environment does not change in a process: read the timeout once.
 	var timeout time.Duration

@@ -41,6 +41,7 @@ func cloudLoggingAttr(groups []string, a slog.Attr) slog.Attr {
 // requestLog is the logger for one request, correlated with its trace.
 func (s *service) requestLog(r *http.Request) *slog.Logger {
 	traceID, spanID, sampled := traceFromHeaders(r.Header.Get("traceparent"), r.Header.Get("X-Cloud-Trace-Context"))
+	traceID, spanID, sampled = localSpan(r.Context(), traceID, spanID, sampled)
 	return s.withTrace(traceID, spanID, sampled).With("method", r.Method, "path", r.URL.Path)
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Group commit. One INSERT per request leaves a small machine's database
@@ -55,6 +56,8 @@ type writeRequest struct {
 	key         string
 	fingerprint []byte           // sha256 of content, for keyed rows
 	done        chan writeResult // buffered: the writer never blocks on a caller that left
+	queuedAt    time.Time        // set with wait, when telemetry is on
+	wait        trace.Span       // see observer.queued
 }
 
 type writeResult struct {
@@ -92,6 +95,7 @@ func (b *batcher) add(ctx context.Context, content, key string) (Added, error) {
 		sum := sha256.Sum256([]byte(content))
 		req.fingerprint = sum[:]
 	}
+	defer b.s.obs.queued(ctx, req)()
 	select {
 	case b.queue <- req:
 	case <-b.stop:
@@ -137,6 +141,7 @@ func (b *batcher) loop() {
 				break drain
 			}
 		}
+		b.s.obs.batchStarted(batch)
 		b.write(batch)
 		b.clean.maybeStart(b.s)
 	}
@@ -272,6 +277,7 @@ func (b *batcher) insertRetrying(rows []*writeRequest, results map[*writeRequest
 		if err == nil || attempt == maxConflictRetries || !isConflict(err) {
 			return err
 		}
+		b.s.obs.retried(rows, attempt+1, err)
 		time.Sleep(time.Duration(rand.Int64N(int64(20*time.Millisecond) * int64(attempt+1))))
 	}
 }

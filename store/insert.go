@@ -120,8 +120,9 @@ func (b *batcher) insert(rows []*writeRequest, results map[*writeRequest]writeRe
 	}
 	answers := make([]*answer, len(rows))
 	// The statement's deadline is the store's, not one caller's: the batch
-	// belongs to all of them.
-	err := b.s.run(context.Background(), func(ctx context.Context) error {
+	// belongs to all of them (ctx only carries its span).
+	ctx, endSpan := b.s.obs.statement(rows)
+	err := b.s.run(ctx, func(ctx context.Context) error {
 		clear(answers)
 		res, err := b.s.pool.Query(ctx, sql, args...)
 		if err != nil {
@@ -141,6 +142,7 @@ func (b *batcher) insert(rows []*writeRequest, results map[*writeRequest]writeRe
 		}
 		return res.Err()
 	})
+	endSpan(err)
 	if err != nil {
 		return err
 	}

@@ -60,6 +60,7 @@ type Store struct {
 	cfg     Config
 	writer  *batcher
 	probe   *prober
+	obs     *observer // nil when telemetry is off
 	closeMu sync.Once
 	// rowEstimate is the mean content size of the rows of recent pages,
 	// which sizes the first chunk of the next page (see List).
@@ -73,11 +74,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	obs := newObserver(pc)
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
 		return nil, fmt.Errorf("creating pool: %w", err)
 	}
-	s := &Store{pool: pool, cfg: cfg}
+	s := &Store{pool: pool, cfg: cfg, obs: obs}
 	s.probe = &prober{s: s}
 	s.rowEstimate.Store(initialRowEstimate)
 	err = s.prepareSchema(ctx)
@@ -100,6 +102,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// slower, as `go run ./cmd/pscmessages bench` shows
 	// (cmd/pscmessages/BENCHMARKS.md, "One writer").
 	s.writer = newBatcher(s)
+	obs.observePool(pool)
 	return s, nil
 }
 
@@ -107,6 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 func (s *Store) Close() {
 	s.closeMu.Do(func() {
 		s.writer.close()
+		s.obs.close()
 		s.pool.Close()
 	})
 }
