@@ -85,7 +85,7 @@ func (s *service) consume(ctx context.Context, m eventMeta, data []byte, attrs m
 	parent := ctx
 	var links []trace.Link
 	addParent := func(sc trace.SpanContext) {
-		if !sc.IsValid() || sc.Equal(server) {
+		if !sc.IsValid() || sc.Equal(server) || sc.Equal(trace.SpanContextFromContext(parent)) {
 			return
 		}
 		if trace.SpanContextFromContext(parent).Equal(server) {
