@@ -39,6 +39,7 @@ var cbGcloudSamples = map[string]map[string]string{
 	// PgBouncer cannot take IAM logins: passwords from Secret Manager.
 	"pooler with password logins":   {"_DB_POOLER": "transaction", "_DB_LOGIN": "password"},
 	"password logins, insecure TLS": {"_DB_LOGIN": "password", "_DB_SSLMODE": "require", "_DB_INSECURE_NO_VERIFY": "true"},
+	"telemetry off":                 {"_OTEL_EXPORT": "none"},
 }
 
 // cbStepRun is one step made ready to run: its program and arguments.
@@ -264,6 +265,7 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 				fail("%s: sets %s, which the code does not read", name, k)
 			}
 		}
+		cbJudgeTelemetry(name, env, subs, fail)
 		cfg, err := store.ConfigFromEnv(cbGetenv(env))
 		switch {
 		case err != nil:

@@ -1,0 +1,81 @@
+//go:build e2e
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"example.com/pscmessages/store/localpg"
+)
+
+// BenchmarkPostTracing measures what tracing costs a POST: three runners on
+// one database, with telemetry off, on at 10 % sampling and on at 100 %,
+// exporting to a real OTLP receiver (Jaeger), loaded in turn, round after
+// round, at each concurrency, so that drift of the machine falls on all three
+// alike. It reports the median rate of each and the cost against off.
+//
+//	go test -tags e2e -run '^$' -bench BenchmarkPostTracing -benchtime 1x ./cmd/pscmessages
+func BenchmarkPostTracing(b *testing.B) {
+	startJaeger(b)
+	cluster := localpg.ForTest(b, localpg.Options{Durable: true})
+	if err := cluster.CreateDatabase(context.Background(), "tracing"); err != nil {
+		b.Fatal(err)
+	}
+	url := cluster.SuperuserURL("tracing")
+	modes := []struct {
+		name string
+		env  map[string]string
+	}{
+		{"off", map[string]string{}},
+		{"10%", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": jaegerOTLP, "OTEL_SERVICE_NAME": "pscmessages-bench",
+			"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}},
+		{"100%", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": jaegerOTLP, "OTEL_SERVICE_NAME": "pscmessages-bench"}},
+	}
+	bases := make([]string, len(modes))
+	for i, m := range modes {
+		m.env["DATABASE_URL"] = url
+		r := startRunner(b, runnerOptions{host: "127.0.0.1", env: m.env, unset: append([]string{"OTEL_*"}, psUnset...), cleanExit: true})
+		<-r.ready
+		bases[i] = r.base
+	}
+	const rounds = 5
+	window, warmup := 3*time.Second, time.Second
+	ctx := context.Background()
+	var report strings.Builder
+	fmt.Fprintf(&report, "\n| c | tracing | POST/s (median of %d) | cost |\n|---|---|---|---|\n", rounds)
+	for _, c := range []int{8, 32} {
+		rates := make([][]float64, len(modes))
+		for round := range rounds {
+			for k := range modes {
+				i := (k + round) % len(modes) // each mode goes first in turn
+				post := loadRequest{method: "POST", url: bases[i] + "/", body: []byte(`{"content":"` + benchContent + `"}`)}
+				st, _ := closedLoop(ctx, rawClient{}, post, c, warmup, window, &cpuMeter{})
+				if st.errors > 0 {
+					b.Fatalf("%s c=%d: %d errors, first %v", modes[i].name, c, st.errors, st.firstErr)
+				}
+				rates[i] = append(rates[i], st.rate)
+			}
+		}
+		off := median(rates[0])
+		for i, m := range modes {
+			med := median(rates[i])
+			b.ReportMetric(med, fmt.Sprintf("post/s_c%d_%s", c, strings.TrimSuffix(m.name, "%")))
+			fmt.Fprintf(&report, "| %d | %s | %.0f | %+.1f %% |\n", c, m.name, med, 100*(off-med)/off)
+		}
+	}
+	b.Log(report.String())
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
