@@ -93,7 +93,7 @@ func loadTelemetrySettings(getenv func(string) string) (telemetrySettings, error
 		t.protocol = "http/protobuf"
 	case "http/protobuf", "grpc":
 	default:
-		return t, &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_PROTOCOL", Msg: "must be http/protobuf or grpc (http/json is not supported by the Go exporters)"}
+		return t, &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_PROTOCOL", Msg: "must be http/protobuf or grpc (the Go exporters send no JSON)"}
 	}
 	var err error
 	if t.sampler, err = samplerFromEnv(getenv); err != nil {

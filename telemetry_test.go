@@ -409,3 +409,49 @@ func dataPointAttrs(data metricdata.Aggregation) []attribute.Set {
 	}
 	return sets
 }
+
+// Off (no endpoint, or OTEL_SDK_DISABLED=true) nothing is installed: the
+// handlers are served unwrapped, the global providers stay the API's no-ops,
+// and a store opened then has no observer.
+func TestTelemetryOffInstallsNothing(t *testing.T) {
+	for _, env := range []map[string]string{
+		{},
+		{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
+		{"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "always_on"},
+	} {
+		tel, err := setupTelemetry(func(k string) string { return env[k] }, nil)
+		if err != nil || tel != nil {
+			t.Fatalf("%v: telemetry %v, %v; want none", env, tel, err)
+		}
+		h := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+		if got := tel.instrument("Messages", h, messagesRoute); fmt.Sprintf("%p", got) != fmt.Sprintf("%p", h) {
+			t.Fatalf("%v: the handler was wrapped", env)
+		}
+		if _, sdk := otel.GetTracerProvider().(interface{ ForceFlush(context.Context) error }); sdk {
+			t.Fatalf("%v: an SDK tracer provider is installed", env)
+		}
+	}
+}
+
+func TestTelemetryConfigErrorsNameTheVariable(t *testing.T) {
+	for k, v := range map[string]string{
+		"OTEL_SDK_DISABLED":           "maybe",
+		"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+		"OTEL_TRACES_SAMPLER":         "sometimes",
+		"OTEL_TRACES_SAMPLER_ARG":     "1.5",
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "::not a url",
+	} {
+		_, err := loadSettings(func(name string) string {
+			switch name {
+			case k:
+				return v
+			case "DATABASE_URL":
+				return "postgres://u@127.0.0.1/db"
+			}
+			return ""
+		})
+		if err == nil || !strings.Contains(err.Error(), k) || strings.Contains(err.Error(), v) {
+			t.Errorf("%s=%s: %v; want an error naming the variable, not its value", k, v, err)
+		}
+	}
+}
