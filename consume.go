@@ -3,6 +3,7 @@ package function
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -213,4 +214,29 @@ func unwrappedAttrs(r *http.Request) map[string]string {
 		"googclient_traceparent": r.Header.Get("googclient_traceparent"),
 		"googclient_tracestate":  r.Header.Get("googclient_tracestate"),
 	}
+}
+
+// tracedReplay is replay in a span of its own, ending with a "replay" event
+// that says what became of the dead letter.
+func (s *service) tracedReplay(ctx context.Context, d KeptDelivery) (Replayed, error) {
+	if s.tel == nil {
+		return s.replay(ctx, d)
+	}
+	ctx, span := s.tel.tracer.Start(ctx, "replay dead letter", trace.WithAttributes(
+		attribute.String("messaging.system", "gcp_pubsub"),
+		attribute.String("cloudevents.event_id", logText(d.EventID))))
+	defer span.End()
+	res, err := s.replay(ctx, d)
+	outcome := "stored"
+	switch {
+	case errors.Is(err, ErrStillPoison):
+		outcome = "still_poison"
+	case err != nil:
+		outcome = "failed"
+		span.SetStatus(codes.Error, errorKind(err))
+	case res.Already:
+		outcome = "already_stored"
+	}
+	span.AddEvent("replay", trace.WithAttributes(attribute.String("pscmessages.outcome", outcome)))
+	return res, err
 }

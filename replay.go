@@ -42,7 +42,9 @@ var ErrStillPoison = errors.New("still cannot be stored")
 // nor cleans up expired idempotency keys, so the dead-letter operator's role
 // needs only store.DeadLetterOperatorPrivileges, never UPDATE or DELETE on
 // messages.
-func Replay(ctx context.Context, d KeptDelivery) (Replayed, error) { return shared.replay(ctx, d) }
+func Replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
+	return shared.tracedReplay(ctx, d)
+}
 
 func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
 	cfg, err := s.config()

@@ -455,3 +455,22 @@ func TestTelemetryConfigErrorsNameTheVariable(t *testing.T) {
 		}
 	}
 }
+
+func TestReplayIsASpanWithItsOutcome(t *testing.T) {
+	tf := newTracedFixture(t, nil)
+	postContent(t, tf.messages.URL, "migrates the schema")
+	payload, _ := json.Marshal(map[string]any{"message": map[string]any{
+		"data": base64.StdEncoding.EncodeToString([]byte("replayed")), "messageId": "r1", "publishTime": "2026-12-06T04:00:00Z"}})
+	d := KeptDelivery{EventID: "r1", EventSource: "//pubsub.googleapis.com/projects/p/topics/orders", EventType: MessagePublishedType, Payload: payload}
+	for _, want := range []string{"stored", "already_stored"} {
+		tf.spans.Reset()
+		if _, err := tf.svc.tracedReplay(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
+		span := spanNamed(t, tf.ended(t), "replay dead letter")
+		if len(span.Events) == 0 || span.Events[len(span.Events)-1].Name != "replay" ||
+			attrOf(span.Events[len(span.Events)-1].Attributes, "pscmessages.outcome") != want {
+			t.Fatalf("replay span events %+v; want a replay event with outcome %s", span.Events, want)
+		}
+	}
+}
