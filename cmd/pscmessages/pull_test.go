@@ -51,7 +51,7 @@ func TestPullStoresEachMessageOnce(t *testing.T) {
 	})
 	psAssertStoredOnce(t, url, "pulled", want)
 	// The keys are the push path's: topic, message id and publish time.
-	if n := psQueryInt(t, url, `SELECT count(*) FROM messages WHERE idempotency_key LIKE 'pubsub://pubsub.googleapis.com/projects/`+psProject+`/topics/bulk#%@%'`); n != len(want) {
+	if n := psQueryInt(t, url, `SELECT count(*) FROM messages m JOIN idempotency_keys k ON k.message_id = m.id WHERE k.key LIKE 'pubsub://pubsub.googleapis.com/projects/`+psProject+`/topics/bulk#%@%'`); n != len(want) {
 		t.Fatalf("%d of %d rows keyed by topic, message id and publish time", n, len(want))
 	}
 	p.stop(t)
