@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestDatabaseRestartUnderLoad stops and restarts PostgreSQL under a running
@@ -19,7 +20,7 @@ import (
 // 503s, and the function must recover within seconds by itself.
 func TestDatabaseRestartUnderLoad(t *testing.T) {
 	ctx := context.Background()
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	if err := c.CreateDatabase(ctx, "fault"); err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func restartUnderLoad(t *testing.T, f *fixture, what string, stop, start func() 
 
 func TestColdStartWhileDatabaseDown(t *testing.T) {
 	ctx := context.Background()
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	url := c.SuperuserURL("postgres")
 	if err := c.Stop(ctx); err != nil {
 		t.Fatal(err)

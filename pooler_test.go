@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // pooledFixture is a service whose DATABASE_URL goes through a real
@@ -25,7 +26,7 @@ func pooledFixture(t *testing.T, env map[string]string) (*fixture, *localpg.Boun
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := localpg.BouncerForTest(t, localpg.BouncerOptions{Upstream: cluster, Password: "admin-secret"})
+	b := localpgtest.StartBouncer(t, localpg.BouncerOptions{Upstream: cluster, Password: "admin-secret"})
 	if env == nil {
 		env = map[string]string{}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
@@ -133,7 +134,7 @@ func grantsExercise(ctx context.Context, st *store.Store, key string) error {
 // single one of them, the function cannot work: either Open refuses with
 // ErrSchema, or an operation is denied.
 func TestGrantSQLIsExactlyWhatTheFunctionNeeds(t *testing.T) {
-	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	db := grantsDB(t, c, "grants")
 	admin := c.SuperuserURL(db)
@@ -187,7 +188,7 @@ func TestGrantSQLIsExactlyWhatTheFunctionNeeds(t *testing.T) {
 }
 
 func TestMissingPrivilegesOnUnmigratedDatabase(t *testing.T) {
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	if err := c.CreateDatabase(t.Context(), "empty"); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +213,7 @@ func (s grantsTokens) Token() (*oauth2.Token, error) {
 // function's configuration rules: IAM logins send the token as the password
 // over TLS only, and password logins work as they are.
 func TestAdminConnLogsInLikeTheFunction(t *testing.T) {
-	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw", TLS: true})
+	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw", TLS: true})
 	ctx := t.Context()
 	if err := c.Exec(ctx, `CREATE ROLE "admin@my-project.iam" LOGIN PASSWORD 'token-1'`); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // bouncedDB creates a fresh database and returns its URL through a new
@@ -26,7 +27,7 @@ func bouncedDB(t *testing.T) (pooled, direct string, b *localpg.Bouncer) {
 	if err := cluster.CreateDatabase(testContext(t), name); err != nil {
 		t.Fatal(err)
 	}
-	b = localpg.BouncerForTest(t, localpg.BouncerOptions{Upstream: cluster})
+	b = localpgtest.StartBouncer(t, localpg.BouncerOptions{Upstream: cluster})
 	return b.URL("postgres", "", name), cluster.SuperuserURL(name), b
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // BenchmarkPoolerExecModes measures each pgx exec mode through a
@@ -28,7 +29,7 @@ func BenchmarkPoolerExecModes(b *testing.B) {
 	if err := cluster.CreateDatabase(ctx, name); err != nil {
 		b.Fatal(err)
 	}
-	bouncer := localpg.BouncerForTest(b, localpg.BouncerOptions{Upstream: cluster, DefaultPoolSize: 4})
+	bouncer := localpgtest.StartBouncer(b, localpg.BouncerOptions{Upstream: cluster, DefaultPoolSize: 4})
 	seed, err := store.Open(ctx, store.Config{ConnString: cluster.SuperuserURL(name), Migrate: true})
 	if err != nil {
 		b.Fatal(err)

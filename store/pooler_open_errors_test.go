@@ -11,6 +11,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestPoolerRelayedRefusalsArePermanent: PgBouncer (1.18) relays the
@@ -22,9 +23,9 @@ func TestPoolerRelayedRefusalsArePermanent(t *testing.T) {
 	ctx := t.Context()
 	// A trust cluster says which role is missing; a password cluster
 	// refuses the pooler's wrong password.
-	trust := localpg.BouncerForTest(t, localpg.BouncerOptions{Upstream: cluster, Users: []string{"postgres", "ghost"}})
-	pwCluster := localpg.ForTest(t, localpg.Options{Password: "right-pw"})
-	wrongPw := localpg.BouncerForTest(t, localpg.BouncerOptions{Upstream: pwCluster, Password: "wrong-pw"})
+	trust := localpgtest.StartBouncer(t, localpg.BouncerOptions{Upstream: cluster, Users: []string{"postgres", "ghost"}})
+	pwCluster := localpgtest.Start(t, localpg.Options{Password: "right-pw"})
+	wrongPw := localpgtest.StartBouncer(t, localpg.BouncerOptions{Upstream: pwCluster, Password: "wrong-pw"})
 	cases := []struct {
 		name, url, want string
 	}{

@@ -9,6 +9,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestReplayOnlyStoreLeastPrivilege: a role given exactly
@@ -17,7 +18,7 @@ import (
 // may update, delete and clean up, is refused to it at Open, naming what it
 // lacks.
 func TestReplayOnlyStoreLeastPrivilege(t *testing.T) {
-	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	if err := c.CreateDatabase(ctx, "app"); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 var cluster *localpg.Cluster
@@ -241,7 +242,7 @@ func TestReadSurvivesTerminatedConnections(t *testing.T) {
 
 func TestUnavailableIsTyped(t *testing.T) {
 	ctx := testContext(t)
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	st, err := store.Open(ctx, store.Config{ConnString: c.SuperuserURL("postgres"), Migrate: true})
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 	"example.com/pscmessages/store/metadatatest"
 )
 
@@ -49,7 +50,7 @@ func newTLSEnv(t *testing.T) *tlsEnv {
 	// log_connections: the server logs every startup packet it receives
 	// ("connection authorized: user=..." or an authentication failure), and
 	// the role name travels only in that packet, after the TLS handshake.
-	e.cluster = localpg.ForTest(t, localpg.Options{TLS: true, Password: "admin-pw", Log: e.log,
+	e.cluster = localpgtest.Start(t, localpg.Options{TLS: true, Password: "admin-pw", Log: e.log,
 		Settings: map[string]string{"log_connections": "on"}})
 	ctx := context.Background()
 	if err := e.cluster.Exec(ctx, "CREATE ROLE "+tlsTestRole+" LOGIN"); err != nil {

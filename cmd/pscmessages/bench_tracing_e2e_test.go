@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // BenchmarkPostTracing measures what tracing costs a POST: three runners on
@@ -22,7 +23,7 @@ import (
 //	go test -tags e2e -run '^$' -bench BenchmarkPostTracing -benchtime 1x ./cmd/pscmessages
 func BenchmarkPostTracing(b *testing.B) {
 	startJaeger(b)
-	cluster := localpg.ForTest(b, localpg.Options{Durable: true})
+	cluster := localpgtest.Start(b, localpg.Options{Durable: true})
 	if err := cluster.CreateDatabase(context.Background(), "tracing"); err != nil {
 		b.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 func envelope(id, data string) []byte {
@@ -30,7 +31,7 @@ func envelope(id, data string) []byte {
 // whole) refused, a still-poison one kept, and delete.
 func TestDeadLettersCommand(t *testing.T) {
 	ctx := t.Context()
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	if err := c.CreateDatabase(ctx, "dl"); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestDeadLettersKeptWholeReplay: dead letters over 64 KiB are kept whole by
@@ -21,7 +22,7 @@ import (
 // MAX_CONTENT_BYTES raised (and refused, kept, by one without).
 func TestDeadLettersKeptWholeReplay(t *testing.T) {
 	ctx := t.Context()
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	if err := c.CreateDatabase(ctx, "whole"); err != nil {
 		t.Fatal(err)
 	}

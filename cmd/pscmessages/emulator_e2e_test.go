@@ -18,6 +18,7 @@ import (
 	"cloud.google.com/go/pubsub/v2"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 const emuProject = "emu-project"
@@ -32,7 +33,7 @@ type emuEnv struct {
 func newEmuEnv(t testing.TB) *emuEnv {
 	t.Helper()
 	env := &emuEnv{emu: startEmulator(t, emuProject)}
-	env.cluster = localpg.ForTest(t, localpg.Options{})
+	env.cluster = localpgtest.Start(t, localpg.Options{})
 	return env
 }
 
@@ -242,7 +243,7 @@ func TestOfficialEmulatorRestart(t *testing.T) {
 // gcloud process per message would measure gcloud), pull, POST, store, ack.
 func BenchmarkIngestViaOfficialEmulator(b *testing.B) {
 	env := &emuEnv{emu: startEmulator(b, emuProject)}
-	env.cluster = localpg.ForTest(b, localpg.Options{Durable: true})
+	env.cluster = localpgtest.Start(b, localpg.Options{Durable: true})
 	client, err := pubsub.NewClient(context.Background(), emuProject, emulatorOptions(env.emu.Addr)...)
 	if err != nil {
 		b.Fatal(err)

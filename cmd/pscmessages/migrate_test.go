@@ -18,6 +18,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 func TestMigrateRolesFlag(t *testing.T) {
@@ -69,7 +70,7 @@ func migrateRun(t *testing.T, env map[string]string, args ...string) (string, er
 // administrator) and an empty database "app".
 func migrateCluster(t *testing.T) *localpg.Cluster {
 	t.Helper()
-	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
 	if err := c.CreateDatabase(t.Context(), "app"); err != nil {
 		t.Fatal(err)
 	}

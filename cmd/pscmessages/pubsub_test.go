@@ -40,6 +40,7 @@ import (
 
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 const serveArgsEnv = "PSCMESSAGES_TEST_SERVE_ARGS"
@@ -137,7 +138,7 @@ const psProject = "test-project"
 func newPSEnv(t testing.TB, opts localpg.Options) *psEnv {
 	t.Helper()
 	env := newPSClient(t)
-	env.cluster = localpg.ForTest(t, opts)
+	env.cluster = localpgtest.Start(t, opts)
 	return env
 }
 

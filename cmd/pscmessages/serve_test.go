@@ -17,6 +17,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // startServeChild starts `go run ./cmd/pscmessages` without the Pub/Sub side (runServe,
@@ -30,7 +31,7 @@ func startServeChild(t testing.TB, port string, env map[string]string) *runner {
 
 func serveDatabase(t testing.TB) string {
 	t.Helper()
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	if err := c.CreateDatabase(context.Background(), "serve"); err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +318,7 @@ func TestLocalServerCutsAClientThatNeverReads(t *testing.T) {
 // to create its tables there silently.
 func TestServeNamesTheDatabaseItWillMigrate(t *testing.T) {
 	const secret = "s3cret-pw"
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	if err := c.CreateDatabase(context.Background(), "existing"); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestTwoProcessesSharedKeys, with two real processes:
@@ -27,7 +28,7 @@ import (
 func TestTwoProcessesSharedKeys(t *testing.T) {
 	// Durable, as Cloud SQL is: commits that wait for the disk keep both
 	// processes' batches open at once, which is when opposite orders meet.
-	c := localpg.ForTest(t, localpg.Options{Durable: true})
+	c := localpgtest.Start(t, localpg.Options{Durable: true})
 	if err := c.CreateDatabase(context.Background(), "two"); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // The child is TestMainProcess (startup_test.go): main itself, signal
@@ -25,7 +26,7 @@ import (
 // process at once by the signal's default action, not be swallowed by
 // signal.NotifyContext until main returns.
 func TestSecondInterruptStopsAtOnce(t *testing.T) {
-	db := localpg.ForTest(t, localpg.Options{})
+	db := localpgtest.Start(t, localpg.Options{})
 	if err := db.CreateDatabase(context.Background(), "sigint"); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestSIGTERMDrainsAndExitsZero: SIGTERM, which Cloud Run and most process
@@ -20,7 +21,7 @@ import (
 // default action, the request would be cut; ignoring it, the listener would
 // stay open: either fails here within seconds.
 func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
-	db := localpg.ForTest(t, localpg.Options{})
+	db := localpgtest.Start(t, localpg.Options{})
 	if err := db.CreateDatabase(context.Background(), "sigterm"); err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ var cbToolMarkers = []struct {
 	re    *regexp.Regexp
 	tools []string
 }{
-	{regexp.MustCompile(`\b(BouncerForTest|StartBouncer|FindPgBouncer|benchInstances)\(`), []string{"pgbouncer"}},
+	{regexp.MustCompile(`\b(StartBouncer|FindPgBouncer|benchInstances)\(`), []string{"pgbouncer"}},
 	{regexp.MustCompile(`\bstartEmulator\(`), []string{"gcloud", "pubsub-emulator", "java"}},
 	{regexp.MustCompile(`exec\.(LookPath|Command)\("gcloud"`), []string{"gcloud"}},
 	{regexp.MustCompile(`\bstartJaeger\(`), []string{"jaeger"}},

@@ -26,7 +26,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -329,28 +328,6 @@ func (c *Cluster) CreateDatabase(ctx context.Context, name string) error {
 	return c.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 }
 
-// ForTest starts a cluster for the duration of t and destroys it in
-// t.Cleanup. When PostgreSQL is not installed it fails the test with the
-// install hint rather than skipping: a skipped database test passes silently.
-func ForTest(t testing.TB, opts Options) *Cluster {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	c, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() && opts.Log == nil {
-			t.Logf("localpg: tail of %s:\n%s", filepath.Join(c.Dir, logFile), c.logTail())
-		}
-		if err := c.Destroy(); err != nil {
-			t.Error(err)
-		}
-	})
-	return c
-}
-
 // initdb creates the cluster unless Dir already holds one, in which case it
 // stops a postmaster that a crashed run may have left behind. It never stops
 // the server of a live process: Dir's owner lock (lockOwner) is taken first,
@@ -560,7 +537,7 @@ func (c *Cluster) launch(ctx context.Context) (err error) {
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if c.opts.Log == nil {
-			msg += "\nserver log:\n" + c.logTail()
+			msg += "\nserver log:\n" + c.LogTail()
 		}
 		return fmt.Errorf("localpg: pg_ctl start on port %d: %w: %s", c.port, err, msg)
 	}
@@ -651,8 +628,11 @@ func (c *Cluster) waitLog(ctx context.Context) error {
 	}
 }
 
-// logTail returns the end of server.log, for error messages.
-func (c *Cluster) logTail() string {
+// LogFile returns the path of the server's log.
+func (c *Cluster) LogFile() string { return filepath.Join(c.Dir, logFile) }
+
+// LogTail returns the end of the server's log, for error messages.
+func (c *Cluster) LogTail() string {
 	b, err := readNoFollow(filepath.Join(c.Dir, logFile))
 	if err != nil {
 		return err.Error()

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 func testContext(t *testing.T) context.Context {
@@ -81,7 +82,7 @@ func TestConnect(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := testContext(t)
-			c := localpg.ForTest(t, tt.opts)
+			c := localpgtest.Start(t, tt.opts)
 			if (c.CAFile != "") != tt.opts.TLS {
 				t.Errorf("CAFile = %q with TLS %v", c.CAFile, tt.opts.TLS)
 			}
@@ -114,7 +115,7 @@ func TestConnect(t *testing.T) {
 func TestStopStart(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	if err := c.Exec(ctx, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,7 @@ func TestStopStart(t *testing.T) {
 func TestKill(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	c := localpg.ForTest(t, localpg.Options{Durable: true}) // keep commits across the crash
+	c := localpgtest.Start(t, localpg.Options{Durable: true}) // keep commits across the crash
 	if err := c.Exec(ctx, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +188,7 @@ func TestReuseDir(t *testing.T) {
 
 	// A second run while the first one's server still runs, as after a
 	// crash of the local runner, with another password.
-	second := localpg.ForTest(t, localpg.Options{Dir: dir, Password: "two"})
+	second := localpgtest.Start(t, localpg.Options{Dir: dir, Password: "two"})
 	if second.Port() == first.Port() {
 		t.Errorf("both runs got port %d", second.Port())
 	}
@@ -224,7 +225,7 @@ func (b *syncBuffer) String() string {
 func TestLogWriter(t *testing.T) {
 	t.Parallel()
 	var log syncBuffer
-	c := localpg.ForTest(t, localpg.Options{Log: &log})
+	c := localpgtest.Start(t, localpg.Options{Log: &log})
 	if err := c.Destroy(); err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +242,7 @@ func TestLogWriter(t *testing.T) {
 func TestURL(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	tests := []struct {
 		user, password, database string
 		params                   []string
@@ -310,7 +311,7 @@ func TestPasswordFile(t *testing.T) {
 		return c.URL("postgres", "", "postgres", "passfile="+pass)
 	}
 
-	c := localpg.ForTest(t, localpg.Options{Dir: dir, PasswordFile: pass})
+	c := localpgtest.Start(t, localpg.Options{Dir: dir, PasswordFile: pass})
 	if _, err := query[int](ctx, withFile(c), "SELECT 1"); err != nil {
 		t.Fatalf("with the passfile: %v", err)
 	}
@@ -328,7 +329,7 @@ func TestPasswordFile(t *testing.T) {
 	if err := os.Chmod(pass, 0o644); err != nil { // someone loosened it
 		t.Fatal(err)
 	}
-	again := localpg.ForTest(t, localpg.Options{Dir: dir, PasswordFile: pass})
+	again := localpgtest.Start(t, localpg.Options{Dir: dir, PasswordFile: pass})
 	if _, err := query[int](ctx, withFile(again), "SELECT 1"); err != nil {
 		t.Fatalf("after a restart: %v", err)
 	}

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -130,28 +129,6 @@ func StartBouncer(ctx context.Context, opts BouncerOptions) (_ *Bouncer, err err
 	return b, nil
 }
 
-// BouncerForTest starts a PgBouncer for the duration of t and stops it in
-// t.Cleanup. When pgbouncer is not installed the test fails, naming the
-// package to install; it is never skipped.
-func BouncerForTest(t testing.TB, opts BouncerOptions) *Bouncer {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	b, err := StartBouncer(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("localpg: tail of %s:\n%s", filepath.Join(b.Dir, "pgbouncer.log"), b.logTail())
-		}
-		if err := b.Destroy(); err != nil {
-			t.Error(err)
-		}
-	})
-	return b
-}
-
 // Port returns the pooler's TCP port.
 func (b *Bouncer) Port() int {
 	b.mu.Lock()
@@ -203,11 +180,11 @@ func (b *Bouncer) Start(ctx context.Context) error {
 		}
 		select {
 		case <-done:
-			return fmt.Errorf("localpg: pgbouncer exited at start: %s", b.logTail())
+			return fmt.Errorf("localpg: pgbouncer exited at start: %s", b.LogTail())
 		case <-ctx.Done():
 			cmd.Process.Kill()
 			<-done
-			return fmt.Errorf("localpg: pgbouncer did not listen on %s: %w: %s", addr, ctx.Err(), b.logTail())
+			return fmt.Errorf("localpg: pgbouncer did not listen on %s: %w: %s", addr, ctx.Err(), b.LogTail())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -284,8 +261,12 @@ logfile = %s
 	return nil
 }
 
-func (b *Bouncer) logTail() string {
-	data, err := os.ReadFile(filepath.Join(b.Dir, "pgbouncer.log"))
+// LogFile returns the path of the pooler's log.
+func (b *Bouncer) LogFile() string { return filepath.Join(b.Dir, "pgbouncer.log") }
+
+// LogTail returns the end of the pooler's log, for error messages.
+func (b *Bouncer) LogTail() string {
+	data, err := os.ReadFile(b.LogFile())
 	if err != nil {
 		return err.Error()
 	}

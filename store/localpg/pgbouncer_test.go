@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestBouncerPoolsTransactions: two clients of a transaction-mode pooler
@@ -17,8 +18,8 @@ import (
 func TestBouncerPoolsTransactions(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	c := localpg.ForTest(t, localpg.Options{})
-	b := localpg.BouncerForTest(t, localpg.BouncerOptions{Upstream: c, DefaultPoolSize: 1})
+	c := localpgtest.Start(t, localpg.Options{})
+	b := localpgtest.StartBouncer(t, localpg.BouncerOptions{Upstream: c, DefaultPoolSize: 1})
 	url := b.URL("postgres", "", "postgres", "default_query_exec_mode=simple_protocol")
 	pids := make([]int32, 2)
 	for i := range pids {
