@@ -8,6 +8,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -75,6 +77,13 @@ func runPull(ctx context.Context, args []string) error {
 		}
 	}
 	defer function.Close()
+	if port := os.Getenv("PORT"); port != "" {
+		stop, err := serveAlive(net.JoinHostPort(os.Getenv("HOST"), port))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	log.Info("pulling", "subscription", subName, "topic", topicName, "max_outstanding_messages", *maxMsgs, "max_outstanding_bytes", *maxBytes)
 	start := time.Now()
 	stats, err := pullingest.Run(ctx, client, pullingest.Config{
@@ -84,6 +93,22 @@ func runPull(ctx context.Context, args []string) error {
 	}, storePulled)
 	log.Info("stopped pulling", "acked", stats.Acked, "nacked", stats.Nacked, "ack_failed", stats.AckFailed, "elapsed", time.Since(start).Round(time.Millisecond).String())
 	return err
+}
+
+// serveAlive answers every request at addr with 200: deployed as a Cloud Run
+// service (CPU always allocated), the container must listen on PORT for its
+// startup probe, though nothing but the probe calls it.
+func serveAlive(addr string) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("PORT: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "pulling") }),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go srv.Serve(ln)
+	return func() { srv.Close() }, nil
 }
 
 // storePulled stores m through IngestPubSub's own decoding and store.

@@ -11,7 +11,9 @@
 //
 // Bounds (Config states each default): at most MaxOutstandingMessages
 // messages and MaxOutstandingBytes bytes of data are held at once, received
-// but not yet acknowledged; each store call is bounded by StoreTimeout. On
+// but not yet acknowledged; each store call is bounded by StoreTimeout; a
+// lease lasts LeaseExtension, so the messages of an ingester killed without
+// a drain come back that soon. On
 // shutdown (the context ends: SIGTERM) no new messages are taken, the ones
 // in flight are stored and acknowledged, for at most DrainTimeout.
 //

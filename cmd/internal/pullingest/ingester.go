@@ -37,6 +37,13 @@ const (
 	// flow-control slot, so during a database outage the ingester makes at
 	// most MaxOutstandingMessages attempts per delay.
 	DefaultNackDelay = time.Second
+	// DefaultLeaseExtension is how long each lease renewal lasts (Pub/Sub's
+	// least, 10 s), and so how soon the messages an ingester held come back
+	// when it dies without answering them: with the library's default (up
+	// to 10 min, from the 99th percentile of processing time) a kill -9
+	// strands them that long. Subscriptions with exactly-once delivery
+	// lease for at least 60 s whatever this says (the library's floor).
+	DefaultLeaseExtension = 10 * time.Second
 	// DefaultStreams is the number of StreamingPull streams; one carries
 	// thousands of messages a second.
 	DefaultStreams = 1
@@ -57,6 +64,7 @@ type Config struct {
 	StoreTimeout           time.Duration // default DefaultStoreTimeout
 	DrainTimeout           time.Duration // default DefaultDrainTimeout
 	NackDelay              time.Duration // default DefaultNackDelay
+	LeaseExtension         time.Duration // default DefaultLeaseExtension; 10 s to 600 s
 	// Log receives what happens; message content never reaches it.
 	Log *slog.Logger
 }
@@ -84,6 +92,8 @@ func (c *Config) fill() error {
 	defDur(&c.StoreTimeout, DefaultStoreTimeout)
 	defDur(&c.DrainTimeout, DefaultDrainTimeout)
 	defDur(&c.NackDelay, DefaultNackDelay)
+	defDur(&c.LeaseExtension, DefaultLeaseExtension)
+	c.LeaseExtension = min(max(c.LeaseExtension, 10*time.Second), 600*time.Second)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -113,6 +123,7 @@ func Run(ctx context.Context, client *pubsub.Client, cfg Config, store StoreFunc
 	sub.ReceiveSettings.MaxOutstandingMessages = cfg.MaxOutstandingMessages
 	sub.ReceiveSettings.MaxOutstandingBytes = cfg.MaxOutstandingBytes
 	sub.ReceiveSettings.NumGoroutines = cfg.Streams
+	sub.ReceiveSettings.MaxDurationPerAckExtension = cfg.LeaseExtension
 	// The library's graceful shutdown sends the acks of the messages that
 	// finish during the drain; its timed one stops the streams first and
 	// drops them (v2.9.0), so the drain is bounded here instead.
