@@ -494,8 +494,9 @@ type cbChecked struct {
 	cfg      cbConfig
 	subs     map[string]string
 	gcloud   []cbGcloud
-	commands map[string][][]string // step id → every command, for non-gcloud checks
-	scripts  map[string]string     // step id → expanded bash script
+	commands map[string][][]string      // step id → every command, for non-gcloud checks
+	scripts  map[string]string          // step id → expanded bash script
+	deps     map[string]map[string]bool // step id → every step it waits for
 }
 
 var (
@@ -617,6 +618,7 @@ func cbCheck(yamlText []byte, facts cbFacts, overrides map[string]string) (*cbCh
 		}
 	}
 	deps := cbDependencies(cfg.Steps, ids)
+	c.deps = deps
 	c.checkTests(facts, deps, fail)
 	c.checkDeploys(facts, fail)
 	c.checkTrigger(facts, deps, fail)
@@ -693,7 +695,14 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 	connections := 0
 	for _, g := range c.find("run", "deploy") {
 		fn := g.flag("--function")
+		if cbIsPullDeploy(g) {
+			fn = "pull ingester"
+		}
 		kind, ok := facts.EntryPoints[fn]
+		if fn == "pull ingester" {
+			kind, ok = "pull", true
+			c.checkPullDeploy(g, fail)
+		}
 		if !ok {
 			fail("%s: --function=%q is not an entry point the root package registers (%v)", g.step, fn, cbKeys(facts.EntryPoints))
 		}
@@ -705,7 +714,7 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 			fail("%s: --base-image=%q; go.mod's go %s needs %s", g.step, g.flag("--base-image"), facts.GoVersion, want)
 		}
 		for _, f := range []string{"--source", "--region", "--network", "--subnet", "--service-account", "--max-instances", "--concurrency", "--memory"} {
-			if g.flag(f) == "" {
+			if g.flag(f) == "" && !(kind == "pull" && f == "--concurrency") {
 				fail("%s: %s needs %s=VALUE", g.step, g, f)
 			}
 		}
@@ -761,12 +770,17 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 		case cfg.Pooler != cbPooler(c.subs["_DB_POOLER"]):
 			fail("%s: %s runs with DB_POOLER %q, not _DB_POOLER=%q", g.step, fn, cfg.Pooler, c.subs["_DB_POOLER"])
 		}
-		cbCheckMemory(g, fn, fail)
+		if kind != "pull" {
+			cbCheckMemory(g, fn, fail)
+		}
 		maxInstances, err1 := strconv.Atoi(g.flag("--max-instances"))
 		if err1 != nil || maxInstances < 1 || cfg.MaxConns < 1 {
 			fail("%s: %s needs numeric --max-instances and DB_MAX_CONNS", g.step, fn)
 		}
 		connections += maxInstances * int(cfg.MaxConns)
+	}
+	if _, ok := deployed["pull ingester"]; !ok {
+		fail("the pull ingester is never deployed")
 	}
 	for fn := range facts.EntryPoints {
 		if _, ok := deployed[fn]; !ok {
@@ -791,6 +805,30 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 		fail("connection budget: 2 × %d connections exceed max_connections %d - %d reserved", connections, maxConn, reserved)
 	}
 	c.checkPreflight(fail)
+}
+
+// cbIsPullDeploy reports the deploy of the pull ingester: the runner built
+// from ./cmd/pscmessages, run as `pull`.
+func cbIsPullDeploy(g cbGcloud) bool { return strings.HasPrefix(g.flag("--args"), "pull,") }
+
+// checkPullDeploy checks what the pull ingester needs beyond what every
+// deploy does: the runner built and run as `pull` on the subscription and
+// topic, CPU that is never throttled, and instances always there.
+func (c *cbChecked) checkPullDeploy(g cbGcloud, fail func(string, ...any)) {
+	if g.flag("--set-build-env-vars") != "GOOGLE_BUILDABLE=./cmd/pscmessages" {
+		fail("%s: %s must build ./cmd/pscmessages (--set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscmessages)", g.step, g)
+	}
+	project := cbBuiltins["PROJECT_ID"]
+	want := "pull,-subscription=projects/" + project + "/subscriptions/" + c.subs["_PULL_SUBSCRIPTION"] + ",-topic=projects/" + project + "/topics/" + c.subs["_TOPIC"]
+	if g.flag("--args") != want {
+		fail("%s: --args=%q, want %q", g.step, g.flag("--args"), want)
+	}
+	if !g.has("--no-cpu-throttling") {
+		fail("%s: %s needs --no-cpu-throttling: a throttled instance pulls nothing between requests, and it gets none", g.step, g)
+	}
+	if g.flag("--min-instances") == "" || g.flag("--min-instances") != g.flag("--max-instances") {
+		fail("%s: %s needs --min-instances equal to --max-instances: nothing scales it by requests", g.step, g)
+	}
 }
 
 // cbPooler is the DB_POOLER a _DB_POOLER substitution stands for.
@@ -868,14 +906,19 @@ func (c *cbChecked) checkTrigger(facts cbFacts, deps map[string]map[string]bool,
 		fail("step %s creates the trigger before %s deployed its destination", triggerStep, ingestStep)
 	}
 
-	invoker := false
+	pushSA := c.checkPush(ingest, ingestStep, serviceAccounts, deps, fail)
+	invoker, pushInvoker := false, false
 	for _, g := range c.find("run", "services", "add-iam-policy-binding") {
 		if g.flag("--role") != "roles/run.invoker" {
 			continue
 		}
 		switch g.flag("--member") {
-		case "serviceAccount:" + triggerSA:
-			invoker = g.arg(3) == ingest
+		case "serviceAccount:" + triggerSA, "serviceAccount:" + pushSA:
+			if g.flag("--member") == "serviceAccount:"+pushSA {
+				pushInvoker = g.arg(3) == ingest
+			} else {
+				invoker = g.arg(3) == ingest
+			}
 			if triggerStep != "" && !deps[triggerStep][g.step] {
 				fail("step %s must grant run.invoker before the trigger delivers", g.step)
 			}
@@ -888,8 +931,11 @@ func (c *cbChecked) checkTrigger(facts cbFacts, deps map[string]map[string]bool,
 	if !invoker {
 		fail("nothing grants roles/run.invoker on %q to the trigger's service account %q", ingest, triggerSA)
 	}
+	if !pushInvoker {
+		fail("nothing grants roles/run.invoker on %q to the push subscription's service account %q", ingest, pushSA)
+	}
 
-	updates := c.find("pubsub", "subscriptions", "update")
+	updates := slices.DeleteFunc(c.find("pubsub", "subscriptions", "update"), func(g cbGcloud) bool { return !g.has("--dead-letter-topic") })
 	if len(updates) != 1 {
 		fail("want one gcloud pubsub subscriptions update setting the dead-letter policy, found %d", len(updates))
 		return
@@ -921,6 +967,56 @@ func (c *cbChecked) checkTrigger(facts cbFacts, deps map[string]map[string]bool,
 			fail("the Pub/Sub service agent needs %s to forward dead letters", want)
 		}
 	}
+}
+
+// checkPush checks the push subscription's create and update commands and
+// returns the account its tokens name.
+func (c *cbChecked) checkPush(ingest, ingestStep string, functionAccounts map[string]bool, deps map[string]map[string]bool, fail func(string, ...any)) string {
+	var pushSA string
+	var timeout string
+	for _, g := range c.find("run", "deploy") {
+		if g.step == ingestStep {
+			timeout = g.flag("--timeout")
+		}
+	}
+	if timeout == "" {
+		fail("%s: the ingest function needs an explicit --timeout, the push subscription's ack deadline", ingestStep)
+	}
+	for _, verb := range []string{"create", "update"} {
+		cmds := slices.DeleteFunc(c.find("pubsub", "subscriptions", verb), func(g cbGcloud) bool { return !g.has("--push-endpoint") })
+		if len(cmds) != 1 {
+			fail("want one gcloud pubsub subscriptions %s of the push subscription (describe, then create or update), found %d", verb, len(cmds))
+			continue
+		}
+		g := cmds[0]
+		if g.arg(3) != c.subs["_PUSH_SUBSCRIPTION"] {
+			fail("%s: %s is not _PUSH_SUBSCRIPTION", g.step, g)
+		}
+		if ep := g.flag("--push-endpoint"); !strings.HasSuffix(ep, "/projects/"+cbBuiltins["PROJECT_ID"]+"/topics/"+c.subs["_TOPIC"]) {
+			fail("%s: %s pushes to %q; the path must name _TOPIC so messages keep the key Eventarc gives them", g.step, g, ep)
+		}
+		sa := g.flag("--push-auth-service-account")
+		if sa == "" || functionAccounts[sa] {
+			fail("%s: %s needs a --push-auth-service-account of its own, not %q", g.step, g, sa)
+		}
+		pushSA = sa
+		if g.flag("--push-auth-token-audience") == "" {
+			fail("%s: %s needs --push-auth-token-audience (the service URL): the endpoint's path is not an audience Cloud Run accepts", g.step, g)
+		}
+		if g.flag("--ack-deadline") != timeout {
+			fail("%s: %s: --ack-deadline=%q, want the ingest function's --timeout %q", g.step, g, g.flag("--ack-deadline"), timeout)
+		}
+		if g.flag("--min-retry-delay") == "" || g.flag("--max-retry-delay") == "" {
+			fail("%s: %s needs a retry policy (--min-retry-delay, --max-retry-delay)", g.step, g)
+		}
+		if verb == "create" && g.flag("--topic") != c.subs["_TOPIC"] {
+			fail("%s: %s reads %q, not _TOPIC", g.step, g, g.flag("--topic"))
+		}
+		if ingestStep != "" && !deps[g.step][ingestStep] {
+			fail("step %s creates the push subscription before %s deployed its endpoint", g.step, ingestStep)
+		}
+	}
+	return pushSA
 }
 
 func cbKeys[V any](m map[string]V) []string {
@@ -958,8 +1054,8 @@ func TestCloudBuildMatchesCode(t *testing.T) {
 	for _, err := range errs {
 		t.Error(err)
 	}
-	if c != nil && len(c.find("run", "deploy")) != 2 {
-		t.Errorf("found %d deploys", len(c.find("run", "deploy")))
+	if c != nil && len(c.find("run", "deploy")) != 3 {
+		t.Errorf("found %d deploys; want the two functions and the pull ingester", len(c.find("run", "deploy")))
 	}
 }
 
@@ -1009,7 +1105,14 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "event type changed in the code", mutateCode: func(f *cbFacts) { f.EventType = "google.cloud.pubsub.topic.v2.messagePublished" }, want: "filters event types"},
 		{name: "base image behind go.mod", yamlFrom: "--base-image=go126", yamlTo: "--base-image=go125", want: "needs go126"},
 		{name: "go.mod moves on", mutateCode: func(f *cbFacts) { f.GoVersion = "1.27" }, want: "needs go127"},
-		{name: "no invoker binding", yamlFrom: "      - --role=roles/run.invoker\n", yamlTo: "      - --role=roles/run.viewer\n", want: "nothing grants roles/run.invoker"},
+		{name: "no invoker binding", yamlFrom: "@${PROJECT_ID}.iam.gserviceaccount.com --role=roles/run.invoker", yamlTo: "@${PROJECT_ID}.iam.gserviceaccount.com --role=roles/run.viewer", want: "nothing grants roles/run.invoker"},
+		{name: "push as a function identity", yamlFrom: "--push-auth-service-account=${_PUSH_SA}@", yamlTo: "--push-auth-service-account=${_INGEST_SA}@", want: "needs a --push-auth-service-account of its own"},
+		{name: "push to the root", yamlFrom: "--push-endpoint=$$url/projects/${PROJECT_ID}/topics/${_TOPIC}", yamlTo: "--push-endpoint=$$url/", want: "the path must name _TOPIC"},
+		{name: "ack deadline below the timeout", yamlFrom: "--ack-deadline=${_INGEST_TIMEOUT}", yamlTo: "--ack-deadline=10", want: "want the ingest function's --timeout"},
+		{name: "pull ingester throttled", yamlFrom: "          --no-cpu-throttling \\\n", yamlTo: "", want: "needs --no-cpu-throttling"},
+		{name: "pull ingester builds the function", yamlFrom: "          --set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscmessages \\\n", yamlTo: "", want: "must build ./cmd/pscmessages"},
+		{name: "pull ingester as the ingest function", yamlFrom: "--service-account=${_PULL_SA}@", yamlTo: "--service-account=${_INGEST_SA}@", want: "shares its service account"},
+		{name: "push create only", yamlFrom: "gcloud pubsub subscriptions update ${_PUSH_SUBSCRIPTION}", yamlTo: "gcloud pubsub subscriptions create ${_PUSH_SUBSCRIPTION}", want: "want one gcloud pubsub subscriptions update of the push subscription"},
 		{name: "trigger as a function identity", yamlFrom: "trigger_sa=${_TRIGGER_SA}@", yamlTo: "trigger_sa=${_INGEST_SA}@", want: "needs a --service-account of its own"},
 		{name: "create only", yamlFrom: "gcloud eventarc triggers update", yamlTo: "gcloud eventarc triggers create", want: "want one gcloud eventarc triggers update"},
 		{name: "no dead-letter topic", yamlFrom: "--dead-letter-topic=projects/${PROJECT_ID}/topics/${_DEAD_LETTER_TOPIC}", yamlTo: "--dead-letter-topic=projects/${PROJECT_ID}/topics/other", want: "is not _DEAD_LETTER_TOPIC"},

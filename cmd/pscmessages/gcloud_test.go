@@ -40,6 +40,10 @@ var cbGcloudSamples = map[string]map[string]string{
 	"pooler with password logins":   {"_DB_POOLER": "transaction", "_DB_LOGIN": "password"},
 	"password logins, insecure TLS": {"_DB_LOGIN": "password", "_DB_SSLMODE": "require", "_DB_INSECURE_NO_VERIFY": "true"},
 	"telemetry off":                 {"_OTEL_EXPORT": "none"},
+	// The two ways Pub/Sub reaches IngestPubSub besides the default wrapped push.
+	"eventarc trigger": {"_PUBSUB_TRIGGER": "eventarc"},
+	"unwrapped push":   {"_PUSH_PAYLOAD": "unwrapped", "_PUSH_MIN_BACKOFF": "1s", "_PUSH_MAX_BACKOFF": "60s", "_INGEST_TIMEOUT": "120"},
+	"pull ingester":    {"_PULL_INGESTER": "true", "_PULL_INSTANCES": "2"},
 }
 
 // cbStepRun is one step made ready to run: its program and arguments.
@@ -121,9 +125,22 @@ func TestCloudBuildGcloud(t *testing.T) {
 	for _, name := range names {
 		steps, c := cbRunnableSteps(t, cbReadYAML(t), cbGcloudSamples[name])
 		if name != "defaults" {
-			steps = slices.DeleteFunc(steps, func(st cbStepRun) bool {
-				return slices.ContainsFunc(defaults, func(d cbStepRun) bool { return d.id == st.id && slices.Equal(d.args, st.args) })
-			})
+			// The steps whose commands differ, and the steps they wait
+			// for (which make what they update).
+			differ := map[string]bool{}
+			for _, st := range steps {
+				if !slices.ContainsFunc(defaults, func(d cbStepRun) bool { return d.id == st.id && slices.Equal(d.args, st.args) }) {
+					differ[st.id] = true
+				}
+			}
+			need := map[string]bool{}
+			for id := range differ {
+				need[id] = true
+				for dep := range c.deps[id] {
+					need[dep] = true
+				}
+			}
+			steps = slices.DeleteFunc(steps, func(st cbStepRun) bool { return !need[st.id] || len(differ) == 0 })
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel() // each sample has its own fake; gcloud mostly waits
@@ -152,7 +169,7 @@ func TestCloudBuildGcloud(t *testing.T) {
 					t.Logf("requests of the %s run:\n%s", branch, fakeDump(reqs))
 					return
 				}
-				if name == "defaults" && branch == "create" {
+				if (name == "defaults" || name == "eventarc trigger") && branch == "create" {
 					cbJudgeCatchesDrift(t, facts, c.subs, steps, reqs)
 				}
 			}
@@ -201,7 +218,14 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 	// Cloud Run services: Knative (v1 API) create on the first run, replace on the second.
 	method := map[string]string{"create": "POST", "update": "PUT"}[branch]
 	services := map[string]map[string]any{} // function target → service
+	var pullService map[string]any
 	for _, r := range cbRequestsFor(reqs, method, "/apis/serving.knative.dev/v1/namespaces/"+project+"/services") {
+		if containers, _ := cbDig(r.Body, "spec", "template", "spec", "containers").([]any); len(containers) == 1 {
+			if args, _ := cbDig(containers[0], "args").([]any); len(args) > 0 && args[0] == "pull" {
+				pullService = r.Body
+				continue
+			}
+		}
 		fn := cbStr(r.Body, "metadata", "annotations", "run.googleapis.com/build-function-target")
 		if _, ok := facts.EntryPoints[fn]; !ok {
 			fail("service %s is built for function target %q, not an entry point the code registers (%v)", cbStr(r.Body, "metadata", "name"), fn, cbKeys(facts.EntryPoints))
@@ -300,6 +324,31 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 			fail("%s: ingress %q, want %s", name, ingress, subs["_INGEST_INGRESS"])
 		}
 	}
+	if ran("deploy-pull") && subs["_PULL_INGESTER"] == "true" {
+		tmpl := cbDig(pullService, "spec", "template")
+		ann := func(k string) string { return cbStr(tmpl, "metadata", "annotations", k) }
+		sa := cbStr(tmpl, "spec", "serviceAccountName")
+		switch {
+		case pullService == nil:
+			fail("_PULL_INGESTER=true deployed no service running `pull`")
+		case !strings.EqualFold(ann("run.googleapis.com/cpu-throttling"), "false"):
+			fail("pull ingester: cpu-throttling %q; a throttled instance pulls nothing", ann("run.googleapis.com/cpu-throttling"))
+		case ann("autoscaling.knative.dev/minScale") != subs["_PULL_INSTANCES"] || ann("autoscaling.knative.dev/maxScale") != subs["_PULL_INSTANCES"]:
+			fail("pull ingester: instances %q to %q; want always _PULL_INSTANCES=%s", ann("autoscaling.knative.dev/minScale"), ann("autoscaling.knative.dev/maxScale"), subs["_PULL_INSTANCES"])
+		case sa != email(subs["_PULL_SA"]) || accounts[sa] != "":
+			fail("pull ingester runs as %q; want %s, no function's", sa, email(subs["_PULL_SA"]))
+		case cbStr(pullService, "metadata", "annotations", "run.googleapis.com/ingress") != "internal":
+			fail("pull ingester: ingress %q; nothing needs to reach it", cbStr(pullService, "metadata", "annotations", "run.googleapis.com/ingress"))
+		}
+		if branch == "create" {
+			rs := cbRequestsFor(reqs, "PUT", "/v1/projects/"+project+"/subscriptions/"+subs["_PULL_SUBSCRIPTION"])
+			if len(rs) != 1 || cbStr(rs[0].Body, "deadLetterPolicy", "deadLetterTopic") != "projects/"+project+"/topics/"+subs["_DEAD_LETTER_TOPIC"] || cbDig(rs[0].Body, "pushConfig", "pushEndpoint") != nil {
+				fail("the pull subscription %s is not created as a pull subscription with the dead-letter policy", subs["_PULL_SUBSCRIPTION"])
+			}
+		}
+	} else if pullService != nil {
+		fail("the pull ingester was deployed with _PULL_INGESTER=%s", subs["_PULL_INGESTER"])
+	}
 	deployed := 0
 	for _, id := range []string{"deploy-messages", "deploy-ingest"} {
 		if ran(id) {
@@ -311,6 +360,9 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 	}
 	for _, r := range cbRequestsFor(reqs, "POST", "/builds:submit") {
 		fn := cbStr(r.Body, "buildpackBuild", "functionTarget")
+		if fn == "" && cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOOGLE_BUILDABLE") == "./cmd/pscmessages" {
+			fn = "Messages" // the pull ingester: the runner, built from its main package
+		}
 		if _, ok := facts.EntryPoints[fn]; !ok || cbStr(r.Body, "buildpackBuild", "baseImage") != "go"+strings.ReplaceAll(facts.GoVersion, ".", "") ||
 			cbStr(r.Body, "serviceAccount") != "projects/"+project+"/serviceAccounts/"+email(subs["_SOURCE_BUILD_SA"]) {
 			fail("build request %s: want an entry point, base image go%s and the builder account", r.Raw, facts.GoVersion)
@@ -348,14 +400,57 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 	if subs["_ALLOW_UNAUTHENTICATED"] == "true" && ran("deploy-messages") && !slices.Contains(members(svcPath(subs["_SERVICE"]), "roles/run.invoker"), "allUsers") {
 		fail("_ALLOW_UNAUTHENTICATED=true but %s is not public", subs["_SERVICE"])
 	}
+	direct := subs["_PUBSUB_TRIGGER"] == "direct"
+	invoker := map[bool]string{true: subs["_PUSH_SA"], false: subs["_TRIGGER_SA"]}[direct]
 	if ran("ingest-invoker") {
-		if got := members(svcPath(subs["_INGEST_SERVICE"]), "roles/run.invoker"); !slices.Equal(got, []string{"serviceAccount:" + email(subs["_TRIGGER_SA"])}) {
-			fail("run.invoker on %s: %v; want only the trigger's account", subs["_INGEST_SERVICE"], got)
+		if got := members(svcPath(subs["_INGEST_SERVICE"]), "roles/run.invoker"); !slices.Equal(got, []string{"serviceAccount:" + email(invoker)}) {
+			fail("run.invoker on %s: %v; want only the delivering account %s", subs["_INGEST_SERVICE"], got, email(invoker))
 		}
 	}
 
+	// The push subscription: created on the first run, updated in place on
+	// the second.
+	pushPath := "/v1/projects/" + project + "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"]
+	if ran("trigger") && direct {
+		var sub map[string]any
+		if branch == "create" {
+			if rs := cbRequestsFor(reqs, "PUT", pushPath); len(rs) == 1 && rs[0].Path == pushPath {
+				sub = rs[0].Body
+			}
+		} else {
+			for _, r := range cbRequestsFor(reqs, "PATCH", pushPath) {
+				if cbDig(r.Body, "subscription", "pushConfig") != nil {
+					sub, _ = cbDig(r.Body, "subscription").(map[string]any)
+				}
+			}
+		}
+		url := "https://" + subs["_INGEST_SERVICE"] + "-abc123-uc.a.run.app" // the fake's URL of the service
+		switch {
+		case sub == nil:
+			fail("want one push subscription %s request", branch)
+		case cbStr(sub, "pushConfig", "pushEndpoint") != url+"/projects/"+project+"/topics/"+subs["_TOPIC"]:
+			fail("push endpoint %q; want the ingest service's URL %s with the topic in its path", cbStr(sub, "pushConfig", "pushEndpoint"), url)
+		case cbStr(sub, "pushConfig", "oidcToken", "serviceAccountEmail") != email(subs["_PUSH_SA"]) || accounts[cbStr(sub, "pushConfig", "oidcToken", "serviceAccountEmail")] != "":
+			fail("push identity %q; want %s, no function's", cbStr(sub, "pushConfig", "oidcToken", "serviceAccountEmail"), email(subs["_PUSH_SA"]))
+		case cbStr(sub, "pushConfig", "oidcToken", "audience") != url:
+			fail("push token audience %q; want the service URL %s", cbStr(sub, "pushConfig", "oidcToken", "audience"), url)
+		case (cbDig(sub, "pushConfig", "noWrapper") != nil) != (subs["_PUSH_PAYLOAD"] == "unwrapped"):
+			fail("push wrapper %v; want _PUSH_PAYLOAD=%s", cbDig(sub, "pushConfig", "noWrapper"), subs["_PUSH_PAYLOAD"])
+		case subs["_PUSH_PAYLOAD"] == "unwrapped" && cbDig(sub, "pushConfig", "noWrapper", "writeMetadata") != true:
+			fail("unwrapped push without writeMetadata: no message id to deduplicate on")
+		case fmt.Sprint(cbDig(sub, "ackDeadlineSeconds")) != subs["_INGEST_TIMEOUT"]:
+			fail("ack deadline %v; want the function's request timeout %s", cbDig(sub, "ackDeadlineSeconds"), subs["_INGEST_TIMEOUT"])
+		case cbStr(sub, "retryPolicy", "minimumBackoff") != subs["_PUSH_MIN_BACKOFF"] || cbStr(sub, "retryPolicy", "maximumBackoff") != subs["_PUSH_MAX_BACKOFF"]:
+			fail("retry policy %v; want %s to %s", cbDig(sub, "retryPolicy"), subs["_PUSH_MIN_BACKOFF"], subs["_PUSH_MAX_BACKOFF"])
+		case branch == "create" && cbStr(sub, "topic") != "projects/"+project+"/topics/"+subs["_TOPIC"]:
+			fail("push subscription topic %q; want _TOPIC", cbStr(sub, "topic"))
+		}
+		if len(cbRequestsFor(reqs, "POST", "/triggers")) > 0 {
+			fail("direct push also created an Eventarc trigger")
+		}
+	}
 	// The trigger: created on the first run, updated in place on the second.
-	if ran("trigger") {
+	if ran("trigger") && !direct {
 		var tr []fakeRequest
 		if branch == "create" {
 			tr = cbRequestsFor(reqs, "POST", "/triggers")
@@ -397,7 +492,10 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 		}
 	}
 	if ran("dead-letter") {
-		patches := cbRequestsFor(reqs, "PATCH", "/subscriptions/eventarc-")
+		subPath := map[bool]string{true: pushPath, false: "/subscriptions/eventarc-"}[direct]
+		patches := slices.DeleteFunc(cbRequestsFor(reqs, "PATCH", subPath), func(r fakeRequest) bool {
+			return cbDig(r.Body, "subscription", "deadLetterPolicy") == nil
+		})
 		if len(patches) != 1 {
 			fail("want one PATCH of the trigger's subscription, got %d", len(patches))
 		} else {
@@ -431,7 +529,10 @@ func TestCloudBuildGcloudJudges(t *testing.T) {
 		want     string // in gcloud's output
 	}{
 		{name: "more delivery attempts than Pub/Sub allows", from: "--max-delivery-attempts=${_MAX_DELIVERY_ATTEMPTS}", to: "--max-delivery-attempts=1000",
-			steps: []string{"trigger", "dead-letter"}, want: "less than or equal to 100"},
+			steps: []string{"deploy-ingest", "trigger", "dead-letter"}, want: "less than or equal to 100"},
+		// The first --min-retry-delay is the update branch's: the second run takes it.
+		{name: "backoff in words", from: "--min-retry-delay=${_PUSH_MIN_BACKOFF}", to: "--min-retry-delay=soon",
+			steps: []string{"deploy-ingest", "trigger", "trigger"}, want: "min-retry-delay"},
 		{name: "misspelt egress", from: "--vpc-egress=private-ranges-only \\\n          --ingress", to: "--vpc-egress=private-ranges \\\n          --ingress",
 			steps: []string{"deploy-ingest"}, want: "--vpc-egress"},
 		{name: "retention in words", from: "--message-retention-duration=7d", to: "--message-retention-duration=a week",
@@ -473,21 +574,32 @@ func cbJudgeCatchesDrift(t *testing.T, facts cbFacts, subs map[string]string, st
 	t.Helper()
 	tests := []struct {
 		name, path, from, to, want string
+		kind                       string // the _PUBSUB_TRIGGER it applies to; "" for both
 	}{
-		{"all traffic through the VPC", "/services", `"private-ranges-only"`, `"all-traffic"`, "VPC egress"},
-		{"another subnet", "/services", `\"subnetwork\": \"` + subs["_SUBNET"] + `\"`, `\"subnetwork\": \"other\"`, "network interfaces"},
-		{"env var the code does not read", "/services", `"name": "DB_HOST"`, `"name": "DB_HOSTNAME"`, "does not read"},
-		{"functions migrate", "/services", `"name": "DB_MIGRATE", "value": "false"`, `"name": "DB_MIGRATE", "value": "true"`, "migrates true"},
-		{"wrong function target", "/services", `build-function-target": "IngestPubSub"`, `build-function-target": "Ingest"`, "not an entry point"},
-		{"old base image", "/services", `runtimes/go1`, `runtimes/go0`, "needs runtimes/go"},
-		{"no memory limit", "/services", `"memory": "` + subs["_MEMORY"] + `"`, `"memory": "64Mi"`, "memory limit"},
-		{"ingress for everyone", "/services", `"run.googleapis.com/ingress": "internal"`, `"run.googleapis.com/ingress": "all"`, "ingress"},
-		{"public ingest", ":setIamPolicy", `"serviceAccount:` + subs["_TRIGGER_SA"] + `@`, `"allUsers", "serviceAccount:` + subs["_TRIGGER_SA"] + `@`, "opened to allUsers"},
-		{"other event type", "/triggers", facts.EventType, "google.cloud.storage.object.v1.finalized", "filters"},
-		{"trigger as a function", "/triggers", `"serviceAccount": "` + subs["_TRIGGER_SA"] + `@`, `"serviceAccount": "` + subs["_INGEST_SA"] + `@`, "trigger identity"},
-		{"no dead-letter topic", "/subscriptions/eventarc-", `"deadLetterTopic": "projects/my-project/topics/` + subs["_DEAD_LETTER_TOPIC"], `"deadLetterTopic": "projects/my-project/topics/other`, "dead-letter policy"},
+		{"all traffic through the VPC", "/services", `"private-ranges-only"`, `"all-traffic"`, "VPC egress", ""},
+		{"another subnet", "/services", `\"subnetwork\": \"` + subs["_SUBNET"] + `\"`, `\"subnetwork\": \"other\"`, "network interfaces", ""},
+		{"env var the code does not read", "/services", `"name": "DB_HOST"`, `"name": "DB_HOSTNAME"`, "does not read", ""},
+		{"functions migrate", "/services", `"name": "DB_MIGRATE", "value": "false"`, `"name": "DB_MIGRATE", "value": "true"`, "migrates true", ""},
+		{"wrong function target", "/services", `build-function-target": "IngestPubSub"`, `build-function-target": "Ingest"`, "not an entry point", ""},
+		{"old base image", "/services", `runtimes/go1`, `runtimes/go0`, "needs runtimes/go", ""},
+		{"no memory limit", "/services", `"memory": "` + subs["_MEMORY"] + `"`, `"memory": "64Mi"`, "memory limit", ""},
+		{"ingress for everyone", "/services", `"run.googleapis.com/ingress": "internal"`, `"run.googleapis.com/ingress": "all"`, "ingress", ""},
+		{"public ingest", ":setIamPolicy", `"serviceAccount:` + subs["_TRIGGER_SA"] + `@`, `"allUsers", "serviceAccount:` + subs["_TRIGGER_SA"] + `@`, "opened to allUsers", "eventarc"},
+		{"public push ingest", ":setIamPolicy", `"serviceAccount:` + subs["_PUSH_SA"] + `@`, `"allUsers", "serviceAccount:` + subs["_PUSH_SA"] + `@`, "opened to allUsers", "direct"},
+		{"other event type", "/triggers", facts.EventType, "google.cloud.storage.object.v1.finalized", "filters", "eventarc"},
+		{"trigger as a function", "/triggers", `"serviceAccount": "` + subs["_TRIGGER_SA"] + `@`, `"serviceAccount": "` + subs["_INGEST_SA"] + `@`, "trigger identity", "eventarc"},
+		{"no dead-letter topic", "/subscriptions/eventarc-", `"deadLetterTopic": "projects/my-project/topics/` + subs["_DEAD_LETTER_TOPIC"], `"deadLetterTopic": "projects/my-project/topics/other`, "dead-letter policy", "eventarc"},
+		{"push as a function", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `"serviceAccountEmail": "` + subs["_PUSH_SA"] + `@`, `"serviceAccountEmail": "` + subs["_INGEST_SA"] + `@`, "push identity", "direct"},
+		{"push to the root", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `/projects/my-project/topics/` + subs["_TOPIC"] + `"`, `/"`, "push endpoint", "direct"},
+		{"short ack deadline", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `"ackDeadlineSeconds": ` + subs["_INGEST_TIMEOUT"], `"ackDeadlineSeconds": 10`, "ack deadline", "direct"},
+		{"no retry policy", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `"minimumBackoff": "` + subs["_PUSH_MIN_BACKOFF"] + `"`, `"minimumBackoff": "0s"`, "retry policy", "direct"},
+		{"no push dead-letter topic", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `"deadLetterTopic": "projects/my-project/topics/` + subs["_DEAD_LETTER_TOPIC"], `"deadLetterTopic": "projects/my-project/topics/other`, "dead-letter policy", "direct"},
+		{"trigger invokes too", ":setIamPolicy", `"serviceAccount:` + subs["_PUSH_SA"] + `@`, `"serviceAccount:` + subs["_TRIGGER_SA"] + `@my-project.iam.gserviceaccount.com", "serviceAccount:` + subs["_PUSH_SA"] + `@`, "want only the delivering account", "direct"},
 	}
 	for _, tt := range tests {
+		if tt.kind != "" && tt.kind != subs["_PUBSUB_TRIGGER"] {
+			continue
+		}
 		edited := make([]fakeRequest, len(reqs))
 		hit := false
 		for i, r := range reqs {
