@@ -18,6 +18,7 @@ import (
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // BenchmarkIngestEmulator: each iteration is one message, published with the
@@ -26,7 +27,7 @@ import (
 // publish to the last row.
 func BenchmarkIngestEmulator(b *testing.B) {
 	emu := startEmulator(b, emuProject)
-	cluster := localpg.ForTest(b, localpg.Options{Durable: true})
+	cluster := localpgtest.Start(b, localpg.Options{Durable: true})
 	c, err := pubsub.NewClient(context.Background(), emu.Project, emulatorOptions(emu.Addr)...)
 	if err != nil {
 		b.Fatal(err)
