@@ -3,16 +3,9 @@ package main
 import (
 	"strconv"
 	"strings"
+
+	"example.com/pscmessages/store"
 )
-
-// startupError names the environment variable at fault and what would be
-// valid. It never quotes the variable's value, which could be a secret.
-type startupError struct {
-	Var string
-	Msg string
-}
-
-func (e *startupError) Error() string { return e.Var + ": " + e.Msg }
 
 // localOnlyIgnored are the DB_* settings that only mean something with
 // DB_HOST: without DB_HOST or DATABASE_URL the runner starts its own
@@ -26,7 +19,7 @@ var localOnlyIgnored = []string{"DB_NAME", "DB_USER", "DB_PASSWORD", "DB_PORT", 
 func checkServeEnv(getenv func(string) string) error {
 	if v := getenv("PORT"); v != "" {
 		if n, err := strconv.Atoi(strings.TrimSpace(v)); err != nil || n < 1 || n > 65535 {
-			return &startupError{Var: "PORT", Msg: "must be a port number from 1 to 65535 (default 8080)"}
+			return &store.ConfigError{Var: "PORT", Msg: "must be a port number from 1 to 65535 (default 8080)"}
 		}
 	}
 	if getenv("DATABASE_URL") != "" || getenv("DB_HOST") != "" {
@@ -37,14 +30,14 @@ func checkServeEnv(getenv func(string) string) error {
 	// which the user never set.
 	if v := strings.TrimSpace(getenv("DB_IAM_AUTH")); v != "" {
 		if b, err := strconv.ParseBool(v); err != nil || b {
-			return &startupError{Var: "DB_IAM_AUTH", Msg: "IAM database authentication needs a Cloud SQL instance, but neither DATABASE_URL nor DB_HOST is set, " +
+			return &store.ConfigError{Var: "DB_IAM_AUTH", Msg: "IAM database authentication needs a Cloud SQL instance, but neither DATABASE_URL nor DB_HOST is set, " +
 				"so go run ./cmd/pscmessages would start its own local PostgreSQL, which takes no IAM tokens. Unset DB_IAM_AUTH to use the local database, " +
 				"or point at the instance with DB_HOST and DB_NAME (IAM is then the default) or with DATABASE_URL=postgres://USER@HOST:5432/DATABASE?sslmode=require"}
 		}
 	}
 	for _, name := range localOnlyIgnored {
 		if getenv(name) != "" {
-			return &startupError{Var: name, Msg: "is set but DB_HOST is not, so it would be ignored: go run ./cmd/pscmessages starts its own local PostgreSQL when neither DB_HOST nor DATABASE_URL is set. " +
+			return &store.ConfigError{Var: name, Msg: "is set but DB_HOST is not, so it would be ignored: go run ./cmd/pscmessages starts its own local PostgreSQL when neither DB_HOST nor DATABASE_URL is set. " +
 				"Set DB_HOST (the database server's address) to use " + name + ", or unset " + name + " to use the local database"}
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"example.com/pscmessages/store"
 )
 
 const mainArgsEnv = "PSCMESSAGES_TEST_MAIN_ARGS"
@@ -150,6 +152,23 @@ func TestServeReportsBadSettingsOnceBeforeLocalPostgres(t *testing.T) {
 					t.Fatalf("stderr does not name %s:\n%s", name, stderr)
 				}
 			})
+		}
+	}
+}
+
+// TestServeEnvErrorsAreConfigErrors pins that the runner's own settings fail
+// with the same error type as the function's, so one errors.As finds every
+// misconfiguration and its variable.
+func TestServeEnvErrorsAreConfigErrors(t *testing.T) {
+	for name, env := range map[string]map[string]string{
+		"PORT":        {"PORT": "http"},
+		"DB_IAM_AUTH": {"DB_IAM_AUTH": "true"},
+		"DB_NAME":     {"DB_NAME": "messages"},
+	} {
+		err := checkServeEnv(func(k string) string { return env[k] })
+		var ce *store.ConfigError
+		if !errors.As(err, &ce) || ce.Var != name {
+			t.Errorf("%v: got %T %v, want a *store.ConfigError naming %s", env, err, err, name)
 		}
 	}
 }
