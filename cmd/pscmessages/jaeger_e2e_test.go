@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -56,7 +57,7 @@ func startJaeger(t testing.TB) {
 		resp.Body.Close()
 		t.Fatalf("something already answers at %s; stop it (these tests start their own Jaeger)", jaegerQuery)
 	}
-	cmd := exec.Command(jaegerBinary(t))
+	cmd := exec.Command(jaegerBinary(t), jaegerUIArgs(t)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out psBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -298,4 +299,29 @@ func jaegerScreenshot(t *testing.T, traceID, png string) {
 	if st, err := os.Stat(png); err != nil || st.Size() == 0 {
 		t.Fatalf("no screenshot at %s: %v", png, err)
 	}
+}
+
+// jaegerUIArgs serves the Jaeger UI built from jaeger-ui's sources, when
+// JAEGER_UI names the build folder: the binary built from the Go module
+// alone serves a placeholder page. Jaeger's own all-in-one configuration
+// (from the module) with the assets path laid over it.
+func jaegerUIArgs(t testing.TB) []string {
+	t.Helper()
+	ui := os.Getenv("JAEGER_UI")
+	if ui == "" {
+		return nil
+	}
+	modcache, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	allInOne := filepath.Join(strings.TrimSpace(string(modcache)), "github.com/jaegertracing/jaeger@v1.75.0/cmd/jaeger/internal/all-in-one.yaml")
+	if _, err := os.Stat(allInOne); err != nil {
+		t.Fatalf("JAEGER_UI needs Jaeger's all-in-one configuration from its module (go mod download github.com/jaegertracing/jaeger@v1.75.0): %v", err)
+	}
+	override := filepath.Join(t.TempDir(), "ui.yaml")
+	if err := os.WriteFile(override, []byte("extensions:\n  jaeger_query:\n    ui:\n      assets_path: "+ui+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--config=" + allInOne, "--config=" + override}
 }

@@ -5,10 +5,13 @@
 #
 #   bash cmd/pscmessages/tools/jaeger-screenshot.sh
 #
-# Needs what the end-to-end tier needs (Jaeger at JAEGER_BIN, see .ci/run;
-# gcloud's Pub/Sub emulator) and Debian's chromium. Jaeger must serve its UI:
-# a binary built from the Go module alone serves a placeholder page instead.
+# Needs what the end-to-end tier needs (Jaeger at JAEGER_BIN, see .ci/tools;
+# gcloud's Pub/Sub emulator), Debian's chromium, and JAEGER_UI: the build
+# folder of jaeger-ui v1.75.0 (its sources, npm ci, then in
+# packages/jaeger-ui: npx vite build), since a Jaeger built from the Go module
+# alone serves a placeholder page instead of its UI.
 set -euo pipefail
+: "${JAEGER_UI:?set JAEGER_UI to the jaeger-ui build folder (see above)}"
 cd "$(dirname "$0")/../../.."
 out="$PWD/cmd/pscmessages/jaeger-trace.png"
 JAEGER_SCREENSHOT="$out" go test -tags e2e -count=1 -run 'TestJaegerTraces/published' ./cmd/pscmessages
