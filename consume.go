@@ -90,7 +90,10 @@ func (s *service) consume(ctx context.Context, m eventMeta, data []byte, attrs m
 			return
 		}
 		if trace.SpanContextFromContext(parent).Equal(server) {
+			// A link to the parent too would make Jaeger show the
+			// parent as FOLLOWS_FROM instead of CHILD_OF.
 			parent = trace.ContextWithRemoteSpanContext(ctx, sc)
+			return
 		}
 		links = append(links, trace.Link{SpanContext: sc})
 	}

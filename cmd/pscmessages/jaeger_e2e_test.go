@@ -264,7 +264,7 @@ func TestJaegerTraces(t *testing.T) {
 		consumer, _ := spanByName(spans, isConsumer)
 		create, _ := spanByName(spans, isCreate)
 		if consumer.parent() != create.SpanID {
-			t.Errorf("consumer span's parent %q, want the publisher's create span %s", consumer.parent(), create.SpanID)
+			t.Errorf("consumer span's parent %q, want the publisher's create span %s (references %+v)", consumer.parent(), create.SpanID, consumer.References)
 		}
 
 		if png := os.Getenv("JAEGER_SCREENSHOT"); png != "" {
