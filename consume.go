@@ -33,8 +33,9 @@ import (
 // contexts it is not a child of are links. So one published message is one
 // trace, from the publisher's create span to the INSERT.
 
-// budgetInUse is the bytes of eventBudget held, for the memory gauge.
-var budgetInUse atomic.Int64
+// budgetInUse and budgetLimit are the bytes of the body budget (bodyBudget)
+// held and its size, for the memory gauges.
+var budgetInUse, budgetLimit atomic.Int64
 
 // outcome is what became of one delivery, noted by the code that decided it.
 type outcome struct {

@@ -5,32 +5,40 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
 	"strings"
 	"unicode/utf8"
 )
 
-// readContent reads a JSON {"content": "..."} body within the size limits.
-func readContent(w http.ResponseWriter, r *http.Request, cfg settings) (string, error) {
+// readContent reads a JSON {"content": "..."} body within the size limits
+// and the process's body budget (see readBody). The caller must call release
+// once done with content (once it is stored), also after an error.
+func (s *service) readContent(w http.ResponseWriter, r *http.Request, cfg settings) (content string, release func(), err error) {
+	release = func() {}
 	ct := r.Header.Get("Content-Type")
 	mt, params, err := mime.ParseMediaType(ct)
 	if ct == "" || err != nil || mt != "application/json" {
-		return "", &apiError{status: http.StatusUnsupportedMediaType, msg: "Content-Type must be application/json"}
+		return "", release, &apiError{status: http.StatusUnsupportedMediaType, msg: "Content-Type must be application/json"}
 	}
 	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
-		return "", &apiError{status: http.StatusUnsupportedMediaType, msg: "charset must be utf-8"}
+		return "", release, &apiError{status: http.StatusUnsupportedMediaType, msg: "charset must be utf-8"}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, cfg.maxBodyBytes))
-	var tooBig *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooBig):
-		return "", &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body exceeds %d bytes", cfg.maxBodyBytes)}
-	case err != nil:
-		return "", badRequest("reading request body failed")
+	tooLarge := &apiError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body exceeds %d bytes", cfg.maxBodyBytes)}
+	if r.ContentLength > cfg.maxBodyBytes {
+		closeConnection(w) // none of it is read
+		return "", release, tooLarge
 	}
-	return decodeContent(body, cfg.maxContentBytes)
+	b, eof, err := s.readBody(w, r, cfg.maxBodyBytes+1)
+	if err != nil {
+		return "", release, err
+	}
+	if !eof || int64(len(b.buf)) > cfg.maxBodyBytes {
+		b.release() // readBody has the connection closed: the rest is not read
+		return "", release, tooLarge
+	}
+	content, err = decodeContent(b.buf, cfg.maxContentBytes)
+	return content, b.release, err
 }
 
 // decodeContent extracts and validates "content" from a JSON object body.

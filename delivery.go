@@ -2,13 +2,8 @@ package function
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"io"
 	"net/http"
-	"time"
-
-	"golang.org/x/sync/semaphore"
 )
 
 // Bounds of the event path. A Pub/Sub message may carry 10 MB of data, which
@@ -28,31 +23,16 @@ const (
 	// the rest is left unread: more than any Pub/Sub delivery (10 MB of
 	// data, base64 in JSON) can be.
 	maxDeliveryBytes = 32 << 20
-	// oversizedChunk is the buffer an oversized delivery is streamed
-	// through.
+	// oversizedChunk is how much of an oversized delivery is held at once
+	// while it is streamed past.
 	oversizedChunk = 64 << 10
-	// eventMemoryBudget bounds the memory that deliveries being decoded may
-	// hold at once, process-wide. A delivery weighs decodeCopies times the
-	// bytes it buffers (the body, the decoded data, the content, the copy
-	// the database driver sends), at most the whole budget so that one
-	// alone always fits. With the default limits a delivery weighs ~2.4 MB,
-	// so 26 fit before any waits, beyond Cloud Run's concurrency of 20.
-	eventMemoryBudget = 64 << 20
-	decodeCopies      = 4
 )
-
-// budgetWait is how long a delivery waits for its share of the budget before
-// it is answered 503 (with Retry-After) and delivered again.
-var budgetWait = 10 * time.Second
 
 // deliveryLimit is the largest delivery decoded: the base64 of the largest
 // body a message may be sent as (MAX_BODY_BYTES), plus the envelope.
 func deliveryLimit(cfg settings) int64 {
 	return (cfg.maxBodyBytes+2)/3*4 + envelopeAllowance
 }
-
-// eventBudget is the process's memory budget for deliveries.
-var eventBudget = semaphore.NewWeighted(eventMemoryBudget)
 
 // delivery is the body of one request to IngestPubSub, as read.
 type delivery struct {
@@ -69,80 +49,39 @@ type delivery struct {
 	release func()
 }
 
-// errOverBudget is a delivery that found no room in the memory budget; it
-// is answered 503 with Retry-After, so the platform delivers it again later.
-var errOverBudget = errors.New("too many large deliveries in progress; retry later")
-
-// readDelivery reads r's body within limit bytes and the process budget. The
+// readDelivery reads r's body within limit bytes and the process's body
+// budget (see readBody); w may be nil (a replay has no connection). The
 // caller must call d.release once done with d.body.
-func readDelivery(r *http.Request, limit int64) (*delivery, error) {
-	keep := limit + 1 // one more than the limit tells an oversized body
-	if n := r.ContentLength; n >= 0 && n <= limit {
-		keep = n + 1
-	} else if n > limit {
-		keep = oversizedChunk // it is streamed past, never held
+func (s *service) readDelivery(w http.ResponseWriter, r *http.Request, limit int64) (*delivery, error) {
+	most := limit + 1 // one more than the limit tells an oversized body
+	if r.ContentLength > limit {
+		most = oversizedChunk // it is streamed past, never held
 	}
-	weight := min(decodeCopies*keep, eventMemoryBudget)
-	ctx, cancel := context.WithTimeout(r.Context(), budgetWait)
-	defer cancel()
-	if err := eventBudget.Acquire(ctx, weight); err != nil {
-		return nil, errOverBudget
-	}
-	budgetInUse.Add(weight)
-	d := &delivery{release: func() { budgetInUse.Add(-weight); eventBudget.Release(weight) }}
-	initial := keep
-	if r.ContentLength < 0 { // chunked: grow as it comes, up to keep
-		initial = min(keep, 32<<10)
-	}
-	buf, eof, err := readUpTo(r.Body, make([]byte, 0, initial), keep)
+	b, eof, err := s.readBody(w, r, most)
 	if err != nil {
-		d.release()
 		return nil, err
 	}
-	if eof && int64(len(buf)) <= limit {
-		d.body = buf
+	d := &delivery{release: b.release}
+	if eof && int64(len(b.buf)) <= limit {
+		d.body = b.buf
 		return d, nil
 	}
 	// Oversized: count it without holding it, and pick out what names the
 	// event on the way, for the log.
+	buf := b.buf
 	d.oversized = true
 	d.fields = newFieldSniffer("id", "source", "type", "messageId", "message_id", "subscription")
 	d.fields.Write(buf)
-	n, err := io.CopyBuffer(d.fields, io.LimitReader(r.Body, maxDeliveryBytes-int64(len(buf))), buf[:cap(buf)])
+	rest := newStallReader(w, r)
+	defer rest.done()
+	chunk := buf[:min(cap(buf), oversizedChunk)]
+	n, err := io.CopyBuffer(d.fields, io.LimitReader(rest, maxDeliveryBytes-int64(len(buf))), chunk)
 	if err != nil {
 		d.release()
-		return nil, readError(err)
+		return nil, bodyError(err)
 	}
 	d.size = int64(len(buf)) + n
 	return d, nil
-}
-
-// readUpTo appends from r to buf until EOF (eof true) or until buf holds n
-// bytes. It never grows buf beyond n bytes.
-func readUpTo(r io.Reader, buf []byte, n int64) (_ []byte, eof bool, _ error) {
-	for int64(len(buf)) < n {
-		if len(buf) == cap(buf) { // grow, never beyond n
-			grown := make([]byte, len(buf), min(max(2*int64(cap(buf)), 512), n))
-			copy(grown, buf)
-			buf = grown
-		}
-		m, err := r.Read(buf[len(buf):min(int64(cap(buf)), n)])
-		buf = buf[:len(buf)+m]
-		if errors.Is(err, io.EOF) {
-			return buf, true, nil
-		}
-		if err != nil {
-			return nil, false, readError(err)
-		}
-	}
-	return buf, false, nil
-}
-
-// readError is a body that could not be read: the client left or was cut by
-// the server's read timeout. Nobody may read the answer; if someone does, the
-// delivery is retried.
-func readError(err error) error {
-	return &apiError{status: http.StatusBadRequest, msg: "reading the delivery failed: " + err.Error()}
 }
 
 // fieldSniffer finds the first string value of some JSON keys in a stream it

@@ -19,6 +19,12 @@ func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	var unavail *unavailableError
 	spanError(r.Context(), errorKind(err))
 	switch {
+	case errors.Is(err, errOverBudget):
+		// The body is left unread (readBody closes the connection); a
+		// Pub/Sub delivery is delivered again, a client retries.
+		w.Header().Set("Retry-After", "1")
+		s.requestLog(r).Warn("request body not read: the body memory budget is taken; retry later", "error", err.Error())
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 	case errors.Is(err, context.Canceled):
 		// The client left; nobody reads this answer.
 		writeJSON(w, 499, map[string]string{"error": "request canceled"})

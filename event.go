@@ -37,13 +37,7 @@ func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	d, err := readDelivery(r, deliveryLimit(cfg))
-	if errors.Is(err, errOverBudget) {
-		s.requestLog(r).Warn("delivery not read: memory budget exhausted; it will be redelivered")
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
-		return
-	}
+	d, err := s.readDelivery(w, r, deliveryLimit(cfg))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

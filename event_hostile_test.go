@@ -313,12 +313,13 @@ func TestOversizedDeliveryIsLeftToPubSub(t *testing.T) {
 	}
 }
 
-// TestEventMemoryBudget: a delivery that finds the process's memory budget
+// TestEventMemoryBudget: a delivery that finds the process's body budget
 // taken waits, then is answered 503 with Retry-After (redelivered later).
 func TestEventMemoryBudget(t *testing.T) {
 	f := newFixture(t, nil)
 	base := ingestServer(t, f)
-	if !eventBudget.TryAcquire(eventMemoryBudget) {
+	budget := f.svc.bodyBudget()
+	if !budget.sem.TryAcquire(budget.size) {
 		t.Fatal("budget in use")
 	}
 	defer func(d time.Duration) { budgetWait = d }(budgetWait)
@@ -326,7 +327,7 @@ func TestEventMemoryBudget(t *testing.T) {
 	released := false
 	defer func() {
 		if !released {
-			eventBudget.Release(eventMemoryBudget)
+			budget.sem.Release(budget.size)
 		}
 	}()
 	// The wait is budgetWait; far beyond it, the delivery waits for ever.
@@ -334,7 +335,7 @@ func TestEventMemoryBudget(t *testing.T) {
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 		t.Fatalf("with the budget taken: %d (Retry-After %q) %s, want 503 with Retry-After", r.status, r.header.Get("Retry-After"), r.body)
 	}
-	eventBudget.Release(eventMemoryBudget)
+	budget.sem.Release(budget.size)
 	released = true
 	if r := do(t, "POST", base+"/", eventBody("b-1", []byte("x"), ""), ceHeaders("b-1", testSource)); r.status != http.StatusNoContent {
 		t.Fatalf("after release: %d %s", r.status, r.body)

@@ -11,6 +11,7 @@
 package function
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -137,6 +138,7 @@ type settings struct {
 	maxContentBytes int
 	maxBodyBytes    int64
 	routes          routes // HTTP_ROUTES: default RoutesAppend
+	bodyMemory      int64  // BODY_MEMORY_BYTES: default DefaultBodyMemoryBytes
 }
 
 func loadSettings(getenv func(string) string) (settings, error) {
@@ -151,6 +153,9 @@ func loadSettings(getenv func(string) string) (settings, error) {
 		return settings{}, err
 	}
 	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes}
+	if s.bodyMemory, err = parseBodyMemory(getenv(BodyMemoryVar)); err != nil {
+		return settings{}, err
+	}
 	// HTTP_ROUTES as a literal, so that cmd/pscmessages/cloudbuild_test.go sees it read.
 	if s.routes, err = parseRoutes(getenv("HTTP_ROUTES")); err != nil {
 		return settings{}, err
@@ -186,6 +191,7 @@ type service struct {
 	settingsOnce sync.Once // the environment does not change in a process
 	settings     settings
 	settingsErr  error
+	budget       *bodyBudget // of request bodies, sized by the settings
 
 	db      lazyStore
 	project projectID
@@ -208,8 +214,15 @@ func (s *service) config() (settings, error) {
 		if s.settingsErr != nil {
 			s.log.Error("invalid configuration", "error", s.settingsErr.Error())
 		}
+		s.budget = newBodyBudget(cmp.Or(s.settings.bodyMemory, DefaultBodyMemoryBytes))
 	})
 	return s.settings, s.settingsErr
+}
+
+// bodyBudget is the memory budget every request body is read within.
+func (s *service) bodyBudget() *bodyBudget {
+	s.config()
+	return s.budget
 }
 
 func (s *service) openStore(ctx context.Context) (*store.Store, error) {

@@ -61,7 +61,7 @@ func (s *service) serveRoot(w http.ResponseWriter, r *http.Request) error {
 		writeListing(w, list.Messages, true, "")
 		return nil
 	case http.MethodPost:
-		added, err := s.create(r)
+		added, err := s.create(w, r)
 		if err != nil {
 			return err
 		}
@@ -88,7 +88,7 @@ func (s *service) serveCollection(w http.ResponseWriter, r *http.Request) error 
 		writeListing(w, list.Messages, false, next)
 		return nil
 	case http.MethodPost:
-		added, err := s.create(r)
+		added, err := s.create(w, r)
 		if err != nil {
 			return err
 		}
@@ -116,7 +116,8 @@ func (s *service) serveItem(w http.ResponseWriter, r *http.Request, rawID string
 	}
 	switch r.Method {
 	case http.MethodPut, http.MethodPatch:
-		content, err := readContent(w, r, cfg)
+		content, release, err := s.readContent(w, r, cfg)
+		defer release()
 		if err != nil {
 			return err
 		}
@@ -194,7 +195,7 @@ func pageLimit(p store.Page) int {
 }
 
 // create validates a POST and stores it, honouring Idempotency-Key.
-func (s *service) create(r *http.Request) (store.Added, error) {
+func (s *service) create(w http.ResponseWriter, r *http.Request) (store.Added, error) {
 	cfg, err := s.config()
 	if err != nil {
 		return store.Added{}, err
@@ -203,7 +204,8 @@ func (s *service) create(r *http.Request) (store.Added, error) {
 	if err != nil {
 		return store.Added{}, err
 	}
-	content, err := readContent(nil, r, cfg)
+	content, release, err := s.readContent(w, r, cfg)
+	defer release()
 	if err != nil {
 		return store.Added{}, err
 	}

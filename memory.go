@@ -9,21 +9,23 @@ import "example.com/pscmessages/store"
 // against it; go run ./cmd/pscmessages bench-rss measures the real peak.
 //
 //   - IngestPubSub: each delivery holds at most decodeCopies times the
-//     largest delivery it decodes, and all of them together at most
-//     eventMemoryBudget; an oversized one is streamed through a 64 KiB
-//     buffer.
-//   - Messages: a POST holds its body about four times over (the body, the
-//     decoded JSON, the content, the copy sent to PostgreSQL); a GET holds
-//     its page as read plus the message being encoded.
+//     largest delivery it decodes, and all of them together at most the
+//     body budget (DefaultBodyMemoryBytes); an oversized one is streamed
+//     through a 64 KiB buffer.
+//   - Messages: a POST holds its body about decodeCopies times over (the
+//     body, the decoded JSON, the content, the copy sent to PostgreSQL),
+//     all POSTs together at most the body budget; a GET holds its page as
+//     read plus the message being encoded.
 func MemoryBound(target string, concurrency int) int64 {
 	cfg := settings{maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes}
+	c := int64(concurrency)
 	switch target {
 	case "IngestPubSub":
-		return min(int64(concurrency)*decodeCopies*deliveryLimit(cfg), eventMemoryBudget)
+		return min(c*decodeCopies*deliveryLimit(cfg), DefaultBodyMemoryBytes)
 	case "Messages":
 		post := decodeCopies * cfg.maxBodyBytes
 		get := 2 * pageBytes(cfg)
-		return int64(concurrency) * max(post, get)
+		return min(c*max(post, get), DefaultBodyMemoryBytes+c*get)
 	}
 	return 0
 }

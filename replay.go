@@ -67,7 +67,7 @@ func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) 
 		r.Header.Set("ce-source", d.EventSource)
 		r.Header.Set("ce-type", d.EventType)
 	}
-	dl, err := readDelivery(r, deliveryLimit(cfg))
+	dl, err := s.readDelivery(nil, r, deliveryLimit(cfg))
 	if err != nil {
 		return Replayed{}, err
 	}

@@ -343,7 +343,7 @@ func newMeters(m metric.Meter) (*meters, error) {
 		return nil, err
 	}
 	_, err = m.Int64ObservableGauge("pscmessages.memory_budget.in_use",
-		metric.WithDescription("Bytes of the deliveries' memory budget held by deliveries being decoded"),
+		metric.WithDescription("Bytes of the request bodies' memory budget (BODY_MEMORY_BYTES) held by bodies being read and decoded: POST, PUT, PATCH and Pub/Sub deliveries"),
 		metric.WithUnit("By"),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			o.Observe(budgetInUse.Load())
@@ -353,10 +353,10 @@ func newMeters(m metric.Meter) (*meters, error) {
 		return nil, err
 	}
 	_, err = m.Int64ObservableGauge("pscmessages.memory_budget.limit",
-		metric.WithDescription("Bytes of the deliveries' memory budget"),
+		metric.WithDescription("Bytes of the request bodies' memory budget (BODY_MEMORY_BYTES)"),
 		metric.WithUnit("By"),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			o.Observe(eventMemoryBudget)
+			o.Observe(budgetLimit.Load())
 			return nil
 		}))
 	return &ms, err
