@@ -7,10 +7,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
-
-	"golang.org/x/sync/semaphore"
 
 	"example.com/pscmessages/store"
 )
@@ -54,14 +54,128 @@ var bodyStallTimeout = 20 * time.Second
 // buffer of its connection does.
 const readChunk = 4 << 10
 
-// bodyBudget is the process-wide memory budget of request bodies.
+// bodyBudget is the process-wide memory budget of request bodies. Bodies
+// reserve it as they arrive, so a body that has started holds part of what
+// it will need, and bodies that all wait for more while holding the rest
+// would wait for each other. So a body that already holds some (a grower)
+// is served before one that holds nothing yet, oldest first; and when every
+// body holding budget is a grower waiting for more, the one that began
+// waiting last gives up what it holds and is answered 503, until the oldest
+// can go on. A wait is also bounded by budgetWait and the request's context.
 type bodyBudget struct {
-	sem  *semaphore.Weighted
 	size int64
+
+	mu      sync.Mutex
+	free    int64
+	holders int             // bodies holding some of the budget
+	growers []*budgetWaiter // holders waiting for more, in order of arrival
+	fresh   []*budgetWaiter // bodies holding nothing, in order of arrival
+}
+
+type budgetWaiter struct {
+	need, holding int64
+	done          chan error // one answer: nil (granted) or why not
 }
 
 func newBodyBudget(size int64) *bodyBudget {
-	return &bodyBudget{sem: semaphore.NewWeighted(size), size: size}
+	budgetLimit.Store(size)
+	return &bodyBudget{size: size, free: size}
+}
+
+// acquire adds n to the holding a body already has. When it fails, the body
+// holds nothing any more: what it held is returned to the budget.
+func (b *bodyBudget) acquire(ctx context.Context, holding, n int64) error {
+	b.mu.Lock()
+	queue := &b.fresh
+	if holding > 0 {
+		queue = &b.growers
+	}
+	if len(*queue) == 0 && (holding > 0 || len(b.growers) == 0) && b.free >= n {
+		b.take(holding, n)
+		b.mu.Unlock()
+		return nil
+	}
+	w := &budgetWaiter{need: n, holding: holding, done: make(chan error, 1)}
+	*queue = append(*queue, w)
+	b.settle()
+	b.mu.Unlock()
+	timer := time.NewTimer(budgetWait)
+	defer timer.Stop()
+	var why error
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		why = ctx.Err()
+	case <-timer.C:
+		why = errOverBudget
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if i := slices.Index(*queue, w); i >= 0 { // still waiting: give up
+		*queue = slices.Delete(*queue, i, i+1)
+		if holding > 0 {
+			b.give(holding)
+		}
+		b.settle()
+		return why
+	}
+	return <-w.done // answered meanwhile
+}
+
+// release returns what a body holds.
+func (b *bodyBudget) release(held int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.give(held)
+	b.settle()
+}
+
+// take and give move budget to and from a body; called with mu held.
+func (b *bodyBudget) take(holding, n int64) {
+	b.free -= n
+	budgetInUse.Add(n)
+	if holding == 0 {
+		b.holders++
+	}
+}
+
+func (b *bodyBudget) give(held int64) {
+	b.free += held
+	budgetInUse.Add(-held)
+	b.holders--
+}
+
+// settle answers the waiters that fit, growers first, and breaks a wait of
+// every holder for every other. Called with mu held.
+func (b *bodyBudget) settle() {
+	for {
+		switch {
+		case len(b.growers) > 0:
+			w := b.growers[0]
+			if b.free >= w.need {
+				b.growers = b.growers[1:]
+				b.take(w.holding, w.need)
+				w.done <- nil
+				continue
+			}
+			if len(b.growers) < b.holders {
+				return // a body that is reading or storing will give some back
+			}
+			// Every holder waits for more: the last to wait gives way.
+			last := b.growers[len(b.growers)-1]
+			b.growers = b.growers[:len(b.growers)-1]
+			b.give(last.holding)
+			last.done <- errOverBudget
+		case len(b.fresh) > 0 && b.free >= b.fresh[0].need:
+			w := b.fresh[0]
+			b.fresh = b.fresh[1:]
+			b.take(0, w.need)
+			w.done <- nil
+		default:
+			return
+		}
+	}
 }
 
 // errOverBudget is a body that found no room in the memory budget within
@@ -82,27 +196,22 @@ type heldBody struct {
 // release gives back what the body reserved; buf must not be used after.
 func (b *heldBody) release() {
 	if b.held > 0 {
-		b.budget.sem.Release(b.held)
+		b.budget.release(b.held)
 		b.held = 0
 	}
 	b.buf = nil
 }
 
 // grow makes room for at least need bytes in buf (at most ceiling),
-// reserving decodeCopies times its new capacity, waiting up to budgetWait.
+// reserving decodeCopies times its new capacity (see bodyBudget.acquire).
 // Capacity at most doubles, so what is reserved stays within twice what has
 // arrived.
 func (b *heldBody) grow(ctx context.Context, need, ceiling int64) error {
 	newCap := min(max(2*int64(cap(b.buf)), need, readChunk), ceiling)
 	if weight := min(decodeCopies*newCap, b.budget.size); weight > b.held {
-		wctx, cancel := context.WithTimeout(ctx, budgetWait)
-		err := b.budget.sem.Acquire(wctx, weight-b.held)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return errOverBudget
+		if err := b.budget.acquire(ctx, b.held, weight-b.held); err != nil {
+			b.held = 0 // acquire gave it back
+			return err
 		}
 		b.held = weight
 	}

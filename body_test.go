@@ -146,8 +146,58 @@ func TestStalledBodyTimesOut(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if b := f.svc.bodyBudget(); !b.sem.TryAcquire(b.size) {
-		t.Fatal("stalled bodies still hold budget after their answers")
+	takeBudget(t, f.svc.bodyBudget())()
+}
+
+// takeBudget takes the whole of b, failing when any of it is held, and
+// returns the func that gives it back (once).
+func takeBudget(t *testing.T, b *bodyBudget) func() {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.free != b.size || b.holders != 0 {
+		t.Fatalf("budget in use: %d of %d free, %d holders", b.free, b.size, b.holders)
+	}
+	b.take(0, b.size)
+	var once sync.Once
+	return func() { once.Do(func() { b.release(b.size) }) }
+}
+
+// TestBudgetBreaksWaitOfAllHolders: bodies that hold all of the budget and
+// all wait for more do not wait for each other until they time out: the last
+// to wait gives way at once (503), and the first goes on; a body holding
+// nothing waits behind bodies that grow.
+func TestBudgetBreaksWaitOfAllHolders(t *testing.T) {
+	defer func(d time.Duration) { budgetWait = d }(budgetWait)
+	budgetWait = time.Minute
+	b := newBodyBudget(100)
+	ctx := t.Context()
+	for range 2 {
+		if err := b.acquire(ctx, 0, 50); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := make(chan error, 1)
+	go func() { first <- b.acquire(ctx, 50, 30) }()
+	for b.mu.Lock(); len(b.growers) == 0; b.mu.Lock() {
+		b.mu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+	b.mu.Unlock()
+	fresh := make(chan error, 1)
+	go func() { fresh <- b.acquire(ctx, 0, 10) }()
+	start := time.Now()
+	if err := b.acquire(ctx, 50, 30); err != errOverBudget {
+		t.Fatalf("the last grower: %v, want errOverBudget at once", err)
+	}
+	if err := <-first; err != nil || time.Since(start) > 10*time.Second {
+		t.Fatalf("the first grower: %v after %s, want granted", err, time.Since(start))
+	}
+	if err := <-fresh; err != nil {
+		t.Fatalf("the fresh body after the growers: %v", err)
+	}
+	if b.free != 10 || b.holders != 2 {
+		t.Fatalf("%d free, %d holders; want 10 and 2", b.free, b.holders)
 	}
 }
 

@@ -319,24 +319,16 @@ func TestEventMemoryBudget(t *testing.T) {
 	f := newFixture(t, nil)
 	base := ingestServer(t, f)
 	budget := f.svc.bodyBudget()
-	if !budget.sem.TryAcquire(budget.size) {
-		t.Fatal("budget in use")
-	}
 	defer func(d time.Duration) { budgetWait = d }(budgetWait)
 	budgetWait = 100 * time.Millisecond
-	released := false
-	defer func() {
-		if !released {
-			budget.sem.Release(budget.size)
-		}
-	}()
+	release := takeBudget(t, budget)
+	defer release()
 	// The wait is budgetWait; far beyond it, the delivery waits for ever.
 	r := doWithin(t, 5*time.Second, "POST", base+"/", eventBody("b-1", []byte("x"), ""), ceHeaders("b-1", testSource))
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
 		t.Fatalf("with the budget taken: %d (Retry-After %q) %s, want 503 with Retry-After", r.status, r.header.Get("Retry-After"), r.body)
 	}
-	budget.sem.Release(budget.size)
-	released = true
+	release()
 	if r := do(t, "POST", base+"/", eventBody("b-1", []byte("x"), ""), ceHeaders("b-1", testSource)); r.status != http.StatusNoContent {
 		t.Fatalf("after release: %d %s", r.status, r.body)
 	}
