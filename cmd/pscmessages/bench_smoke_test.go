@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestBenchTiny runs every phase of the bench command end to end at a size
@@ -60,11 +61,13 @@ func TestBenchTiny(t *testing.T) {
 // numbers.
 func TestBenchRSSTiny(t *testing.T) {
 	var out bytes.Buffer
-	cfg := rssConfig{concurrency: 2, eventBytes: 1 << 20, rows: 10, rowBytes: 64 << 10, limit: 100, runs: 1}
+	cfg := rssConfig{concurrency: 2, eventBytes: 1 << 20, rows: 10, rowBytes: 64 << 10, limit: 100, runs: 1,
+		posts: 3, postBytes: 64 << 10, idle: 2, validC: 1, window: 300 * time.Millisecond}
 	if err := benchRSS(t.Context(), cfg, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"| 2 concurrent 1 MB Pub/Sub messages | 2× 500 |", "| 2 concurrent GET /?limit=100 over 64 KB rows | 2× 200 |"} {
+	for _, want := range []string{"| 2 concurrent 1 MB Pub/Sub messages | 2× 500 |", "| 2 concurrent GET /?limit=100 over 64 KB rows | 2× 200 |",
+		"| 3 concurrent POSTs of 64 KB bodies | 3× 200 |", "| 2 idle senders beside 1 valid deliveries at a time for 300ms | "} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
