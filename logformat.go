@@ -116,14 +116,17 @@ func (h *textHandler) WithGroup(string) slog.Handler { return h }
 func (h *textHandler) Handle(_ context.Context, r slog.Record) error {
 	var b bytes.Buffer
 	b.WriteString(r.Time.Format("15:04:05.000"))
-	fmt.Fprintf(&b, " %-5s %s", levelName(r.Level), oneLine(r.Message))
+	// Messages and values may carry what a sender chose (a path, an event
+	// id): controls are escaped so that a line cannot be forged, hidden or
+	// drive the terminal it is read on.
+	fmt.Fprintf(&b, " %-5s %s", levelName(r.Level), EscapeControl(oneLine(r.Message)))
 	write := func(a slog.Attr) bool {
 		if strings.HasPrefix(a.Key, "logging.googleapis.com/") {
 			return true
 		}
 		v := oneLine(a.Value.Resolve().String())
-		if v == "" || strings.ContainsAny(v, " =\"") {
-			v = strconv.Quote(v)
+		if v == "" || strings.ContainsAny(v, " =\"") || needsEscape(v) {
+			v = strconv.Quote(v) // which escapes what EscapeControl does
 		}
 		b.WriteString(" " + a.Key + "=" + v)
 		return true

@@ -27,8 +27,8 @@ import (
 	"example.com/pscmessages/store/localpg"
 )
 
-const deadLettersUsage = `usage: go run ./cmd/pscmessages deadletters [list] [-limit N]
-       go run ./cmd/pscmessages deadletters show ID
+const deadLettersUsage = `usage: go run ./cmd/pscmessages deadletters [list] [-limit N] [-raw]
+       go run ./cmd/pscmessages deadletters show [-raw] ID
        go run ./cmd/pscmessages deadletters replay [-keep] ID...
        go run ./cmd/pscmessages deadletters delete ID...
 
@@ -45,6 +45,9 @@ here: it is answered 500, so Pub/Sub keeps it whole and moves it to the
 subscription's dead-letter topic after its last attempt. Rows of which only
 a prefix was kept (from before dead letters were kept whole) cannot be
 replayed.
+What the publisher sent is printed with control characters escaped (\x1b,
+\n, \u202e), so it cannot drive the terminal or forge lines; -raw prints it
+as it is.
 
 It connects as the functions do (DATABASE_URL, or DB_HOST, DB_NAME, DB_USER,
 DB_PASSWORD, ...); with neither DATABASE_URL nor DB_HOST, to the local
@@ -66,6 +69,7 @@ func deadLettersCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.Usage = func() { fmt.Fprint(fs.Output(), deadLettersUsage); fs.PrintDefaults() }
 	limit := fs.Int("limit", 50, "list: how many, newest first")
 	keep := fs.Bool("keep", false, "replay: keep the dead letters that were stored")
+	raw := fs.Bool("raw", false, "list, show: print what the publisher sent as it is; without it, control characters\n(terminal escapes, line breaks, bidi controls) are escaped as \\x1b, \\n, \\u202e")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -113,9 +117,9 @@ func deadLettersCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 
 	switch sub {
 	case "list":
-		return deadLettersList(ctx, conn, *limit, stdout)
+		return deadLettersList(ctx, conn, *limit, printer(*raw), stdout)
 	case "show":
-		return deadLettersShow(ctx, conn, ids[0], stdout)
+		return deadLettersShow(ctx, conn, ids[0], printer(*raw), stdout)
 	case "delete":
 		for _, id := range ids {
 			if err := store.DeleteDeadLetter(ctx, conn, id); err != nil {
@@ -164,7 +168,17 @@ func deadLettersDatabase(ctx context.Context, stderr io.Writer) (func(), error) 
 	}, nil
 }
 
-func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, w io.Writer) error {
+// printer is how what a publisher sent (ids, reasons quoting it, payloads)
+// is printed: escaped (function.EscapeControl), so that it cannot forge
+// lines or drive the operator's terminal, or with -raw as it is.
+func printer(raw bool) func(string) string {
+	if raw {
+		return func(s string) string { return s }
+	}
+	return function.EscapeControl
+}
+
+func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, text func(string) string, w io.Writer) error {
 	list, err := store.ListDeadLetters(ctx, conn, limit)
 	if err != nil {
 		return err
@@ -176,7 +190,7 @@ func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, w io.Writer
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRECEIVED\tSIZE\tEVENT ID\tREASON")
 	for _, d := range list {
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\n", d.ID, d.ReceivedAt.UTC().Format("2006-01-02 15:04:05"), d.PayloadSize, cut(d.EventID, 32), cut(d.Reason, 100))
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\n", d.ID, d.ReceivedAt.UTC().Format("2006-01-02 15:04:05"), d.PayloadSize, text(cut(d.EventID, 32)), text(cut(d.Reason, 100)))
 	}
 	tw.Flush()
 	if len(list) == limit {
@@ -185,24 +199,20 @@ func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, w io.Writer
 	return nil
 }
 
-func deadLettersShow(ctx context.Context, conn *pgx.Conn, id int64, w io.Writer) error {
+func deadLettersShow(ctx context.Context, conn *pgx.Conn, id int64, text func(string) string, w io.Writer) error {
 	d, err := store.GetDeadLetter(ctx, conn, id)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "id:        %d\nreceived:  %s\nevent id:  %s\nsource:    %s\ntype:      %s\nreason:    %s\nsize:      %d bytes (sha256 %x)\n",
-		d.ID, d.ReceivedAt.UTC().Format("2006-01-02 15:04:05.000 MST"), d.EventID, d.EventSource, d.EventType, d.Reason, d.PayloadSize, d.PayloadSHA256)
+		d.ID, d.ReceivedAt.UTC().Format("2006-01-02 15:04:05.000 MST"), text(d.EventID), text(d.EventSource), text(d.EventType), text(d.Reason), d.PayloadSize, d.PayloadSHA256)
 	if why := d.NotReplayable(); why != "" {
 		fmt.Fprintf(w, "replay:    not possible: %s\n", why)
 	} else {
 		fmt.Fprintf(w, "replay:    go run ./cmd/pscmessages deadletters replay %d\n", d.ID)
 	}
 	fmt.Fprintf(w, "payload (%d bytes kept):\n", len(d.Payload))
-	if utf8.Valid(d.Payload) {
-		fmt.Fprintf(w, "%s\n", d.Payload)
-	} else {
-		fmt.Fprintf(w, "%q\n", d.Payload)
-	}
+	fmt.Fprintf(w, "%s\n", text(string(d.Payload)))
 	return nil
 }
 
