@@ -230,7 +230,9 @@ func (s *service) openStore(ctx context.Context) (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return store.Open(ctx, cfg.db)
+	db := cfg.db
+	db.Logger = s.log
+	return store.Open(ctx, db)
 }
 
 // Close closes the pool if it was opened.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/url"
 	"strconv"
@@ -64,6 +65,11 @@ type Config struct {
 
 	// TokenSource overrides Google default credentials in IAM mode.
 	TokenSource oauth2.TokenSource
+
+	// Logger gets what the store does on its own, with no caller to tell:
+	// a failed cleanup of expired idempotency keys. Default: slog.Default().
+	// The functions pass their own, so the line is structured like theirs.
+	Logger *slog.Logger
 }
 
 // Defaults for the optional settings.

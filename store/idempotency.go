@@ -83,7 +83,7 @@ func (c *cleaner) maybeStart(s *Store) {
 		_, caughtUp, err := s.expireKeys(c.ctx, retention, cleanupBudget)
 		if err != nil && c.ctx.Err() == nil {
 			// The next run tries again; nothing is lost meanwhile.
-			slog.Warn("deleting expired idempotency keys failed", "error", err.Error())
+			s.logger().Warn("deleting expired idempotency keys failed; retrying in a minute", "error", err.Error())
 		}
 		c.mu.Lock()
 		c.busy = false
@@ -123,4 +123,12 @@ func (s *Store) expireKeys(ctx context.Context, retention, budget time.Duration)
 			return deleted, false, nil
 		}
 	}
+}
+
+// logger is where the store logs what no caller hears (Config.Logger).
+func (s *Store) logger() *slog.Logger {
+	if s.cfg.Logger != nil {
+		return s.cfg.Logger
+	}
+	return slog.Default()
 }
