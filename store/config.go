@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"cloud.google.com/go/compute/metadata"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/oauth2"
 )
@@ -162,11 +164,31 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 }
 
 // Check parses the connection settings as Open will, reading the
-// certificate files they name, without touching the network. A local runner
-// calls it at start, so that an unreadable DB_ROOT_CERT stops it at once.
+// certificate files they name. A local runner calls it at start, so that an
+// unreadable DB_ROOT_CERT stops it at once. It touches the network only in
+// IAM mode without DB_USER, to ask whether there is a metadata server to
+// name the service account (see checkIAMUser).
 func (c Config) Check() error {
-	_, err := c.poolConfig()
-	return err
+	if _, err := c.poolConfig(); err != nil {
+		return err
+	}
+	return c.checkIAMUser(context.Background())
+}
+
+// checkIAMUser refuses IAM mode without DB_USER where no metadata server
+// can name the service account (off Google Cloud, with no
+// GCE_METADATA_HOST): every login would fail the same way, for ever.
+func (c Config) checkIAMUser(ctx context.Context) error {
+	if !c.IAMAuth || c.ConnString != "" || c.User != "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if metadata.OnGCEWithContext(ctx) {
+		return nil
+	}
+	return &ConfigError{Var: "DB_USER", Msg: "required with IAM authentication off Google Cloud: there is no metadata server " +
+		"to name the service account; set it to the IAM database user (the service account email without .gserviceaccount.com)"}
 }
 
 // plaintextModes may send a password without TLS.

@@ -36,6 +36,9 @@ func configureIAM(ctx context.Context, cfg *Config, pc *pgxpool.Config) error {
 	ts = oauth2.ReuseTokenSource(nil, ts)
 
 	if cfg.ConnString == "" && cfg.User == "" {
+		if err := cfg.checkIAMUser(ctx); err != nil {
+			return err // permanent: a configuration error, not 503 for ever
+		}
 		user, err := iamUserFromMetadata(ctx)
 		if err != nil {
 			return err
