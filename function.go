@@ -232,6 +232,7 @@ func (s *service) openStore(ctx context.Context) (*store.Store, error) {
 	}
 	db := cfg.db
 	db.Logger = s.log
+	db.Edits = cfg.routes.edits
 	return store.Open(ctx, db)
 }
 

@@ -65,6 +65,13 @@ type Config struct {
 	// Delete then fail with permission denied unless the role may do more.
 	ReplayOnly bool
 
+	// Edits is set where Messages serves PUT, PATCH and DELETE
+	// (HTTP_ROUTES=all; default false): Open then also requires
+	// [EditPrivileges], so a role granted only what creating and reading
+	// need is refused at once, naming the missing grant, instead of on the
+	// first edit.
+	Edits bool
+
 	// TokenSource overrides Google default credentials in IAM mode.
 	TokenSource oauth2.TokenSource
 

@@ -36,12 +36,14 @@ func (p Privilege) SQL() (privilege, object string) {
 	return privilege, p.Kind + " " + pgx.Identifier{p.Object}.Sanitize()
 }
 
-// FunctionPrivileges lists exactly what the function's statements use, and
-// nothing that lets it change the schema: once an administrator has migrated,
-// the function never creates, alters or drops anything.
+// FunctionPrivileges lists exactly what both functions' statements use,
+// and nothing that lets them change the schema: once an administrator has
+// migrated, the function never creates, alters or drops anything. It does
+// not let them edit or delete messages: only Messages with HTTP_ROUTES=all
+// does that, with [EditPrivileges] as well.
 //
 //   - messages: List and Get read, Add inserts and reads back its RETURNING
-//     and replayed rows, Update and Delete change rows.
+//     and replayed rows.
 //   - messages_id_seq: Add draws ids with nextval() itself.
 //   - idempotency_keys: Add reads what keys were first used for and records
 //     new ones; the writer's cleanup deletes expired records.
@@ -59,8 +61,6 @@ func FunctionPrivileges() []Privilege {
 		{Kind: "SCHEMA", Object: "public", Action: "USAGE"},
 		{Kind: "TABLE", Object: "messages", Action: "SELECT"},
 		{Kind: "TABLE", Object: "messages", Action: "INSERT"},
-		{Kind: "TABLE", Object: "messages", Action: "UPDATE"},
-		{Kind: "TABLE", Object: "messages", Action: "DELETE"},
 		{Kind: "SEQUENCE", Object: "messages_id_seq", Action: "USAGE"},
 		{Kind: "TABLE", Object: "idempotency_keys", Action: "SELECT"},
 		{Kind: "TABLE", Object: "idempotency_keys", Action: "INSERT"},
@@ -72,12 +72,29 @@ func FunctionPrivileges() []Privilege {
 	}
 }
 
+// EditPrivileges is what Messages needs beyond [FunctionPrivileges] with
+// HTTP_ROUTES=all ([Config.Edits]): Update and Delete change and remove
+// any message. IngestPubSub, and Messages serving only create and read
+// (the default), never need them.
+func EditPrivileges() []Privilege {
+	return []Privilege{
+		{Kind: "TABLE", Object: "messages", Action: "UPDATE"},
+		{Kind: "TABLE", Object: "messages", Action: "DELETE"},
+	}
+}
+
 // GrantSQL returns the statements that give role exactly
 // [FunctionPrivileges], one statement per object. Every identifier is quoted,
 // so Cloud SQL IAM user names such as "fn@project.iam" need no care from
 // callers, and granting twice changes nothing.
 func GrantSQL(role string) []string {
 	return grantSQL(role, FunctionPrivileges())
+}
+
+// GrantEditsSQL returns the statements that give role [EditPrivileges] too,
+// for the role of Messages with HTTP_ROUTES=all.
+func GrantEditsSQL(role string) []string {
+	return grantSQL(role, EditPrivileges())
 }
 
 // grantSQL returns GRANT statements for privs, one per object.
@@ -138,6 +155,11 @@ func grantSQL(role string, list []Privilege) []string {
 // missing privilege.
 func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string) ([]Privilege, error) {
 	return missingOf(ctx, conn, role, FunctionPrivileges())
+}
+
+// MissingEditPrivileges returns the [EditPrivileges] that role lacks.
+func MissingEditPrivileges(ctx context.Context, conn *pgx.Conn, role string) ([]Privilege, error) {
+	return missingOf(ctx, conn, role, EditPrivileges())
 }
 
 // missingOf returns the privileges of privs that role lacks.

@@ -33,7 +33,7 @@ func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
 			got := store.GrantSQL(tt.role)
 			want := []string{
 				`GRANT USAGE ON SCHEMA "public" TO ` + tt.grantee,
-				`GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "messages" TO ` + tt.grantee,
+				`GRANT SELECT, INSERT ON TABLE "messages" TO ` + tt.grantee,
 				`GRANT USAGE ON SEQUENCE "messages_id_seq" TO ` + tt.grantee,
 				`GRANT SELECT, INSERT, DELETE ON TABLE "idempotency_keys" TO ` + tt.grantee,
 				`GRANT INSERT, SELECT ("dedupe_key") ON TABLE "dead_letters" TO ` + tt.grantee,
@@ -98,7 +98,7 @@ func grantsMissing(t *testing.T, url, role string) []store.Privilege {
 	return missing
 }
 
-// grantsExercise runs every operation of the store once.
+// grantsExercise runs every operation of the store once but the edits.
 func grantsExercise(ctx context.Context, st *store.Store, key string) error {
 	added, err := st.Add(ctx, "hello", key)
 	if err != nil {
@@ -108,9 +108,6 @@ func grantsExercise(ctx context.Context, st *store.Store, key string) error {
 		return err
 	}
 	if _, err := st.Get(ctx, added.ID); err != nil {
-		return err
-	}
-	if _, err := st.Update(ctx, added.ID, "hello again"); err != nil {
 		return err
 	}
 	if _, err := st.List(ctx, store.Page{}); err != nil {
@@ -123,10 +120,87 @@ func grantsExercise(ctx context.Context, st *store.Store, key string) error {
 	if err := st.AddDeadLetter(ctx, dl); err != nil { // a redelivery hits the conflict
 		return err
 	}
-	if _, err := st.ExpireKeys(ctx, 0); err != nil { // the writer's cleanup
+	_, err = st.ExpireKeys(ctx, 0) // the writer's cleanup
+	return err
+}
+
+// grantsEdit runs the edits of HTTP_ROUTES=all.
+func grantsEdit(ctx context.Context, st *store.Store) error {
+	added, err := st.Add(ctx, "to edit", "")
+	if err != nil {
+		return err
+	}
+	if _, err := st.Update(ctx, added.ID, "edited"); err != nil {
 		return err
 	}
 	return st.Delete(ctx, added.ID)
+}
+
+// TestGrantSQLGivesNoEdits: the functions' grant lets neither role update
+// or delete messages (IngestPubSub never does, nor does Messages without
+// HTTP_ROUTES=all).
+func TestGrantSQLGivesNoEdits(t *testing.T) {
+	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw"})
+	ctx := t.Context()
+	db := grantsDB(t, c, "noedits")
+	admin := c.SuperuserURL(db)
+	if err := c.Exec(ctx, `CREATE ROLE fn_ingest LOGIN PASSWORD 'fn-pw'`); err != nil {
+		t.Fatal(err)
+	}
+	grantsExec(t, admin, store.GrantSQL("fn_ingest")...)
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var update, del bool
+	if err := conn.QueryRow(ctx, `SELECT has_any_column_privilege('fn_ingest', 'messages', 'UPDATE'), has_table_privilege('fn_ingest', 'messages', 'DELETE')`).
+		Scan(&update, &del); err != nil {
+		t.Fatal(err)
+	}
+	if update || del {
+		t.Fatalf("GrantSQL gives UPDATE %v, DELETE %v on messages; want neither", update, del)
+	}
+}
+
+// TestEditsNeedTheirGrant: a store for HTTP_ROUTES=all (Config.Edits) opened
+// as a role with only the functions' grant is refused at Open, permanently,
+// naming the missing privileges and the grant; without Edits the role works
+// but cannot edit; with GrantEditsSQL it can.
+func TestEditsNeedTheirGrant(t *testing.T) {
+	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw"})
+	ctx := t.Context()
+	db := grantsDB(t, c, "edits")
+	admin := c.SuperuserURL(db)
+	if err := c.Exec(ctx, `CREATE ROLE fn_msg LOGIN PASSWORD 'fn-pw'`); err != nil {
+		t.Fatal(err)
+	}
+	grantsExec(t, admin, store.GrantSQL("fn_msg")...)
+	cfg := store.Config{ConnString: c.URL("fn_msg", "fn-pw", db), Edits: true}
+	_, err := store.Open(ctx, cfg)
+	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), "HTTP_ROUTES=all") ||
+		!strings.Contains(err.Error(), "UPDATE on table messages, DELETE on table messages") || !strings.Contains(err.Error(), "-grant-edits") {
+		t.Fatalf("Open with Edits and no edit grant: %v; want a permanent error naming the privileges and -grant-edits", err)
+	}
+	cfg.Edits = false
+	st, err := store.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pgErr *pgconn.PgError
+	if err := grantsEdit(ctx, st); !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		t.Errorf("an edit without the edit grant: %v, want permission denied", err)
+	}
+	st.Close()
+	grantsExec(t, admin, store.GrantEditsSQL("fn_msg")...)
+	cfg.Edits = true
+	if st, err = store.Open(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := grantsEdit(ctx, st); err != nil {
+		t.Fatalf("an edit with the edit grant: %v", err)
+	}
 }
 
 // TestGrantSQLIsExactlyWhatTheFunctionNeeds proves both directions. With the

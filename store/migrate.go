@@ -365,7 +365,35 @@ func (s *Store) prepareSchema(ctx context.Context) error {
 	if s.cfg.ReplayOnly {
 		privs = ReplayPrivileges()
 	}
-	return checkSchema(ctx, conn.Conn(), privs)
+	if err := checkSchema(ctx, conn.Conn(), privs); err != nil {
+		return err
+	}
+	if !s.cfg.Edits || s.cfg.ReplayOnly {
+		return nil
+	}
+	return checkEdits(ctx, conn.Conn())
+}
+
+// checkEdits verifies [EditPrivileges] where Messages serves edits. Their
+// lack is the deployment's configuration, not a schema on its way: a
+// PermanentError, said once and answered "misconfigured", naming the grant.
+func checkEdits(ctx context.Context, conn *pgx.Conn) error {
+	role := conn.Config().User
+	missing, err := missingOf(ctx, conn, role, EditPrivileges())
+	switch {
+	case err != nil && isTransient(err):
+		return classify(err)
+	case err != nil:
+		return fmt.Errorf("%w: %w", ErrSchema, err)
+	case len(missing) > 0:
+		names := make([]string, len(missing))
+		for i, p := range missing {
+			names[i] = p.String()
+		}
+		return &PermanentError{Msg: fmt.Sprintf("HTTP_ROUTES=all serves PUT, PATCH and DELETE, but role %q lacks %s: grant them (go run ./cmd/pscmessages migrate -grant-edits ROLE), or unset HTTP_ROUTES",
+			role, strings.Join(names, ", "))}
+	}
+	return nil
 }
 
 // checkSchema verifies the privileges the store uses, then the schema version.

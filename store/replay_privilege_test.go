@@ -44,8 +44,8 @@ func TestReplayOnlyStoreLeastPrivilege(t *testing.T) {
 	url := c.URL("op", "op-pw", "app", "sslmode=disable")
 
 	_, err = store.Open(ctx, store.Config{ConnString: url})
-	if !errors.Is(err, store.ErrSchema) || !strings.Contains(err.Error(), "UPDATE on table messages") {
-		t.Fatalf("a full store as the operator: %v, want ErrSchema naming UPDATE on table messages", err)
+	if !errors.Is(err, store.ErrSchema) || !strings.Contains(err.Error(), "DELETE on table idempotency_keys") {
+		t.Fatalf("a full store as the operator: %v, want ErrSchema naming DELETE on table idempotency_keys", err)
 	}
 
 	st, err := store.Open(ctx, store.Config{ConnString: url, ReplayOnly: true})

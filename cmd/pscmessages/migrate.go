@@ -54,6 +54,9 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	var roles migrateRoles
 	fs.Var(&roles, "grant", "`role` to grant the functions' privileges to; repeat the flag or separate roles with commas.\n"+
 		"A Cloud SQL IAM service account's role is its email without .gserviceaccount.com")
+	var editors migrateRoles
+	fs.Var(&editors, "grant-edits", "`role` of Messages deployed with HTTP_ROUTES=all: what -grant gives, plus UPDATE and DELETE on messages\n"+
+		"(PUT, PATCH, DELETE /messages/{id}). -grant alone gives neither: IngestPubSub and the default routes never edit")
 	var operators migrateRoles
 	fs.Var(&operators, "deadletters-operator", "`role` that may run `go run ./cmd/pscmessages deadletters`: SELECT and DELETE on dead_letters, and\n"+
 		"SELECT and INSERT on messages and idempotency_keys for replaying; never UPDATE or DELETE on messages")
@@ -62,7 +65,7 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	timeout := fs.Duration("timeout", 0, "give up after this long; 0, the default, never gives up: a migration that rewrites a large\n"+
 		"table takes as long as it takes (Ctrl-C stops it, and PostgreSQL rolls back the migration it was applying)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: go run ./cmd/pscmessages migrate [-dry-run] [-grant ROLE[,ROLE]]... [-deadletters-operator ROLE]... [-create-role]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: go run ./cmd/pscmessages migrate [-dry-run] [-grant ROLE[,ROLE]]... [-grant-edits ROLE]... [-deadletters-operator ROLE]... [-create-role]\n\n"+
 			"Applies the schema migrations as an administrator, then grants each -grant role exactly what the\n"+
 			"functions use, in one transaction, and verifies the result. It connects with the functions'\n"+
 			"own settings (DATABASE_URL, or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD, DB_SSLMODE, ...):\n"+
@@ -78,11 +81,14 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; roles go after -grant", fs.Args())
 	}
+	for _, r := range editors { // an editor is a function role too
+		roles.Set(r)
+	}
 	// An operator gets DeadLetterOperatorSQL only, not the functions'
 	// grants: it replays and deletes dead letters, and must not be able to
 	// update or delete messages.
 	if *dryRun {
-		if err := migratePlan(stdout, roles, *createRole); err != nil {
+		if err := migratePlan(stdout, roles, editors, *createRole); err != nil {
 			return err
 		}
 		for _, op := range operators {
@@ -118,7 +124,7 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 		return nil
 	}
 	if len(roles) > 0 {
-		if err := migrateGrant(ctx, conn, roles, *createRole, stdout); err != nil {
+		if err := migrateGrant(ctx, conn, roles, editors, *createRole, stdout); err != nil {
 			return err
 		}
 	}
@@ -126,7 +132,7 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 		return err
 	}
 	for _, role := range roles {
-		if err := migrateWarnExcess(ctx, conn, role, stderr); err != nil {
+		if err := migrateWarnExcess(ctx, conn, role, slices.Contains(editors, role), stderr); err != nil {
 			return err
 		}
 	}
@@ -135,7 +141,7 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 
 // migratePlan prints what a real run would execute. It cannot know which
 // migrations a database already has, so it prints them all.
-func migratePlan(w io.Writer, roles []string, createRole bool) error {
+func migratePlan(w io.Writer, roles, editors []string, createRole bool) error {
 	migrations, err := store.Migrations()
 	if err != nil {
 		return err
@@ -156,7 +162,7 @@ func migratePlan(w io.Writer, roles []string, createRole bool) error {
 		if createRole {
 			fmt.Fprintf(w, "-- only if the role does not exist:\n%s;\n", migrateCreateRoleSQL(role))
 		}
-		for _, sql := range store.GrantSQL(role) {
+		for _, sql := range migrateGrants(role, editors) {
 			fmt.Fprintf(w, "%s;\n", sql)
 		}
 	}
@@ -268,10 +274,20 @@ func migrateVersion(ctx context.Context, conn *pgx.Conn) (int32, error) {
 	return v, nil
 }
 
+// migrateGrants is what role is granted: the functions' privileges, and
+// the edits' too for a -grant-edits role.
+func migrateGrants(role string, editors []string) []string {
+	sql := store.GrantSQL(role)
+	if slices.Contains(editors, role) {
+		sql = append(sql, store.GrantEditsSQL(role)...)
+	}
+	return sql
+}
+
 // migrateGrant grants every role its privileges in one transaction and checks,
 // before committing, that PostgreSQL now reports none missing: all roles are
 // granted or none is.
-func migrateGrant(ctx context.Context, conn *pgx.Conn, roles []string, createRole bool, w io.Writer) error {
+func migrateGrant(ctx context.Context, conn *pgx.Conn, roles, editors []string, createRole bool, w io.Writer) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return err
@@ -281,7 +297,7 @@ func migrateGrant(ctx context.Context, conn *pgx.Conn, roles []string, createRol
 		if err := migrateEnsureRole(ctx, tx, role, createRole, w); err != nil {
 			return err
 		}
-		for _, sql := range store.GrantSQL(role) {
+		for _, sql := range migrateGrants(role, editors) {
 			if _, err := tx.Exec(ctx, sql); err != nil {
 				return fmt.Errorf("%s: %w", sql, err)
 			}
@@ -290,6 +306,13 @@ func migrateGrant(ctx context.Context, conn *pgx.Conn, roles []string, createRol
 		missing, err := store.MissingPrivileges(ctx, tx.Conn(), role)
 		if err != nil {
 			return err
+		}
+		if slices.Contains(editors, role) {
+			more, err := store.MissingEditPrivileges(ctx, tx.Conn(), role)
+			if err != nil {
+				return err
+			}
+			missing = append(missing, more...)
 		}
 		if len(missing) > 0 {
 			return fmt.Errorf("after granting, role %q still lacks %v", role, missing)
@@ -355,7 +378,8 @@ func migrateOperators(ctx context.Context, conn *pgx.Conn, operators, roles []st
 			continue
 		}
 		var update, del bool
-		if err := conn.QueryRow(ctx, `SELECT has_table_privilege($1::name, 'messages', 'UPDATE'), has_table_privilege($1::name, 'messages', 'DELETE')`, op).Scan(&update, &del); err != nil {
+		if err := conn.QueryRow(ctx, `SELECT has_any_column_privilege($1::name, 'messages', 'UPDATE') OR has_table_privilege($1::name, 'idempotency_keys', 'UPDATE'),
+			has_table_privilege($1::name, 'messages', 'DELETE') OR has_table_privilege($1::name, 'idempotency_keys', 'DELETE')`, op).Scan(&update, &del); err != nil {
 			return fmt.Errorf("checking role %q: %w", op, err)
 		}
 		if update || del {
@@ -377,16 +401,17 @@ func migrateQuoted(ss []string) []string {
 // Grants only add, so they cannot take away what PUBLIC, a default role
 // membership or PostgreSQL before 15 (CREATE on schema public for PUBLIC)
 // gave; the operator decides whether to revoke it.
-func migrateWarnExcess(ctx context.Context, conn *pgx.Conn, role string, w io.Writer) error {
-	var super, createRole, createDB, createInPublic bool
+func migrateWarnExcess(ctx context.Context, conn *pgx.Conn, role string, editor bool, w io.Writer) error {
+	var super, createRole, createDB, createInPublic, update, del bool
 	var member, owns []string
 	err := conn.QueryRow(ctx, `SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb,
 			has_schema_privilege(r.rolname, 'public', 'CREATE'),
+			has_table_privilege(r.rolname, 'messages', 'UPDATE'), has_table_privilege(r.rolname, 'messages', 'DELETE'),
 			ARRAY(SELECT g.rolname::text FROM pg_roles g WHERE pg_has_role(r.oid, g.oid, 'USAGE') AND g.oid <> r.oid ORDER BY 1),
 			ARRAY(SELECT c.relname::text FROM pg_class c WHERE pg_has_role(r.oid, c.relowner, 'USAGE')
 				AND c.relname IN ('messages', 'dead_letters', $2) ORDER BY 1)
 		FROM pg_roles r WHERE r.rolname = $1`, role, store.VersionTable).
-		Scan(&super, &createRole, &createDB, &createInPublic, &member, &owns)
+		Scan(&super, &createRole, &createDB, &createInPublic, &update, &del, &member, &owns)
 	if err != nil {
 		return fmt.Errorf("checking role %q: %w", role, err)
 	}
@@ -402,6 +427,10 @@ func migrateWarnExcess(ctx context.Context, conn *pgx.Conn, role string, w io.Wr
 	}
 	if slices.Contains(member, "cloudsqlsuperuser") {
 		warn("is a member of cloudsqlsuperuser, which can create and drop objects: REVOKE cloudsqlsuperuser FROM %s", q)
+	}
+	if (update || del) && !editor {
+		warn("may update or delete any message, which only Messages with HTTP_ROUTES=all does (-grant-edits): "+
+			"REVOKE UPDATE, DELETE ON TABLE messages FROM %s", q)
 	}
 	if createInPublic {
 		warn("can CREATE in schema public (PostgreSQL before 15 gives that to PUBLIC): REVOKE CREATE ON SCHEMA public FROM PUBLIC")

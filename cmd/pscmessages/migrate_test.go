@@ -122,7 +122,7 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 		`as "postgres"`,
 		fmt.Sprintf("schema migrated from version 0 to %d", store.SchemaVersion()),
 		"applied 003_dead_letters.sql",
-		`GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "messages" TO "fn_user"`,
+		`GRANT SELECT, INSERT ON TABLE "messages" TO "fn_user"`,
 		`TO "ingest-fn@my-project.iam"`,
 		"granted and verified",
 	} {
@@ -160,8 +160,9 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 			if _, err := st.Get(ctx, added.ID); err != nil {
 				t.Errorf("Get: %v", err)
 			}
-			if m, err := st.Update(ctx, added.ID, "edited"); err != nil || m.Content != "edited" {
-				t.Errorf("Update = %+v, %v", m, err)
+			// Edits need -grant-edits (TestMigrateGrantEdits).
+			if _, err := st.Update(ctx, added.ID, "edited"); err == nil || !strings.Contains(err.Error(), "42501") {
+				t.Errorf("Update without -grant-edits: %v, want permission denied", err)
 			}
 			if list, err := st.List(ctx, store.Page{}); err != nil || len(list.Messages) == 0 {
 				t.Errorf("List = %+v, %v", list, err)
@@ -172,8 +173,8 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 					t.Errorf("AddDeadLetter: %v", err)
 				}
 			}
-			if err := st.Delete(ctx, added.ID); err != nil {
-				t.Errorf("Delete: %v", err)
+			if err := st.Delete(ctx, added.ID); err == nil || !strings.Contains(err.Error(), "42501") {
+				t.Errorf("Delete without -grant-edits: %v, want permission denied", err)
 			}
 		}
 	})
@@ -518,4 +519,48 @@ func (w *syncWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
+}
+
+// TestMigrateGrantEdits: -grant-edits gives a role what -grant gives plus
+// UPDATE and DELETE on messages (HTTP_ROUTES=all); a -grant role that holds
+// them from an older migrate is warned, with the statement that takes them
+// back.
+func TestMigrateGrantEdits(t *testing.T) {
+	c := migrateCluster(t)
+	ctx := t.Context()
+	if err := c.Exec(ctx, `CREATE ROLE editor LOGIN; CREATE ROLE old_fn LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	out, err := migrateRun(t, migrateAdminEnv(c), "-grant-edits", "editor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, `GRANT UPDATE, DELETE ON TABLE "messages" TO "editor"`) || !strings.Contains(out, "granted and verified") {
+		t.Errorf("-grant-edits output:\n%s", out)
+	}
+	admin, err := pgx.Connect(ctx, c.SuperuserURL("app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if missing, err := store.MissingPrivileges(ctx, admin, "editor"); err != nil || len(missing) > 0 {
+		t.Errorf("editor lacks the functions' privileges: %v %v", missing, err)
+	}
+	if _, err := admin.Exec(ctx, `GRANT UPDATE, DELETE ON TABLE messages TO old_fn`); err != nil { // as an older migrate did
+		t.Fatal(err)
+	}
+	out, err = migrateRun(t, migrateAdminEnv(c), "-grant", "old_fn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `REVOKE UPDATE, DELETE ON TABLE messages FROM "old_fn"`
+	if !strings.Contains(out, want) {
+		t.Fatalf("no warning with %q:\n%s", want, out)
+	}
+	if _, err := admin.Exec(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := store.MissingPrivileges(ctx, admin, "old_fn"); err != nil || len(missing) > 0 {
+		t.Errorf("after the printed REVOKE, old_fn lacks %v %v", missing, err)
+	}
 }
