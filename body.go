@@ -26,9 +26,10 @@ import (
 // budget, so any body within the size limits fits when the process is idle.
 const BodyMemoryVar = "BODY_MEMORY_BYTES"
 
-// DefaultBodyMemoryBytes is BODY_MEMORY_BYTES unset: 64 MiB, the room of 64
-// POSTs of the largest default body, or of ~26 of the largest default
-// deliveries, beyond Cloud Run's default concurrency of 20 for IngestPubSub.
+// DefaultBodyMemoryBytes is BODY_MEMORY_BYTES unset: 64 MiB, the room of ~42
+// POSTs of the largest default body (MAX_BODY_BYTES, counted decodeCopies
+// times), and of far more of the small ones most are; deployed, Cloud Run's
+// --concurrency admits fewer requests than that at once.
 const DefaultBodyMemoryBytes = 64 << 20
 
 // decodeCopies is how many times over a body is held by the time it is

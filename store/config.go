@@ -191,7 +191,9 @@ func (c Config) checkIAMUser(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if metadata.OnGCEWithContext(ctx) {
+	// The client's own check, not the package's: that one is memoized for
+	// the process, and would not see a GCE_METADATA_HOST set later.
+	if metadata.NewClient(nil).OnGCEWithContext(ctx) {
 		return nil
 	}
 	return &ConfigError{Var: "DB_USER", Msg: "required with IAM authentication off Google Cloud: there is no metadata server " +
