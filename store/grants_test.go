@@ -140,7 +140,7 @@ func grantsEdit(ctx context.Context, st *store.Store) error {
 // or delete messages (IngestPubSub never does, nor does Messages without
 // HTTP_ROUTES=all).
 func TestGrantSQLGivesNoEdits(t *testing.T) {
-	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	db := grantsDB(t, c, "noedits")
 	admin := c.SuperuserURL(db)
@@ -168,7 +168,7 @@ func TestGrantSQLGivesNoEdits(t *testing.T) {
 // naming the missing privileges and the grant; without Edits the role works
 // but cannot edit; with GrantEditsSQL it can.
 func TestEditsNeedTheirGrant(t *testing.T) {
-	c := localpg.ForTest(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	db := grantsDB(t, c, "edits")
 	admin := c.SuperuserURL(db)

@@ -7,6 +7,7 @@ import (
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestDeadLettersEscapeControls: list and show print what a publisher sent
@@ -15,7 +16,7 @@ import (
 // bytes as they are.
 func TestDeadLettersEscapeControls(t *testing.T) {
 	ctx := t.Context()
-	c := localpg.ForTest(t, localpg.Options{})
+	c := localpgtest.Start(t, localpg.Options{})
 	if err := c.CreateDatabase(ctx, "dl"); err != nil {
 		t.Fatal(err)
 	}
