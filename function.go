@@ -20,6 +20,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -81,18 +82,36 @@ func CheckConfig() error {
 	return cfg.db.Check()
 }
 
-// CheckEnv reports an invalid configuration in the variables getenv
-// returns, naming the variable, as CheckConfig does but without logging it
-// and without touching the process's service: a local runner checks the
-// settings it will run with, and says what is wrong once, before it starts
-// anything for them (its own PostgreSQL, for one).
-func CheckEnv(getenv func(string) string) error {
+// Config is the function's whole configuration, each variable read once by
+// ConfigFromEnv. The deployed entry points read theirs from the environment
+// on first use; a local runner reads it at start, before it starts anything
+// for it, may point it at a database of its own (WithDatabaseURL), and
+// serves it with New.
+type Config struct{ s settings }
+
+// ConfigFromEnv reads the configuration from the variables getenv returns
+// (os.Getenv, or a map in tests). An error names the variable at fault.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	s, err := loadSettings(getenv)
-	if err != nil {
-		return err
-	}
-	return s.db.Check()
+	return Config{s}, err
 }
+
+// WithDatabaseURL returns c with its database at url, a pgx connection
+// string, as if DATABASE_URL had been url; its other settings are unchanged.
+func (c Config) WithDatabaseURL(url string) Config {
+	c.s.db.ConnString = url
+	return c
+}
+
+// Check reads the files the configuration names (DB_ROOT_CERT) and parses
+// the connection settings as opening the pool will, without touching the
+// network, so that a runner stops at start on what would fail every request.
+func (c Config) Check() error { return c.s.db.Check() }
+
+// Logger writes to w in the configured log format and level (LOG_FORMAT,
+// LOG_LEVEL), for a local runner whose own lines should read like the
+// function's.
+func (c Config) Logger(w io.Writer) *slog.Logger { return newLogger(c.s.getenv, w) }
 
 // NewLogger writes to w in the functions' log format and level (LOG_FORMAT,
 // LOG_LEVEL), for a local runner whose own lines should read like theirs.
@@ -139,6 +158,25 @@ type settings struct {
 	maxBodyBytes    int64
 	routes          routes // HTTP_ROUTES: default RoutesAppend
 	bodyMemory      int64  // BODY_MEMORY_BYTES: default DefaultBodyMemoryBytes
+	// timeout is CLOUD_RUN_TIMEOUT_SECONDS: 0 leaves a request's context
+	// without a deadline of the framework's.
+	timeout time.Duration
+	// getenv returns the variables read for logging and trace correlation
+	// (onceReadVars) as they were when the settings were loaded.
+	getenv func(string) string
+}
+
+// onceReadVars are the variables that the logger and the trace correlation
+// read, kept in settings as they were at load.
+var onceReadVars = []string{LogLevelVar, LogFormatVar, "GOOGLE_CLOUD_PROJECT", "GCP_PROJECT", "GCLOUD_PROJECT", "K_SERVICE", "GCE_METADATA_HOST"}
+
+// snapshotEnv returns a getenv for names, each read once now.
+func snapshotEnv(getenv func(string) string, names []string) func(string) string {
+	vals := make(map[string]string, len(names))
+	for _, n := range names {
+		vals[n] = getenv(n)
+	}
+	return func(name string) string { return vals[name] }
 }
 
 func loadSettings(getenv func(string) string) (settings, error) {
@@ -152,9 +190,12 @@ func loadSettings(getenv func(string) string) (settings, error) {
 	if _, err := loadTelemetrySettings(getenv); err != nil {
 		return settings{}, err
 	}
-	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes}
+	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes, getenv: snapshotEnv(getenv, onceReadVars)}
 	if s.bodyMemory, err = parseBodyMemory(getenv(BodyMemoryVar)); err != nil {
 		return settings{}, err
+	}
+	if secs, err := strconv.Atoi(getenv("CLOUD_RUN_TIMEOUT_SECONDS")); err == nil {
+		s.timeout = time.Duration(secs) * time.Second
 	}
 	// HTTP_ROUTES as a literal, so that cmd/pscmessages/cloudbuild_test.go sees it read.
 	if s.routes, err = parseRoutes(getenv("HTTP_ROUTES")); err != nil {
@@ -185,8 +226,8 @@ func loadSettings(getenv func(string) string) (settings, error) {
 
 // service holds what both entry points share.
 type service struct {
-	getenv func(string) string
-	log    *slog.Logger
+	load func() (settings, error) // called once, on first use
+	log  *slog.Logger
 
 	settingsOnce sync.Once // the environment does not change in a process
 	settings     settings
@@ -200,8 +241,16 @@ type service struct {
 	tel      *telemetry // nil when telemetry is off
 }
 
+// newService is a service whose settings are read through getenv on first
+// use, as the deployed entry points' are.
 func newService(getenv func(string) string, logTo io.Writer) *service {
-	s := &service{getenv: getenv, log: newLogger(getenv, logTo)}
+	return buildService(func() (settings, error) { return loadSettings(getenv) }, getenv, logTo)
+}
+
+// buildService is a service on the settings load returns, logging to logTo
+// as getenv's LOG_LEVEL and LOG_FORMAT say.
+func buildService(load func() (settings, error), getenv func(string) string, logTo io.Writer) *service {
+	s := &service{load: load, log: newLogger(getenv, logTo)}
 	s.db = lazyStore{open: s.openStore, log: s.log, sem: make(chan struct{}, 1)}
 	s.replayDB = lazyStore{open: s.openReplayStore, log: s.log, sem: make(chan struct{}, 1)}
 	s.project.getenv = getenv
@@ -210,7 +259,7 @@ func newService(getenv func(string) string, logTo io.Writer) *service {
 
 func (s *service) config() (settings, error) {
 	s.settingsOnce.Do(func() {
-		s.settings, s.settingsErr = loadSettings(s.getenv)
+		s.settings, s.settingsErr = s.load()
 		if s.settingsErr != nil {
 			s.log.Error("invalid configuration", "error", s.settingsErr.Error())
 		}

@@ -3,14 +3,49 @@ package function
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"runtime/debug"
-	"strconv"
 	"time"
 )
 
-// Handler serves the registered functions the way functions-framework-go
+// Service is the function on a configuration of its own, as a local runner
+// serves it: its own pool, opened on first use, and its own logger. The
+// deployed entry points (Messages, IngestPubSub) are the process's service
+// on the environment instead.
+type Service struct {
+	svc *service
+	cfg settings
+}
+
+// New returns the function on cfg, logging to logTo.
+func New(cfg Config, logTo io.Writer) *Service {
+	svc := buildService(func() (settings, error) { return cfg.s, nil }, cfg.s.getenv, logTo)
+	svc.tel = tel
+	return &Service{svc: svc, cfg: cfg.s}
+}
+
+// Check stops a runner at start on what would fail every request: files
+// the configuration names that cannot be read, or an OpenTelemetry setup
+// that failed.
+func (f *Service) Check() error {
+	if telErr != nil {
+		return telErr
+	}
+	return f.cfg.db.Check()
+}
+
+// Close closes the pool, letting pending writes finish, then flushes the
+// spans and metrics still buffered.
+func (f *Service) Close() {
+	f.svc.Close()
+	if err := tel.shutdown(); err != nil {
+		f.svc.log.Warn("telemetry not flushed", "error", oneLine(err.Error()))
+	}
+}
+
+// Handler serves the functions the way functions-framework-go
 // v1.9.2 does (funcframework.StartHostPort), for a local runner that needs
 // its own http.Server: the framework builds its server inside StartHostPort
 // and exposes neither the handler nor a way to shut it down, so a runner
@@ -22,27 +57,34 @@ import (
 // Each call is wrapped as the framework wraps an HTTP function: a panic is
 // answered 500 with X-Google-Status: crash, and CLOUD_RUN_TIMEOUT_SECONDS,
 // when set, bounds the request's context.
-func Handler(target string) (http.Handler, error) {
+func (f *Service) Handler(target string) (http.Handler, error) {
 	runnerOwnsSignals.Store(true)
-	fns := map[string]http.HandlerFunc{"Messages": Messages, "IngestPubSub": serveEvent}
-	// The environment does not change in a process: read the timeout once.
-	var timeout time.Duration
-	if secs, err := strconv.Atoi(os.Getenv("CLOUD_RUN_TIMEOUT_SECONDS")); err == nil {
-		timeout = time.Duration(secs) * time.Second
+	messages := tel.instrument("Messages", http.HandlerFunc(f.svc.ServeHTTP), messagesRoute)
+	events := tel.instrument("IngestPubSub", http.HandlerFunc(f.svc.serveEvent), deliveryRoute)
+	fns := map[string]http.Handler{"Messages": messages, "IngestPubSub": events}
+	timeout := f.cfg.timeout
+	if err := CheckTarget(target); err != nil {
+		return nil, err
 	}
 	if target != "" {
-		fn, ok := fns[target]
-		if !ok {
-			return nil, fmt.Errorf("FUNCTION_TARGET=%s: no such function; the functions are Messages and IngestPubSub", target)
-		}
-		return frameworkWrap(fn, timeout), nil
+		return frameworkWrap(fns[target].ServeHTTP, timeout), nil
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", frameworkWrap(Messages, timeout))
+	mux.Handle("/", frameworkWrap(messages.ServeHTTP, timeout))
 	for name, fn := range fns {
-		mux.Handle("/"+name, frameworkWrap(fn, timeout))
+		mux.Handle("/"+name, frameworkWrap(fn.ServeHTTP, timeout))
 	}
 	return mux, nil
+}
+
+// CheckTarget reports a FUNCTION_TARGET that names no function; "" serves
+// them all.
+func CheckTarget(target string) error {
+	switch target {
+	case "", "Messages", "IngestPubSub":
+		return nil
+	}
+	return fmt.Errorf("FUNCTION_TARGET=%s: no such function; the functions are Messages and IngestPubSub", target)
 }
 
 // frameworkWrap does what funcframework's wrapHTTPFunction does around a

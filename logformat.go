@@ -18,7 +18,7 @@ import (
 )
 
 // Log settings. Both are read once, when the process starts; an invalid
-// value is also reported by CheckConfig, so `go run ./cmd/pscmessages` refuses it.
+// value is also reported by ConfigFromEnv, so `go run ./cmd/pscmessages` refuses it.
 const (
 	// LogLevelVar is debug, info (the default), warn or error. At debug
 	// every request and delivery logs one line.

@@ -18,7 +18,7 @@ import (
 )
 
 // runServe serves the functions as functions-framework-go does on Cloud Run
-// (function.Handler), on its own http.Server so that it has timeouts and a
+// (function.Service.Handler), on its own http.Server so that it has timeouts and a
 // graceful shutdown. With FUNCTION_TARGET set it serves that one function at
 // every path; without it, Messages answers at / and IngestPubSub at
 // /IngestPubSub. On SIGTERM or Ctrl-C it stops accepting, lets the requests in
@@ -39,15 +39,19 @@ func runServe(ctx context.Context, args []string) error {
 	if err := checkServeEnv(os.Getenv); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
-	// Every setting the functions read, checked before anything starts and
-	// reported here only: function.CheckConfig below would log it too.
-	if err := function.CheckEnv(envAsServed(os.Getenv)); err != nil {
+	// Every setting the functions read, read once here and checked before
+	// anything starts. Without DATABASE_URL or DB_HOST the database is the
+	// local PostgreSQL started below, which WithDatabaseURL then names.
+	cfg, err := function.ConfigFromEnv(envAsServed(os.Getenv))
+	if err == nil {
+		err = cfg.Check()
+	}
+	if err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 
 	target := os.Getenv("FUNCTION_TARGET")
-	handler, err := function.Handler(target)
-	if err != nil {
+	if err := function.CheckTarget(target); err != nil {
 		return err
 	}
 	// Bind first: a port that is taken fails at once, before a database is
@@ -67,6 +71,7 @@ func runServe(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
+		cfg = cfg.WithDatabaseURL(localURL(cluster))
 		// Registered until the server is stopped.
 		defer onAbort(func() { abortLocalPostgres(cluster) })()
 		defer func() {
@@ -75,12 +80,17 @@ func runServe(ctx context.Context, args []string) error {
 			}
 		}()
 	}
-	if err := function.CheckConfig(); err != nil {
+	fn := function.New(cfg, os.Stdout)
+	if err := fn.Check(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
-	defer function.Close()
+	defer fn.Close()
 	if ownDatabase {
 		fmt.Println(describeDatabase(ctx, os.Getenv))
+	}
+	handler, err := fn.Handler(target)
+	if err != nil {
+		return err
 	}
 
 	srv := newLocalServer(handler)
@@ -211,8 +221,8 @@ func abortLocalPostgres(c *localpg.Cluster) {
 // the local cluster's superuser password.
 const localPasswordFile = "localpg.pgpass"
 
-// startLocalPostgres starts (or reuses) a local cluster and points the
-// function at it through DATABASE_URL.
+// startLocalPostgres starts (or reuses) a local cluster; localURL is the
+// URL the function reaches it by.
 //
 // The cluster listens on 127.0.0.1 with scram-sha-256 for every connection
 // and a random superuser password kept in a 0600 pgpass file of the
@@ -247,10 +257,15 @@ func startLocalPostgres(ctx context.Context, fresh bool) (*localpg.Cluster, erro
 	if err != nil {
 		return nil, fmt.Errorf("starting local PostgreSQL in %s: %w", dir, unsafeDir(err))
 	}
-	os.Setenv("DATABASE_URL", cluster.URL("postgres", "", "postgres", "passfile="+passfile))
 	fmt.Printf("no DATABASE_URL or DB_HOST: started local PostgreSQL on 127.0.0.1:%d, data in %s (kept across runs; -fresh deletes it)\n", cluster.Port(), dir)
 	fmt.Printf("connect with: psql %s\n", shellQuote(psqlConninfo(cluster.Port(), passfile)))
 	return cluster, nil
+}
+
+// localURL is the URL of the local cluster's superuser database, its
+// password in the cluster's pgpass file.
+func localURL(c *localpg.Cluster) string {
+	return c.URL("postgres", "", "postgres", "passfile="+filepath.Join(c.Dir, localPasswordFile))
 }
 
 // unsafeDir adds to a *localpg.UnsafeDirError what a developer can do.

@@ -15,7 +15,7 @@ var localOnlyIgnored = []string{"DB_NAME", "DB_USER", "DB_PASSWORD", "DB_PORT", 
 // checkServeEnv refuses, before anything starts, the settings of `go run
 // ./cmd/pscmessages` that can never work, so the user reads one line naming the variable
 // instead of a server that answers every request with an error. The
-// function's own settings are checked by function.CheckConfig.
+// function's own settings are checked by function.ConfigFromEnv.
 func checkServeEnv(getenv func(string) string) error {
 	if v := getenv("PORT"); v != "" {
 		if n, err := strconv.Atoi(strings.TrimSpace(v)); err != nil || n < 1 || n > 65535 {
