@@ -22,7 +22,9 @@ import (
 
 	"cloud.google.com/go/pubsub/v2"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 )
@@ -232,7 +234,8 @@ func TestJaegerTraces(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp),
+			sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "publisher"))))
 		otel.SetTracerProvider(tp)
 		t.Cleanup(func() { otel.SetTracerProvider(tracenoop.NewTracerProvider()); tp.Shutdown(ctx) })
 		t.Setenv("PUBSUB_EMULATOR_HOST", env.emu.Addr)
