@@ -103,6 +103,10 @@ func (c Config) WithDatabaseURL(url string) Config {
 	return c
 }
 
+// Database is the database part of the configuration, for tools that reach
+// the same database as the function (an operator's connection).
+func (c Config) Database() store.Config { return c.s.db }
+
 // Check reads the files the configuration names (DB_ROOT_CERT) and parses
 // the connection settings as opening the pool will, without touching the
 // network, so that a runner stops at start on what would fail every request.

@@ -46,6 +46,12 @@ func Replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
 	return shared.tracedReplay(ctx, d)
 }
 
+// Replay is the package's Replay on f's configuration instead of the
+// process's environment.
+func (f *Service) Replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
+	return f.svc.tracedReplay(ctx, d)
+}
+
 func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
 	cfg, err := s.config()
 	if err != nil {

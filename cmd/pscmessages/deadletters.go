@@ -96,24 +96,31 @@ func deadLettersCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 		return fmt.Errorf("unknown deadletters command %q", sub)
 	}
 
-	stop, err := deadLettersDatabase(ctx, stderr)
+	localURL, stop, err := deadLettersDatabase(ctx, stderr)
 	if err != nil {
 		return err
 	}
 	defer stop()
-	if err := checkServeEnv(os.Getenv); err != nil {
+	// The settings, read once: with the local database as if DATABASE_URL
+	// named it.
+	getenv := os.Getenv
+	if localURL != "" {
+		getenv = envWith(os.Getenv, "DATABASE_URL", localURL)
+	}
+	if err := checkServeEnv(getenv); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
-	cfg, err := store.ConfigFromEnv(os.Getenv)
+	cfg, err := function.ConfigFromEnv(getenv)
 	if err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
-	conn, err := store.AdminConn(ctx, cfg)
+	conn, err := store.AdminConn(ctx, cfg.Database())
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	defer function.Close()
+	fn := function.New(cfg, os.Stdout)
+	defer fn.Close()
 
 	switch sub {
 	case "list":
@@ -129,40 +136,38 @@ func deadLettersCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		return nil
 	}
-	return deadLettersReplay(ctx, conn, ids, *keep, stdout)
+	return deadLettersReplay(ctx, fn, conn, ids, *keep, stdout)
 }
 
-// deadLettersDatabase points DATABASE_URL at the local runner's database when
-// neither DATABASE_URL nor DB_HOST is set, starting it if no runner has it up.
-// The returned func stops what it started.
-func deadLettersDatabase(ctx context.Context, stderr io.Writer) (func(), error) {
+// deadLettersDatabase returns the URL of the local runner's database when
+// neither DATABASE_URL nor DB_HOST is set, starting it if no runner has it
+// up, and "" when they are. The returned func stops what it started.
+func deadLettersDatabase(ctx context.Context, stderr io.Writer) (string, func(), error) {
 	if os.Getenv("DATABASE_URL") != "" || os.Getenv("DB_HOST") != "" {
-		return func() {}, nil
+		return "", func() {}, nil
 	}
 	dir := envOr("LOCAL_PGDATA", defaultPGData())
 	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
-		return nil, fmt.Errorf("no DATABASE_URL or DB_HOST, and no local database in %s: run `go run ./cmd/pscmessages` once (or set LOCAL_PGDATA to its folder), or point DATABASE_URL or DB_HOST at the database", dir)
+		return "", nil, fmt.Errorf("no DATABASE_URL or DB_HOST, and no local database in %s: run `go run ./cmd/pscmessages` once (or set LOCAL_PGDATA to its folder), or point DATABASE_URL or DB_HOST at the database", dir)
 	}
 	passfile := filepath.Join(dir, localPasswordFile)
 	var busy *localpg.InUseError
 	if err := localpg.CheckInUse(dir); errors.As(err, &busy) && busy.Port > 0 {
 		// `go run ./cmd/pscmessages` is up: use its server.
 		q := url.Values{"sslmode": {"disable"}, "passfile": {passfile}}
-		os.Setenv("DATABASE_URL", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?%s", busy.Port, q.Encode()))
-		return func() {}, nil
+		return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?%s", busy.Port, q.Encode()), func() {}, nil
 	} else if err != nil {
-		return nil, inUse(dir, err)
+		return "", nil, inUse(dir, err)
 	}
 	cluster, err := localpg.Start(ctx, localpg.Options{Dir: dir, Durable: true, PasswordFile: passfile})
 	if err != nil {
-		return nil, fmt.Errorf("starting the local PostgreSQL in %s: %w", dir, err)
+		return "", nil, fmt.Errorf("starting the local PostgreSQL in %s: %w", dir, err)
 	}
 	fmt.Fprintf(stderr, "started the local PostgreSQL in %s for this command\n", dir)
-	os.Setenv("DATABASE_URL", cluster.URL("postgres", "", "postgres", "passfile="+passfile))
 	// runDeadLetters closes the function's pool (deferred after this) first.
 	// A second interrupt does not leave the server running either.
 	unregister := onAbort(func() { abortLocalPostgres(cluster) })
-	return func() {
+	return localURL(cluster), func() {
 		cluster.Stop(context.Background())
 		unregister()
 	}, nil
@@ -218,7 +223,7 @@ func deadLettersShow(ctx context.Context, conn *pgx.Conn, id int64, text func(st
 
 // deadLettersReplay replays each id in turn; one that fails is reported and
 // kept, and the others go on. It fails when any did.
-func deadLettersReplay(ctx context.Context, conn *pgx.Conn, ids []int64, keep bool, w io.Writer) error {
+func deadLettersReplay(ctx context.Context, fn *function.Service, conn *pgx.Conn, ids []int64, keep bool, w io.Writer) error {
 	failed := 0
 	for _, id := range ids {
 		d, err := store.GetDeadLetter(ctx, conn, id)
@@ -232,7 +237,7 @@ func deadLettersReplay(ctx context.Context, conn *pgx.Conn, ids []int64, keep bo
 			failed++
 			continue
 		}
-		res, err := function.Replay(ctx, function.KeptDelivery{EventID: d.EventID, EventSource: d.EventSource, EventType: d.EventType, Payload: d.Payload})
+		res, err := fn.Replay(ctx, function.KeptDelivery{EventID: d.EventID, EventSource: d.EventSource, EventType: d.EventType, Payload: d.Payload})
 		if err != nil {
 			fmt.Fprintf(w, "dead letter %d: not replayed, kept: %v\n", id, err)
 			failed++

@@ -176,11 +176,16 @@ func envAsServed(getenv func(string) string) func(string) string {
 	if getenv("DATABASE_URL") != "" || getenv("DB_HOST") != "" {
 		return getenv
 	}
-	return func(name string) string {
-		if name == "DATABASE_URL" {
-			return localDatabaseURL
+	return envWith(getenv, "DATABASE_URL", localDatabaseURL)
+}
+
+// envWith is getenv with name set to value.
+func envWith(getenv func(string) string, name, value string) func(string) string {
+	return func(n string) string {
+		if n == name {
+			return value
 		}
-		return getenv(name)
+		return getenv(n)
 	}
 }
 
