@@ -123,8 +123,6 @@ func parseBenchFlags(args []string) (benchConfig, error) {
 // ---- the run ----
 
 // bench runs every phase against one cluster and returns what it measured.
-// It runs once per process: the function opens its shared pool on the first
-// request with the DATABASE_URL it sees then, and keeps it.
 func bench(ctx context.Context, cfg benchConfig) (*benchReport, error) {
 	if cfg.progress == nil {
 		cfg.progress = io.Discard
@@ -156,14 +154,21 @@ func bench(ctx context.Context, cfg benchConfig) (*benchReport, error) {
 	}
 	dbURL := cluster.SuperuserURL(benchDB)
 
-	// The function reads its configuration once, on its first request.
-	os.Setenv("DATABASE_URL", dbURL)
+	// The function's settings, read once: the environment's, with the
+	// cluster as its database and -db-max-conns as DB_MAX_CONNS.
+	getenv := envWith(os.Getenv, "DATABASE_URL", dbURL)
+	var childEnv []string // what the cold-start runners get beyond the environment
 	if cfg.maxConns > 0 {
-		os.Setenv("DB_MAX_CONNS", strconv.Itoa(cfg.maxConns))
+		getenv = envWith(getenv, "DB_MAX_CONNS", strconv.Itoa(cfg.maxConns))
+		childEnv = append(childEnv, "DB_MAX_CONNS="+strconv.Itoa(cfg.maxConns))
 	}
-	rep.machine.maxConns = envOr("DB_MAX_CONNS", strconv.Itoa(store.DefaultMaxConns))
+	rep.machine.maxConns = cmp.Or(getenv("DB_MAX_CONNS"), strconv.Itoa(store.DefaultMaxConns))
+	fnCfg, err := function.ConfigFromEnv(getenv)
+	if err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
 
-	base, stopServer, err := serveFunction()
+	base, stopServer, err := serveFunction(fnCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +222,7 @@ func bench(ctx context.Context, cfg benchConfig) (*benchReport, error) {
 	}
 	if cfg.coldRuns > 0 {
 		r.say("cold starts of the local runner (%d runs)", cfg.coldRuns)
-		if rep.cold, err = measureColdStarts(ctx, dbURL, cfg.coldRuns, cfg.idle); err != nil {
+		if rep.cold, err = measureColdStarts(ctx, dbURL, childEnv, cfg.coldRuns, cfg.idle); err != nil {
 			return nil, err
 		}
 	}
@@ -307,22 +312,26 @@ func (r *benchRun) getWithRows(ctx context.Context, n int) (sizeRow, error) {
 	return sizeRow{rows: n, get: res}, ctx.Err()
 }
 
-// serveFunction serves function.Messages on a loopback port with plain
-// net/http. The functions-framework would add only its routing wrapper here,
-// and its server cannot be stopped; the cold-start phase runs the real
-// framework-based runner as a separate process instead.
-func serveFunction() (base string, stop func(), err error) {
+// serveFunction serves Messages on cfg on a loopback port with plain
+// net/http, wrapped as the runner and the functions-framework wrap it. The
+// cold-start phase runs the runner itself as a separate process.
+func serveFunction(cfg function.Config) (base string, stop func(), err error) {
+	fn := function.New(cfg, os.Stdout)
+	h, err := fn.Handler("Messages")
+	if err != nil {
+		return "", nil, err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(function.Messages), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	stop = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-		function.Close()
+		fn.Close()
 	}
 	return "http://" + ln.Addr().String(), stop, nil
 }
@@ -800,7 +809,8 @@ type coldStarts struct {
 
 // measureColdStarts builds the local runner and starts it runs times against
 // the running cluster, each time as a new process on a free port.
-func measureColdStarts(ctx context.Context, dbURL string, runs int, idle time.Duration) (coldStarts, error) {
+// env is added to the environment the runner gets.
+func measureColdStarts(ctx context.Context, dbURL string, env []string, runs int, idle time.Duration) (coldStarts, error) {
 	var cs coldStarts
 	dir, err := os.MkdirTemp("", "bench-fn-")
 	if err != nil {
@@ -812,7 +822,7 @@ func measureColdStarts(ctx context.Context, dbURL string, runs int, idle time.Du
 		return cs, err
 	}
 	for range runs {
-		ok, rss, err := coldStart(ctx, bin, dbURL, idle)
+		ok, rss, err := coldStart(ctx, bin, dbURL, env, idle)
 		if err != nil {
 			return cs, err
 		}
@@ -835,7 +845,7 @@ func moduleRoot(ctx context.Context) (string, error) {
 
 // coldStart runs bin once: the time from exec to its first 200, then its
 // resident memory after it served a few requests and sat idle.
-func coldStart(ctx context.Context, bin, dbURL string, idle time.Duration) (time.Duration, int64, error) {
+func coldStart(ctx context.Context, bin, dbURL string, env []string, idle time.Duration) (time.Duration, int64, error) {
 	port, err := freeLoopbackPort()
 	if err != nil {
 		return 0, 0, err
@@ -844,6 +854,7 @@ func coldStart(ctx context.Context, bin, dbURL string, idle time.Duration) (time
 	cmd := exec.Command(bin)
 	cmd.Env = append(withoutEnv("PORT="),
 		"DATABASE_URL="+dbURL, "HOST=127.0.0.1", "PORT="+strconv.Itoa(port))
+	cmd.Env = append(cmd.Env, env...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	start := time.Now()

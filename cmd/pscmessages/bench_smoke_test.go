@@ -17,8 +17,8 @@ import (
 // that proves the plumbing (cluster, function, load, pgbench, cold start),
 // not the numbers.
 func TestBenchTiny(t *testing.T) {
-	// bench points the function at its cluster through the environment;
-	// t.Setenv restores what was there.
+	// bench reads the function's other settings from the environment: a
+	// developer's own must not reach it. t.Setenv restores them.
 	t.Setenv("DATABASE_URL", "")
 	t.Setenv("DB_MAX_CONNS", "")
 	cfg, err := parseBenchFlags([]string{"-duration", "300ms", "-warmup", "50ms", "-c", "1,4",
