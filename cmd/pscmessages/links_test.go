@@ -1,7 +1,9 @@
 package main
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -46,4 +48,28 @@ func exitDetail(err error) string {
 		return err.Error() + ": " + string(ee.Stderr)
 	}
 	return err.Error()
+}
+
+// TestRunnerPassesSettingsDown: no command of the runner hands settings to
+// the function by changing its own environment; each reads its settings
+// once and passes them (function.ConfigFromEnv, function.New).
+func TestRunnerPassesSettingsDown(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(src), "\n") {
+			if strings.Contains(line, "os.Setenv(") && !strings.HasPrefix(strings.TrimSpace(line), "//") {
+				t.Errorf("%s:%d sets the environment: %s", f, i+1, strings.TrimSpace(line))
+			}
+		}
+	}
 }
