@@ -238,7 +238,7 @@ func (s *service) tracedReplay(ctx context.Context, d KeptDelivery) (Replayed, e
 	case err != nil:
 		outcome = "failed"
 		span.SetStatus(codes.Error, errorKind(err))
-	case res.Already:
+	case res.AlreadyStored:
 		outcome = "already_stored"
 	}
 	span.AddEvent("replay", trace.WithAttributes(attribute.String("pscmessages.outcome", outcome)))

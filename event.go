@@ -341,7 +341,7 @@ func storeOrKeep(ctx context.Context, st *store.Store, log *slog.Logger, m event
 		log.Warn("event not stored; it will be redelivered", "error", oneLine(err.Error()))
 		return err
 	}
-	if added.Replayed {
+	if added.AlreadyStored {
 		noteOutcome(ctx, "duplicate", "")
 		log.Debug("redelivered event already stored", "message_id", added.ID)
 	}

@@ -65,7 +65,7 @@ func (s *service) serveRoot(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		markReplay(w, added)
+		markAlreadyStored(w, added)
 		writeJSON(w, http.StatusOK, map[string]any{"status": "Message added!", "id": added.ID})
 		return nil
 	}
@@ -92,7 +92,7 @@ func (s *service) serveCollection(w http.ResponseWriter, r *http.Request) error 
 		if err != nil {
 			return err
 		}
-		markReplay(w, added)
+		markAlreadyStored(w, added)
 		w.Header().Set("Location", fmt.Sprintf("/messages/%d", added.ID))
 		writeJSON(w, http.StatusCreated, added.Message)
 		return nil
@@ -237,8 +237,10 @@ func idempotencyKey(h http.Header) (string, error) {
 	return "http:" + v, nil
 }
 
-func markReplay(w http.ResponseWriter, a store.Added) {
-	if a.Replayed {
+// markAlreadyStored tells the client of an idempotent retry that its
+// message was stored before; the header's name is the API's, kept.
+func markAlreadyStored(w http.ResponseWriter, a store.Added) {
+	if a.AlreadyStored {
 		w.Header().Set("Idempotent-Replayed", "true")
 	}
 }

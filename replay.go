@@ -23,9 +23,9 @@ type KeptDelivery struct {
 // Replayed is what Replay did with a kept delivery.
 type Replayed struct {
 	MessageID int64
-	// Already is set when the message had been stored before (the same
-	// topic, message id and publish time): nothing new was stored.
-	Already bool
+	// AlreadyStored is set when the message had been stored before (the
+	// same topic, message id and publish time): nothing new was stored.
+	AlreadyStored bool
 }
 
 // ErrStillPoison means a replayed delivery still cannot be stored; the error
@@ -106,7 +106,7 @@ func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) 
 	case err != nil:
 		return Replayed{}, err
 	}
-	return Replayed{MessageID: added.ID, Already: added.Replayed}, nil
+	return Replayed{MessageID: added.ID, AlreadyStored: added.AlreadyStored}, nil
 }
 
 // openReplayStore opens Replay's store: the process's configuration with

@@ -176,21 +176,21 @@ func (b *batcher) write(batch []*writeRequest) {
 		// request's own answer: its retry may follow its reuse.
 		res := results[first[req.key]]
 		if res.fingerprint != nil {
-			res = replayOf(res.added.Message, res.fingerprint, req)
+			res = answerForStoredKey(res.added.Message, res.fingerprint, req)
 		}
 		req.done <- res
 	}
 }
 
-// replayOf is the answer to a request whose key already stored message m
+// answerForStoredKey is the answer to a request whose key already stored message m
 // with the given content fingerprint: the first answer, or ErrKeyReused.
 // Either way the result keeps m and the fingerprint, for the requests that
 // repeat the key in the same batch.
-func replayOf(m Message, fingerprint []byte, req *writeRequest) writeResult {
+func answerForStoredKey(m Message, fingerprint []byte, req *writeRequest) writeResult {
 	if string(fingerprint) != string(req.fingerprint) {
 		return writeResult{err: ErrKeyReused, added: Added{Message: m}, fingerprint: fingerprint}
 	}
-	return writeResult{added: Added{Replayed: true, Message: Message{
+	return writeResult{added: Added{AlreadyStored: true, Message: Message{
 		ID: m.ID, Content: req.content, CreatedAt: m.CreatedAt, UpdatedAt: m.CreatedAt,
 	}}, fingerprint: fingerprint}
 }

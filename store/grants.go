@@ -43,7 +43,7 @@ func (p Privilege) SQL() (privilege, object string) {
 // does that, with [EditPrivileges] as well.
 //
 //   - messages: List and Get read, Add inserts and reads back its RETURNING
-//     and replayed rows.
+//     and the rows its keys already stored.
 //   - messages_id_seq: Add draws ids with nextval() itself.
 //   - idempotency_keys: Add reads what keys were first used for and records
 //     new ones; the writer's cleanup deletes expired records.

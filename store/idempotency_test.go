@@ -69,7 +69,7 @@ func TestRetryGetsTheFirstAnswer(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: retry: %v", step, err)
 		}
-		if !a.Replayed || a.ID != first.ID || !a.CreatedAt.Equal(first.CreatedAt) || a.Content != "a" {
+		if !a.AlreadyStored || a.ID != first.ID || !a.CreatedAt.Equal(first.CreatedAt) || a.Content != "a" {
 			t.Fatalf("%s: retry answered %+v, want the first answer %+v", step, a, first)
 		}
 		if _, err := st.Add(ctx, "b", key); !errors.Is(err, store.ErrKeyReused) {
@@ -156,7 +156,7 @@ func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
 	}
 	defer st.Close()
 	a, err := st.Add(ctx, "old", "http:before")
-	if err != nil || !a.Replayed || a.ID != want {
+	if err != nil || !a.AlreadyStored || a.ID != want {
 		t.Errorf("retry of http:before: %+v, %v; want a replay of %d", a, err, want)
 	}
 	if _, err := st.Add(ctx, "other", "http:before"); !errors.Is(err, store.ErrKeyReused) {
@@ -191,10 +191,10 @@ func TestExpiredKeysAreReleased(t *testing.T) {
 		t.Fatalf("ExpireKeys = %d, %v; want 1", n, err)
 	}
 	again, err := st.Add(ctx, "b", "http:old")
-	if err != nil || again.Replayed || again.ID == first.ID {
+	if err != nil || again.AlreadyStored || again.ID == first.ID {
 		t.Fatalf("the expired key: %+v, %v; want a new message", again, err)
 	}
-	if r, err := st.Add(ctx, "x", "http:recent"); err != nil || !r.Replayed {
+	if r, err := st.Add(ctx, "x", "http:recent"); err != nil || !r.AlreadyStored {
 		t.Fatalf("a recent key: %+v, %v; want a replay", r, err)
 	}
 }
@@ -216,7 +216,7 @@ func TestReusedKeyInOneBatchWithItsRetry(t *testing.T) {
 			switch {
 			case content == "b" && !errors.Is(err, store.ErrKeyReused):
 				t.Errorf("reuse: %+v, %v; want ErrKeyReused", a, err)
-			case content == "a" && (err != nil || !a.Replayed || a.ID != first.ID):
+			case content == "a" && (err != nil || !a.AlreadyStored || a.ID != first.ID):
 				t.Errorf("retry: %+v, %v; want a replay of %d", a, err, first.ID)
 			}
 		})
@@ -258,7 +258,7 @@ func TestIdempotentAddsInOneBatch(t *testing.T) {
 		if r.added.ID == 0 || r.added.Content != "same" {
 			t.Fatalf("request %d answered %+v", i, r.added)
 		}
-		if r.added.Replayed {
+		if r.added.AlreadyStored {
 			replays++
 		}
 	}

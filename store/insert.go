@@ -42,7 +42,7 @@ SELECT n, id, now(), NULL::bytea, true FROM fresh`
 //   - known: what each key was first used for, as this statement sees it:
 //     its idempotency_keys record.
 //   - claimed: a record for every key not known, with an id drawn for it
-//     only then, so replays burn no ids. Inserted in input order, which is
+//     only then, so retries burn no ids. Inserted in input order, which is
 //     key order. A key that another transaction is storing waits for it and
 //     then claims nothing.
 //   - fresh, inserted: a message for every claimed key and every keyless row.
@@ -162,7 +162,7 @@ func (b *batcher) insert(rows []*writeRequest, results map[*writeRequest]writeRe
 				ID: a.id, Content: r.content, CreatedAt: a.createdAt, UpdatedAt: a.createdAt,
 			}}}
 		default:
-			results[r] = replayOf(Message{ID: a.id, CreatedAt: a.createdAt}, a.fingerprint, r)
+			results[r] = answerForStoredKey(Message{ID: a.id, CreatedAt: a.createdAt}, a.fingerprint, r)
 		}
 	}
 	if len(missing) > 0 {
@@ -208,7 +208,7 @@ func (b *batcher) resolveRaced(rows []*writeRequest, keys []string, results map[
 			// was stored, and a retry stores it.
 			results[r] = writeResult{err: fmt.Errorf("%w: the idempotency key changed hands during the write", ErrUnavailable)}
 		default:
-			results[r] = replayOf(rec.m, rec.fingerprint, r)
+			results[r] = answerForStoredKey(rec.m, rec.fingerprint, r)
 		}
 	}
 }

@@ -44,7 +44,7 @@ func TestBadRowsDoNotFailTheirBatch(t *testing.T) {
 				}
 				content := fmt.Sprintf("good %d %d", round, i)
 				a, err := st.Add(ctx, content, key)
-				if err == nil && (a.Content != content || a.Replayed) {
+				if err == nil && (a.Content != content || a.AlreadyStored) {
 					err = fmt.Errorf("answered %+v", a)
 				}
 				if err != nil {
@@ -206,7 +206,7 @@ func TestConflictsAreRetried(t *testing.T) {
 		CREATE TRIGGER conflict BEFORE INSERT ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION conflict();`); err != nil {
 		t.Fatal(err)
 	}
-	if a, err := st.Add(ctx, "x", "http:flaky"); err != nil || a.Replayed {
+	if a, err := st.Add(ctx, "x", "http:flaky"); err != nil || a.AlreadyStored {
 		t.Fatalf("after two deadlocks: %+v, %v; want it stored", a, err)
 	}
 	var wg sync.WaitGroup

@@ -230,19 +230,19 @@ func scanMessage(row pgx.CollectableRow) (Message, error) {
 // Added is the outcome of Add.
 type Added struct {
 	Message
-	// Replayed is true when the key had already stored this message; Message
-	// is then the first answer given for the key (its id and created_at,
-	// UpdatedAt equal to CreatedAt), whatever happened to the row since. A
-	// key first used for different content is not a replay: Add returns
-	// ErrKeyReused.
-	Replayed bool
+	// AlreadyStored is true when the key had already stored this message
+	// (an idempotent retry); Message is then the first answer given for the
+	// key (its id and created_at, UpdatedAt equal to CreatedAt), whatever
+	// happened to the row since. A key first used for different content is
+	// not a retry: Add returns ErrKeyReused.
+	AlreadyStored bool
 }
 
 // Add stores content, at most once per non-empty key, and returns only after
 // the row is committed. Concurrent calls are coalesced into one INSERT.
 //
 // A key is remembered for IdempotencyRetention. Within it, the same key with
-// the same content is a replay (the first answer), and with other content
+// the same content is an idempotent retry (the first answer), and with other content
 // ErrKeyReused, whatever happened to the row since. Content or a key that
 // can never be stored (NUL, invalid UTF-8, a key over MaxKeyBytes) gives an
 // error wrapping ErrInvalid.

@@ -58,8 +58,8 @@ func TestReplayOnlyStoreLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 	again, err := st.Add(ctx, "replayed", "pubsub:k1")
-	if err != nil || !again.Replayed || again.ID != first.ID {
-		t.Fatalf("second replay: %+v, %v; want the first's id %d, Replayed", again, err, first.ID)
+	if err != nil || !again.AlreadyStored || again.ID != first.ID {
+		t.Fatalf("second replay: %+v, %v; want the first's id %d, AlreadyStored", again, err, first.ID)
 	}
 	if _, err := st.Add(ctx, "keyless", ""); err != nil {
 		t.Fatal(err)

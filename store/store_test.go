@@ -79,7 +79,7 @@ func TestGroupCommitUnderConcurrency(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if a.Content != content || a.Replayed || a.ID == 0 || a.CreatedAt.IsZero() {
+				if a.Content != content || a.AlreadyStored || a.ID == 0 || a.CreatedAt.IsZero() {
 					t.Errorf("Add(%q) = %+v", content, a)
 				}
 				// The answer names the row holding this very content.
@@ -144,12 +144,12 @@ func TestMixedBatchesWithEqualContent(t *testing.T) {
 	fresh := map[int64]bool{}
 	for i, a := range results {
 		if keys[i] == "old-key" {
-			if !a.Replayed || a.ID != old.ID {
+			if !a.AlreadyStored || a.ID != old.ID {
 				t.Errorf("request %d with the stored key: %+v, want a replay of %d", i, a, old.ID)
 			}
 			continue
 		}
-		if a.Replayed || fresh[a.ID] {
+		if a.AlreadyStored || fresh[a.ID] {
 			t.Fatalf("request %d: %+v: replayed or answered twice", i, a)
 		}
 		fresh[a.ID] = true

@@ -72,7 +72,7 @@ func TestWriteRetriedAfterConnectionReset(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the write after a connection reset failed: %v", err)
 		}
-		if a.ID == 0 || a.Replayed || a.Content != content {
+		if a.ID == 0 || a.AlreadyStored || a.Content != content {
 			t.Fatalf("the write after a connection reset: %+v", a)
 		}
 		if n := count(t, url, "SELECT count(*) FROM messages m JOIN idempotency_keys k ON k.message_id = m.id WHERE m.content = $1 AND k.key = $2", content, "key-"+content); n != 1 {

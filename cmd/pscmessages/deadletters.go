@@ -244,7 +244,7 @@ func deadLettersReplay(ctx context.Context, fn *function.Service, conn *pgx.Conn
 			continue
 		}
 		what := fmt.Sprintf("stored as message %d", res.MessageID)
-		if res.Already {
+		if res.AlreadyStored {
 			what = fmt.Sprintf("already stored as message %d (nothing stored twice)", res.MessageID)
 		}
 		if keep {
