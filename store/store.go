@@ -56,12 +56,12 @@ const iamRefusedRetryDelay = time.Second
 // Store is a pool of connections plus the group-commit writer. It is safe for
 // concurrent use.
 type Store struct {
-	pool    *pgxpool.Pool
-	cfg     Config
-	writer  *batcher
-	probe   *prober
-	obs     *observer // nil when telemetry is off
-	closeMu sync.Once
+	pool      *pgxpool.Pool
+	cfg       Config
+	writer    *batcher
+	probe     *prober
+	obs       *observer // nil when telemetry is off
+	closeOnce sync.Once
 	// rowEstimate is the mean content size of the rows of recent pages,
 	// which sizes the first chunk of the next page (see List).
 	rowEstimate atomic.Int64
@@ -108,7 +108,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 
 // Close stops the writer (pending writes finish first) and closes the pool.
 func (s *Store) Close() {
-	s.closeMu.Do(func() {
+	s.closeOnce.Do(func() {
 		s.writer.close()
 		s.obs.close()
 		s.pool.Close()

@@ -136,10 +136,10 @@ type Server struct {
 	projectID string
 	onToken   func(string) error
 
-	ln      net.Listener
-	srv     *http.Server
-	done    chan struct{} // closed when Serve returns
-	closeMu sync.Once
+	ln        net.Listener
+	srv       *http.Server
+	done      chan struct{} // closed when Serve returns
+	closeOnce sync.Once
 
 	// issueMu serialises token issuance (including OnToken) so OnToken sees
 	// tokens in the same order LastToken/TokenFetches record them. It is
@@ -196,7 +196,7 @@ func (s *Server) Host() string { return s.ln.Addr().String() }
 // Close stops the server, closing open connections, and waits for it to
 // finish. It is safe to call more than once.
 func (s *Server) Close() {
-	s.closeMu.Do(func() {
+	s.closeOnce.Do(func() {
 		_ = s.srv.Close()
 		<-s.done
 	})
