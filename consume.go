@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"example.com/pscmessages/store"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
@@ -222,7 +223,7 @@ func unwrappedAttrs(r *http.Request) map[string]string {
 
 // tracedReplay is replay in a span of its own, ending with a "replay" event
 // that says what became of the dead letter.
-func (s *service) tracedReplay(ctx context.Context, d KeptDelivery) (Replayed, error) {
+func (s *service) tracedReplay(ctx context.Context, d store.DeadLetter) (Replayed, error) {
 	if s.tel == nil {
 		return s.replay(ctx, d)
 	}

@@ -12,14 +12,6 @@ import (
 	"example.com/pscmessages/store"
 )
 
-// KeptDelivery is a delivery IngestPubSub kept in dead_letters, as
-// `go run ./cmd/pscmessages deadletters` reads it back: its event id, source and type as
-// kept, and the whole body it arrived with.
-type KeptDelivery struct {
-	EventID, EventSource, EventType string
-	Payload                         []byte
-}
-
 // Replayed is what Replay did with a kept delivery.
 type Replayed struct {
 	MessageID int64
@@ -32,7 +24,9 @@ type Replayed struct {
 // says why. Nothing was stored or kept again.
 var ErrStillPoison = errors.New("still cannot be stored")
 
-// Replay sends d through IngestPubSub's own decoding and storing again, as a
+// Replay sends d, a dead letter as store.GetDeadLetter reads it back (it uses
+// its id, source, type and payload), through IngestPubSub's own decoding and
+// storing again, as a
 // binary-mode delivery with the kept id, source and type (a structured-mode
 // body as it came), so it gets the same deduplication key as the original:
 // a message already stored is not stored twice. Unlike a delivery, a replay
@@ -42,17 +36,17 @@ var ErrStillPoison = errors.New("still cannot be stored")
 // nor cleans up expired idempotency keys, so the dead-letter operator's role
 // needs only store.DeadLetterOperatorPrivileges, never UPDATE or DELETE on
 // messages.
-func Replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
+func Replay(ctx context.Context, d store.DeadLetter) (Replayed, error) {
 	return shared.tracedReplay(ctx, d)
 }
 
 // Replay is the package's Replay on f's configuration instead of the
 // process's environment.
-func (f *Service) Replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
+func (f *Service) Replay(ctx context.Context, d store.DeadLetter) (Replayed, error) {
 	return f.svc.tracedReplay(ctx, d)
 }
 
-func (s *service) replay(ctx context.Context, d KeptDelivery) (Replayed, error) {
+func (s *service) replay(ctx context.Context, d store.DeadLetter) (Replayed, error) {
 	cfg, err := s.config()
 	if err != nil {
 		return Replayed{}, err

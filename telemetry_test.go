@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"example.com/pscmessages/store"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
@@ -461,7 +462,7 @@ func TestReplayIsASpanWithItsOutcome(t *testing.T) {
 	postContent(t, tf.messages.URL, "migrates the schema")
 	payload, _ := json.Marshal(map[string]any{"message": map[string]any{
 		"data": base64.StdEncoding.EncodeToString([]byte("replayed")), "messageId": "r1", "publishTime": "2026-12-06T04:00:00Z"}})
-	d := KeptDelivery{EventID: "r1", EventSource: "//pubsub.googleapis.com/projects/p/topics/orders", EventType: MessagePublishedType, Payload: payload}
+	d := store.DeadLetter{EventID: "r1", EventSource: "//pubsub.googleapis.com/projects/p/topics/orders", EventType: MessagePublishedType, Payload: payload}
 	for _, want := range []string{"stored", "already_stored"} {
 		tf.spans.Reset()
 		if _, err := tf.svc.tracedReplay(context.Background(), d); err != nil {

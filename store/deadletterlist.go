@@ -7,31 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
-
-// KeptDeadLetter is a row of dead_letters as an operator reads it back
-// (`go run ./cmd/pscmessages deadletters`). Payload is empty in a listing.
-type KeptDeadLetter struct {
-	ID            int64
-	ReceivedAt    time.Time
-	EventID       string
-	EventSource   string
-	EventType     string
-	Reason        string
-	Payload       []byte
-	PayloadSize   int64  // of the whole delivery; more than len(Payload) when only a prefix was kept
-	PayloadSHA256 []byte // of the whole delivery
-}
 
 // NotReplayable says why d cannot be sent through IngestPubSub again, or ""
 // when it can: a delivery of which only a prefix was kept (dead_letters may
 // hold such rows from before payloads were kept whole) is gone, and an id or
 // source kept in display form (escaped or cut) would not deduplicate as the
 // original did.
-func (d KeptDeadLetter) NotReplayable() string {
+func (d DeadLetter) NotReplayable() string {
 	sum := sha256.Sum256(d.Payload)
 	switch {
 	case d.PayloadSize > int64(len(d.Payload)) || (len(d.PayloadSHA256) > 0 && !bytes.Equal(sum[:], d.PayloadSHA256)):
@@ -53,13 +38,13 @@ const deadLetterColumns = `id, received_at, coalesce(event_id, ''), coalesce(eve
 
 // ListDeadLetters returns up to limit dead letters, newest first, without
 // their payloads.
-func ListDeadLetters(ctx context.Context, conn *pgx.Conn, limit int) ([]KeptDeadLetter, error) {
+func ListDeadLetters(ctx context.Context, conn *pgx.Conn, limit int) ([]DeadLetter, error) {
 	rows, err := conn.Query(ctx, `SELECT `+deadLetterColumns+` FROM dead_letters ORDER BY id DESC LIMIT $1`, limit)
 	if err != nil {
 		return nil, classify(err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (KeptDeadLetter, error) {
-		var d KeptDeadLetter
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (DeadLetter, error) {
+		var d DeadLetter
 		err := row.Scan(&d.ID, &d.ReceivedAt, &d.EventID, &d.EventSource, &d.EventType, &d.Reason, &d.PayloadSize, &d.PayloadSHA256)
 		return d, err
 	})
@@ -70,8 +55,8 @@ func ListDeadLetters(ctx context.Context, conn *pgx.Conn, limit int) ([]KeptDead
 var ErrNoDeadLetter = errors.New("no such dead letter")
 
 // GetDeadLetter returns one dead letter with its payload.
-func GetDeadLetter(ctx context.Context, conn *pgx.Conn, id int64) (KeptDeadLetter, error) {
-	var d KeptDeadLetter
+func GetDeadLetter(ctx context.Context, conn *pgx.Conn, id int64) (DeadLetter, error) {
+	var d DeadLetter
 	err := conn.QueryRow(ctx, `SELECT `+deadLetterColumns+`, coalesce(payload, '') FROM dead_letters WHERE id = $1`, id).
 		Scan(&d.ID, &d.ReceivedAt, &d.EventID, &d.EventSource, &d.EventType, &d.Reason, &d.PayloadSize, &d.PayloadSHA256, &d.Payload)
 	if errors.Is(err, pgx.ErrNoRows) {

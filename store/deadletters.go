@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -26,14 +27,24 @@ const MaxDeadLetterText = 1 << 10
 // boundary) to at most that many bytes, ending in "…". The exact bytes of a
 // cut or escaped id are not recoverable; the dedupe_key column, a digest of
 // the exact source, id and payload, still tells two such events apart.
+//
+// The same record is read back by operators (`go run ./cmd/pscmessages
+// deadletters`, ListDeadLetters, GetDeadLetter) with the fields the store
+// sets; AddDeadLetter ignores those.
 type DeadLetter struct {
 	EventID     string
 	EventSource string
 	EventType   string
 	Reason      string
 	// Payload is the event as received, kept whole so that it can be
-	// replayed.
+	// replayed. It is empty in a listing.
 	Payload []byte
+
+	// Set by the store, read back.
+	ID            int64
+	ReceivedAt    time.Time
+	PayloadSize   int64  // of the whole delivery; more than len(Payload) when only a prefix was kept
+	PayloadSHA256 []byte // of the whole delivery
 }
 
 // AddDeadLetter keeps d, its payload whole, with the payload's size and

@@ -237,7 +237,7 @@ func deadLettersReplay(ctx context.Context, fn *function.Service, conn *pgx.Conn
 			failed++
 			continue
 		}
-		res, err := fn.Replay(ctx, function.KeptDelivery{EventID: d.EventID, EventSource: d.EventSource, EventType: d.EventType, Payload: d.Payload})
+		res, err := fn.Replay(ctx, d)
 		if err != nil {
 			fmt.Fprintf(w, "dead letter %d: not replayed, kept: %v\n", id, err)
 			failed++
