@@ -2,10 +2,17 @@ package function
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"example.com/pscmessages/store"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -63,5 +70,50 @@ func TestEditTheDatabaseRefusesIs422(t *testing.T) {
 	}
 	if r := do(t, "PUT", f.srv.URL+"/messages/1", `{"content":"edited"}`, jsonCT); r.status != 200 {
 		t.Errorf("PUT of acceptable content after a refused one: %d %s", r.status, r.body)
+	}
+}
+
+// TestEveryErrorClassAnswersAsItsRow: each class of error is answered with
+// its status, Retry-After and body, and named in spans by its kind. A
+// delivery is acknowledged only on 2xx, so the status is Pub/Sub's answer
+// too.
+func TestEveryErrorClassAnswersAsItsRow(t *testing.T) {
+	s := newService(envOf(nil), io.Discard)
+	deadline := fmt.Errorf("%w: %w", store.ErrUnavailable, context.DeadlineExceeded)
+	cases := []struct {
+		err        error
+		status     int
+		retryAfter string
+		body, kind string
+	}{
+		{errOverBudget, 503, "1", errOverBudget.Error(), "over_memory_budget"},
+		{fmt.Errorf("reading: %w", context.Canceled), 499, "", "request canceled", "canceled"},
+		{&apiError{status: 405, msg: "use GET", allow: "GET"}, 405, "", "use GET", "http_405"},
+		{&poisonError{reason: "not JSON"}, 500, "", "internal error", "poison"},
+		{store.ErrNotFound, 404, "", "message not found", "not_found"},
+		{&store.PermanentError{Err: store.ErrMigrationOffline, Msg: "008"}, 500, "", "the database needs a migration that an administrator applies; see the service's logs", "misconfigured"},
+		{&store.ConfigError{Var: "DB_NAME", Msg: "required"}, 500, "", "the service is misconfigured; see its logs", "misconfigured"},
+		{&unavailableError{retryAfter: 2500 * time.Millisecond, err: deadline}, 503, "3", "database unavailable, retry later", "deadline_exceeded"},
+		{fmt.Errorf("%w: reset", store.ErrUnavailable), 503, "1", "database unavailable, retry later", "database_unavailable"},
+		{store.ErrClosed, 503, "1", "database unavailable, retry later", "database_unavailable"},
+		{store.ErrSchema, 503, "1", "database unavailable, retry later", "schema_not_ready"},
+		{fmt.Errorf("%w: check", store.ErrInvalid), 422, "", "the message cannot be stored as given (the database refuses its content); retrying it unchanged will not help", "refused_by_database"},
+		{store.ErrKeyReused, 500, "", "internal error", "refused_by_database"},
+		{context.DeadlineExceeded, 500, "", "internal error", "deadline_exceeded"},
+		{errors.New("surprise"), 500, "", "internal error", "internal"},
+	}
+	for _, tc := range cases {
+		w := httptest.NewRecorder()
+		s.writeError(w, httptest.NewRequest("GET", "/", nil), tc.err)
+		var got map[string]string
+		if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+			t.Fatalf("%v: body %q: %v", tc.err, w.Body, err)
+		}
+		if w.Code != tc.status || w.Header().Get("Retry-After") != tc.retryAfter || got["error"] != tc.body {
+			t.Errorf("%v: %d Retry-After %q %q, want %d %q %q", tc.err, w.Code, w.Header().Get("Retry-After"), got["error"], tc.status, tc.retryAfter, tc.body)
+		}
+		if k := errorKind(tc.err); k != tc.kind {
+			t.Errorf("%v: kind %q, want %q", tc.err, k, tc.kind)
+		}
 	}
 }

@@ -373,37 +373,6 @@ func localSpan(ctx context.Context, traceID, spanID string, sampled bool) (strin
 	return sc.TraceID().String(), sc.SpanID().String(), sc.IsSampled()
 }
 
-// errorKind names the class of an error as the answer's table does (see
-// writeError), for spans and labels: never the error's own text.
-func errorKind(err error) string {
-	var apiErr *apiError
-	var cfgErr *store.ConfigError
-	var poison *poisonError
-	switch {
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.Is(err, context.DeadlineExceeded):
-		return "deadline_exceeded"
-	case errors.As(err, &apiErr):
-		return "http_" + strconv.Itoa(apiErr.status)
-	case errors.As(err, &poison):
-		return "poison"
-	case errors.Is(err, store.ErrNotFound):
-		return "not_found"
-	case errors.As(err, &cfgErr), errors.Is(err, store.ErrPermanent):
-		return "misconfigured"
-	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrClosed):
-		return "database_unavailable"
-	case errors.Is(err, store.ErrSchema):
-		return "schema_not_ready"
-	case errors.Is(err, store.ErrInvalid), errors.Is(err, store.ErrKeyReused):
-		return "refused_by_database"
-	case errors.Is(err, errOverBudget):
-		return "over_memory_budget"
-	}
-	return "internal"
-}
-
 // runnerOwnsSignals is set when a local runner serves the functions (see
 // Handler): it handles SIGTERM itself and calls Close.
 var runnerOwnsSignals atomic.Bool
