@@ -78,8 +78,8 @@ func (l *lazyStore) get(ctx context.Context) (*store.Store, error) {
 		l.failures++
 		backoff := min(minBackoff<<min(l.failures-1, 16), maxBackoff)
 		l.retryAt = time.Now().Add(backoff)
-		var cfgErr *store.ConfigError
-		permanent := errors.As(err, &cfgErr) || errors.Is(err, store.ErrPermanent)
+		// The error table's class: what retrying cannot heal.
+		permanent := isMisconfigured(err)
 		if !permanent && !errors.Is(err, store.ErrUnavailable) {
 			err = fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 		}
