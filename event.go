@@ -547,15 +547,15 @@ func wrappedPayload(msg PubsubMessage, subscription string) keptPayload {
 }
 
 // StorePubSubMessage stores a message pulled from a subscription of topic
-// ("projects/P/topics/T"), with the process's configuration and pool, the
-// ones IngestPubSub uses, through the same decoding and storing: the same
-// content and deduplication key as a push delivery or Eventarc event of that
-// message, wrapped or not, so a message is stored once whichever path
-// delivers it. It returns nil once the message is stored (now or before) or
-// kept in dead_letters as one that can never be stored, and an error when it
-// failed for a transient reason: the caller delivers it again later.
-func StorePubSubMessage(ctx context.Context, topic string, msg PubsubMessage) error {
-	return shared.storePulled(ctx, topic, msg)
+// ("projects/P/topics/T") on f's configuration and pool, through the same
+// decoding and storing as IngestPubSub: the same content and deduplication
+// key as a push delivery or Eventarc event of that message, wrapped or not,
+// so a message is stored once whichever path delivers it. It returns nil
+// once the message is stored (now or before) or kept in dead_letters as one
+// that can never be stored, and an error when it failed for a transient
+// reason: the caller delivers it again later.
+func (f *Service) StorePubSubMessage(ctx context.Context, topic string, msg PubsubMessage) error {
+	return f.svc.storePulled(ctx, topic, msg)
 }
 
 func (s *service) storePulled(ctx context.Context, topic string, msg PubsubMessage) error {

@@ -69,19 +69,6 @@ func IngestPubSub(ctx context.Context, e event.Event) error { return shared.Inge
 // CloudEvent (binary or structured mode) or a legacy Pub/Sub push body.
 func serveEvent(w http.ResponseWriter, r *http.Request) { eventEntry.ServeHTTP(w, r) }
 
-// CheckConfig reports an invalid configuration, naming the variable, so a
-// local runner can refuse to start instead of answering 500s.
-func CheckConfig() error {
-	cfg, err := shared.config()
-	if err != nil {
-		return err
-	}
-	if telErr != nil {
-		return telErr
-	}
-	return cfg.db.Check()
-}
-
 // Config is the function's whole configuration, each variable read once by
 // ConfigFromEnv. The deployed entry points read theirs from the environment
 // on first use; a local runner reads it at start, before it starts anything
@@ -120,16 +107,6 @@ func (c Config) Logger(w io.Writer) *slog.Logger { return newLogger(c.s.getenv, 
 // NewLogger writes to w in the functions' log format and level (LOG_FORMAT,
 // LOG_LEVEL), for a local runner whose own lines should read like theirs.
 func NewLogger(w io.Writer) *slog.Logger { return newLogger(os.Getenv, w) }
-
-// Close closes the shared pool, letting pending writes finish, then flushes
-// the spans and metrics still buffered. Local runners call it on shutdown;
-// on Cloud Run the SIGTERM handler of flushOnSIGTERM flushes them.
-func Close() {
-	shared.Close()
-	if err := tel.shutdown(); err != nil {
-		shared.log.Warn("telemetry not flushed", "error", oneLine(err.Error()))
-	}
-}
 
 // Limits on what a request or message may carry, with their defaults.
 const (

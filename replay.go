@@ -24,24 +24,16 @@ type Replayed struct {
 // says why. Nothing was stored or kept again.
 var ErrStillPoison = errors.New("still cannot be stored")
 
-// Replay sends d, a dead letter as store.GetDeadLetter reads it back (it uses
-// its id, source, type and payload), through IngestPubSub's own decoding and
-// storing again, as a
-// binary-mode delivery with the kept id, source and type (a structured-mode
-// body as it came), so it gets the same deduplication key as the original:
-// a message already stored is not stored twice. Unlike a delivery, a replay
-// that is still poison is not kept again: it returns ErrStillPoison.
-// It uses the process's configuration (DATABASE_URL or DB_*), like the
-// functions, through a store of its own that only adds: it neither migrates
-// nor cleans up expired idempotency keys, so the dead-letter operator's role
-// needs only store.DeadLetterOperatorPrivileges, never UPDATE or DELETE on
-// messages.
-func Replay(ctx context.Context, d store.DeadLetter) (Replayed, error) {
-	return shared.tracedReplay(ctx, d)
-}
-
-// Replay is the package's Replay on f's configuration instead of the
-// process's environment.
+// Replay sends d, a dead letter as store.GetDeadLetter reads it back (its
+// id, source, type and payload), through IngestPubSub's own decoding and
+// storing again, as a binary-mode delivery with the kept id, source and
+// type (a structured-mode body as it came), so it gets the same
+// deduplication key as the original: a message already stored is not
+// stored twice. Unlike a delivery, a replay that is still poison is not
+// kept again: it returns ErrStillPoison. It uses f's configuration through
+// a store of its own that only adds: it neither migrates nor cleans up
+// expired idempotency keys, so the dead-letter operator's role needs only
+// store.DeadLetterOperatorPrivileges, never UPDATE or DELETE on messages.
 func (f *Service) Replay(ctx context.Context, d store.DeadLetter) (Replayed, error) {
 	return f.svc.tracedReplay(ctx, d)
 }

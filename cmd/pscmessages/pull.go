@@ -46,10 +46,16 @@ func runPull(ctx context.Context, args []string) error {
 	if *subID == "" {
 		return errors.New("-subscription is required")
 	}
-	if err := function.CheckConfig(); err != nil {
+	// The function's settings, read once and passed down.
+	cfg, err := function.ConfigFromEnv(os.Getenv)
+	if err != nil {
 		return err
 	}
-	log := function.NewLogger(os.Stderr).With("component", "pull")
+	fn := function.New(cfg, os.Stdout)
+	if err := fn.Check(); err != nil {
+		return err
+	}
+	log := cfg.Logger(os.Stderr).With("component", "pull")
 	if addr := os.Getenv("PUBSUB_EMULATOR_HOST"); addr != "" {
 		if err := checkEmulator(ctx, addr); err != nil {
 			return err
@@ -76,7 +82,7 @@ func runPull(ctx context.Context, args []string) error {
 			return fmt.Errorf("%s: its topic was deleted", subName)
 		}
 	}
-	defer function.Close()
+	defer fn.Close()
 	if port := os.Getenv("PORT"); port != "" {
 		stop, err := serveAlive(net.JoinHostPort(os.Getenv("HOST"), port))
 		if err != nil {
@@ -90,7 +96,7 @@ func runPull(ctx context.Context, args []string) error {
 		Subscription: subName, Topic: topicName,
 		MaxOutstandingMessages: *maxMsgs, MaxOutstandingBytes: *maxBytes, Streams: *streams,
 		DrainTimeout: *drain, Log: log,
-	}, storePulled)
+	}, storeWith(fn))
 	log.Info("stopped pulling", "acked", stats.Acked, "nacked", stats.Nacked, "ack_failed", stats.AckFailed, "elapsed", time.Since(start).Round(time.Millisecond).String())
 	return err
 }
@@ -111,11 +117,14 @@ func serveAlive(addr string) (stop func(), err error) {
 	return func() { srv.Close() }, nil
 }
 
-// storePulled stores m through IngestPubSub's own decoding and store.
-func storePulled(ctx context.Context, topic string, m *pubsub.Message) error {
-	return function.StorePubSubMessage(ctx, topic, function.PubsubMessage{
-		Data: m.Data, Attributes: m.Attributes, MessageID: m.ID, PublishTime: m.PublishTime, OrderingKey: m.OrderingKey,
-	})
+// storeWith stores each pulled message through IngestPubSub's own decoding
+// and store, on fn.
+func storeWith(fn *function.Service) pullingest.StoreFunc {
+	return func(ctx context.Context, topic string, m *pubsub.Message) error {
+		return fn.StorePubSubMessage(ctx, topic, function.PubsubMessage{
+			Data: m.Data, Attributes: m.Attributes, MessageID: m.ID, PublishTime: m.PublishTime, OrderingKey: m.OrderingKey,
+		})
+	}
 }
 
 // fullName is projects/P/KIND/ID, or id when it is a full name already.
