@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -59,6 +60,24 @@ func checkEmulator(ctx context.Context, addr string) error {
 	return nil
 }
 
+// officialEmulator reports whether addr is the official emulator, which
+// answers plain HTTP (its REST API, the one gcloud uses) beside gRPC; pstest
+// answers gRPC only.
+func officialEmulator(ctx context.Context, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, emulatorDialTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
 // emulatorError says which variable points where, and what to do about it.
 func emulatorError(addr string, err error) error {
 	port := addr
@@ -71,11 +90,13 @@ func emulatorError(addr string, err error) error {
 
 // watchEmulator logs when the emulator at addr stops accepting connections
 // and when it is back, until ctx ends. The client library retries quietly
-// meanwhile; this is what tells the user why nothing is delivered. When the
-// emulator is back, back is called: a restarted emulator has lost the topic
-// and subscription, and the runner recreates them at once.
-func watchEmulator(ctx context.Context, addr string, log *slog.Logger, back func()) {
-	down := false
+// meanwhile; this is what tells the user why nothing is delivered. A
+// restarted emulator has lost the topic and subscription: when it is back,
+// or whenever lost reports the subscription gone (a restart quicker than
+// one interval, a subscription deleted by hand), resync recreates both at
+// once, and is called again every interval until it succeeds.
+func watchEmulator(ctx context.Context, addr string, log *slog.Logger, lost func(context.Context) bool, resync func() bool) {
+	down, pending := false, false
 	t := time.NewTicker(emulatorWatchInterval)
 	defer t.Stop()
 	for {
@@ -88,13 +109,22 @@ func watchEmulator(ctx context.Context, addr string, log *slog.Logger, back func
 		switch {
 		case ctx.Err() != nil:
 			return
-		case err != nil && !down:
-			down = true
-			log.Error("the Pub/Sub emulator is gone; waiting for it to come back", "error", err.Error())
-		case err == nil && down:
-			down = false
+		case err != nil:
+			if !down {
+				down = true
+				log.Error("the Pub/Sub emulator is gone; waiting for it to come back", "error", err.Error())
+			}
+			continue
+		case down:
+			down, pending = false, true
 			log.Warn("the Pub/Sub emulator at PUBSUB_EMULATOR_HOST=" + addr + " answers again; checking the topic and subscription, which a restarted emulator has lost")
-			back()
+		case !pending:
+			cctx, cancel := context.WithTimeout(ctx, emulatorDialTimeout)
+			pending = lost(cctx)
+			cancel()
+		}
+		if pending {
+			pending = !resync()
 		}
 	}
 }

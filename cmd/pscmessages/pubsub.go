@@ -40,8 +40,9 @@ package main
 // idPrefix in emulator.go).
 //
 // An emulator that goes away is reported while it is gone; when it answers
-// again the runner recreates its topic and subscription at once (a restarted
-// emulator has lost them). PUBSUB_EMULATOR_HOST where nothing listens stops
+// again the runner recreates its topic and subscription (a restarted emulator
+// has lost them), rewinding the subscription so that nothing published
+// between the two is lost (see ensureSubscription). PUBSUB_EMULATOR_HOST where nothing listens stops
 // the runner and the publish command within emulatorDialTimeout, naming the
 // variable.
 
@@ -70,6 +71,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	function "example.com/pscmessages"
 )
@@ -226,6 +228,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	} else if err := checkEmulator(ctx, addr); err != nil {
 		return nil, err
 	}
+	rewind := fake == nil && officialEmulator(ctx, addr)
 	client, err := pubsub.NewClientWithConfig(ctx, cfg.Project, runnerClientConfig(), emulatorOptions(addr)...)
 	if err != nil {
 		return nil, fmt.Errorf("pubsub client: %w", err)
@@ -233,7 +236,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	topic := "projects/" + cfg.Project + "/topics/" + cfg.Topic
 	subName := "projects/" + cfg.Project + "/subscriptions/" + cfg.Subscription
 	sctx, cancelSetup := context.WithTimeout(ctx, emulatorSetupTimeout)
-	epoch, _, err := ensureSubscription(sctx, client, topic, subName)
+	epoch, _, err := ensureSubscription(sctx, client, topic, subName, rewind)
 	cancelSetup()
 	if err != nil {
 		client.Close()
@@ -278,22 +281,29 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	// is back: the client's own reconnect backoff would take tens of
 	// seconds to find the subscription gone.
 	var syncMu sync.Mutex
-	resync := func() {
+	resync := func() bool {
 		syncMu.Lock()
 		defer syncMu.Unlock()
-		epoch, created, err := ensureSubscription(rctx, client, topic, subName)
+		sctx, cancel := context.WithTimeout(rctx, emulatorSetupTimeout)
+		defer cancel()
+		epoch, created, err := ensureSubscription(sctx, client, topic, subName, rewind)
 		if err != nil {
-			cfg.Log.Error("recreating the subscription failed", "error", err)
-			return
+			cfg.Log.Error("recreating the topic and subscription failed; retrying", "error", err)
+			return false
 		}
 		if created {
 			cfg.Log.Warn("the emulator had lost the subscription (restarted?): recreated it; new message ids are qualified by its new epoch",
 				"subscription", subName, "pubsub_emulator_host", addr, "epoch", epoch)
 		}
 		b.setPrefix(idPrefix(epoch))
+		return true
 	}
 	if fake == nil {
-		go watchEmulator(rctx, addr, cfg.Log.With("pubsub_emulator_host", addr), resync)
+		lost := func(ctx context.Context) bool {
+			_, err := client.SubscriptionAdminClient.GetSubscription(ctx, &pubsubpb.GetSubscriptionRequest{Subscription: subName})
+			return status.Code(err) == codes.NotFound
+		}
+		go watchEmulator(rctx, addr, cfg.Log.With("pubsub_emulator_host", addr), lost, resync)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -339,11 +349,68 @@ func emulatorOptions(addr string) []option.ClientOption {
 // starting the runner again, or against a long-running emulator, just works.
 // It returns the subscription's epoch label (see idPrefix), "" when someone
 // else created it without one, and whether it created the subscription.
-func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) (epoch string, created bool, err error) {
-	_, err = c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic})
+//
+// A topic without a subscription accepts a publish and discards it, and a
+// restarted emulator has both to recreate: a publisher that finds the topic
+// back before its subscription (a cold emulator took up to seconds between
+// the two here) would lose its message. So a topic created here keeps what
+// is published to it (topicRetention), and its new subscription is rewound
+// (Seek) to before the topic existed, which delivers what was published in
+// between; the official emulator honours both. The subscription is retried
+// until ctx ends if the emulator refuses it, and a topic created here is
+// deleted again when its subscription could not be: a publisher then gets
+// NOT_FOUND, and retries, rather than an id for a message nobody receives.
+//
+// rewind is only for the official emulator: pstest's Seek to a time breaks
+// its delivery (a nil message), and pstest does not restart on its own.
+func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, rewind bool) (epoch string, created bool, err error) {
+	before := time.Now().Add(-time.Minute) // nothing was published to a topic before it existed
+	_, err = c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic, MessageRetentionDuration: durationpb.New(topicRetention)})
+	createdTopic := err == nil
 	if err != nil && status.Code(err) != codes.AlreadyExists {
 		return "", false, fmt.Errorf("creating topic %s: %w", topic, err)
 	}
+	epoch, created, err = createSubscription(ctx, c, topic, sub)
+	if err != nil && createdTopic {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), emulatorDialTimeout)
+		defer cancel()
+		if derr := c.TopicAdminClient.DeleteTopic(dctx, &pubsubpb.DeleteTopicRequest{Topic: topic}); derr != nil {
+			err = fmt.Errorf("%w; and deleting the topic again, so that nothing is published to it meanwhile, failed: %v", err, derr)
+		}
+		return epoch, created, err
+	}
+	if err == nil && createdTopic && created && rewind {
+		_, err = c.SubscriptionAdminClient.Seek(ctx, &pubsubpb.SeekRequest{Subscription: sub, Target: &pubsubpb.SeekRequest_Time{Time: timestamppb.New(before)}})
+		if err != nil {
+			return epoch, created, fmt.Errorf("rewinding subscription %s to the creation of its topic: %w", sub, err)
+		}
+	}
+	return epoch, created, err
+}
+
+// topicRetention is how long a topic the runner creates keeps its messages
+// whatever their acknowledgement: 10 minutes, Pub/Sub's least, is enough for
+// a subscription created just after the topic to rewind to what it missed.
+const topicRetention = 10 * time.Minute
+
+// createSubscription is ensureSubscription's second half, retried every
+// 100 ms until ctx ends (an emulator that has just come back may refuse it
+// for a moment).
+func createSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) (epoch string, created bool, err error) {
+	for {
+		epoch, created, err = tryCreateSubscription(ctx, c, topic, sub)
+		if err == nil || ctx.Err() != nil || status.Code(err) == codes.InvalidArgument {
+			return epoch, created, err
+		}
+		select {
+		case <-ctx.Done():
+			return epoch, created, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func tryCreateSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) (epoch string, created bool, err error) {
 	epoch = newEpoch()
 	_, err = c.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
 		Name:               sub,
