@@ -19,9 +19,13 @@ type Service struct {
 	cfg settings
 }
 
-// New returns the function on cfg, logging to logTo.
+// New returns the function on cfg (from ConfigFromEnv), logging to logTo.
 func New(cfg Config, logTo io.Writer) *Service {
-	svc := buildService(func() (settings, error) { return cfg.s, nil }, cfg.s.getenv, logTo)
+	getenv := cfg.s.getenv
+	if getenv == nil { // the zero Config: every variable unset
+		getenv = func(string) string { return "" }
+	}
+	svc := buildService(func() (settings, error) { return cfg.s, nil }, getenv, logTo)
 	svc.tel = tel
 	return &Service{svc: svc, cfg: cfg.s}
 }
