@@ -8,6 +8,8 @@ import (
 	"os"
 	"runtime/debug"
 	"time"
+
+	"example.com/pscmessages/store"
 )
 
 // Service is the function on a configuration of its own, as a local runner
@@ -21,11 +23,13 @@ type Service struct {
 
 // New returns the function on cfg (from ConfigFromEnv), logging to logTo.
 func New(cfg Config, logTo io.Writer) *Service {
+	load := func() (settings, error) { return cfg.s, nil }
 	getenv := cfg.s.getenv
-	if getenv == nil { // the zero Config: every variable unset
+	if getenv == nil { // the zero Config, not from ConfigFromEnv: no database
 		getenv = func(string) string { return "" }
+		load = func() (settings, error) { return settings{}, store.ErrNotConfigured }
 	}
-	svc := buildService(func() (settings, error) { return cfg.s, nil }, getenv, logTo)
+	svc := buildService(load, getenv, logTo)
 	svc.tel = tel
 	return &Service{svc: svc, cfg: cfg.s}
 }

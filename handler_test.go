@@ -77,3 +77,19 @@ func TestServiceServesItsOwnConfiguration(t *testing.T) {
 		t.Fatalf("POST: %d %s, want 200 from the database the configuration names", r.status, r.body)
 	}
 }
+
+// TestZeroConfigIsMisconfigured: a Config not read by ConfigFromEnv names
+// no database, and its Service says so instead of panicking.
+func TestZeroConfigIsMisconfigured(t *testing.T) {
+	fn := New(Config{}, io.Discard)
+	defer fn.Close()
+	h, err := fn.Handler("Messages")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	if r := do(t, "GET", srv.URL+"/", "", nil); r.status != http.StatusInternalServerError || !strings.Contains(string(r.body), "misconfigured") {
+		t.Errorf("GET: %d %s, want 500 naming a misconfiguration", r.status, r.body)
+	}
+}
