@@ -413,8 +413,9 @@ func decodeEvent(e event.Event, maxContent int) (content, key string, err error)
 // the time its new message 1 would be taken for a redelivery of the stored one
 // (same content: silently dropped; other content: a dead letter). A message
 // without a publish time keeps the key "pubsub:" + source + "#" + id, which is
-// also the key of every message stored before the time was added; see the
-// README (Pub/Sub) for what that means for an upgrade.
+// also the key of every message stored before the time was added; see
+// cmd/pscmessages/DEADLETTERS.md (Redeliveries) for what that means for an
+// upgrade.
 func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string, err error) {
 	if m.typ != MessagePublishedType {
 		return "", "", &poisonError{fmt.Sprintf("event type %q is not %s", logText(m.typ), MessagePublishedType)}

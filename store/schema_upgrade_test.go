@@ -7,12 +7,12 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// TestPre004DeadLetterInsertFailsAfter004 pins the upgrade window the README
-// describes (Deploying, after "Run go run ./cmd/pscmessages migrate"): a build older
+// TestPre004DeadLetterInsertFailsAfter004 pins the upgrade window
+// store/MIGRATIONS.md describes (Upgrade windows): a build older
 // than 004_dead_letters_bounded.sql keeps dead letters with
 // ON CONFLICT (event_source, event_id), which no constraint matches once 004
 // has run, so until the new revision serves, its poison events are 500s and
-// redelivered. If this test starts failing, that README paragraph is stale.
+// redelivered. If this test starts failing, that paragraph is stale.
 func TestPre004DeadLetterInsertFailsAfter004(t *testing.T) {
 	_, url := openStore(t)
 	// The statement of builds before 004 (store/messages.go at b5a083a^).
@@ -27,11 +27,11 @@ func TestPre004DeadLetterInsertFailsAfter004(t *testing.T) {
 }
 
 // TestPre007KeyedInsertFailsAfter007 pins the upgrade window of
-// 007_retire_message_keys.sql that the README describes (Deploying): a build
+// 007_retire_message_keys.sql that store/MIGRATIONS.md describes: a build
 // older than it writes messages.idempotency_key with every keyed message,
 // which 007 drops, so on the new schema its keyed writes fail (42703) and are
 // retried, while its keyless ones still work. If this test starts failing,
-// that README paragraph is stale.
+// that paragraph is stale.
 func TestPre007KeyedInsertFailsAfter007(t *testing.T) {
 	_, url := openStore(t)
 	conn := connect(t, url)

@@ -366,7 +366,7 @@ func (f *gcloudFake) submitBuild(r fakeRequest, path string) map[string]any {
 	}
 }
 
-// prerequisite answers for what the README sets up before the pipeline
+// prerequisite answers for what DEPLOY.md sets up before the pipeline
 // runs: the enabled APIs and the service accounts.
 func (f *gcloudFake) prerequisite(api, path string) map[string]any {
 	parts := strings.Split(strings.Trim(path, "/"), "/")

@@ -439,7 +439,7 @@ func TestPubSubEndToEnd(t *testing.T) {
 		}
 	})
 
-	// The three-terminal walkthrough of the README, with the runner's own
+	// The walkthrough of LOCAL.md, with the runner's own
 	// in-process emulator and the publish command.
 	t.Run("walkthrough with the built-in emulator", func(t *testing.T) {
 		url := env.database(t)

@@ -1,10 +1,10 @@
--- 64-bit message ids (issue 8). The tutorial's SERIAL is a 32-bit integer:
+-- 64-bit message ids. The tutorial's SERIAL is a 32-bit integer:
 -- at 2^31 every insert fails. Widening the column rewrites the table and its
 -- indexes under an ACCESS EXCLUSIVE lock, which blocks reads and writes of
 -- messages for as long as the rewrite takes: 4.3-4.8 s for 1,000,000 rows
 -- (201 MB with indexes) on a 2-core machine shared with other work. Run it
--- ahead of a deploy with `go run ./cmd/pscmessages migrate` (README,
--- Deploying, step 7); a cold-starting function applies it only to a small
+-- ahead of a deploy with `go run ./cmd/pscmessages migrate` (MIGRATIONS.md);
+-- a cold-starting function applies it only to a small
 -- table (store.InlineMigrationBytes, MIGRATIONS.md):
 -- scans: messages
 --

@@ -14,8 +14,8 @@
 -- queue behind it). If it times out, nothing changed; run it again.
 --
 -- Builds before this one cannot write keyed messages once it has run (their
--- statements name the column): run it once no such build serves. See the
--- README (Deploying, after "Run go run ./cmd/pscmessages migrate").
+-- statements name the column): run it once no such build serves. See
+-- store/MIGRATIONS.md (Upgrade windows).
 SET LOCAL lock_timeout = '10s';
 DROP INDEX IF EXISTS messages_idempotency_key_key;
 ALTER TABLE messages DROP COLUMN IF EXISTS idempotency_key;
