@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -94,3 +95,23 @@ type discardWriter struct{}
 func (discardWriter) Header() http.Header         { return http.Header{} }
 func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (discardWriter) WriteHeader(int)             {}
+
+// TestListingIsOneLine: a page is one line of JSON, as every other answer
+// is (and as the README shows it), with or without a next link: the
+// encoder's newline after "next" does not end up inside the object.
+func TestListingIsOneLine(t *testing.T) {
+	msgs := []store.Message{{ID: 2, Content: "hi", CreatedAt: time.Unix(0, 0).UTC(), UpdatedAt: time.Unix(0, 0).UTC()}}
+	for _, next := range []string{"", "/messages?before=2&limit=1"} {
+		for _, contentsOnly := range []bool{false, true} {
+			rec := httptest.NewRecorder()
+			writeListing(rec, msgs, contentsOnly, next)
+			body := rec.Body.String()
+			if strings.Count(body, "\n") != 1 || !strings.HasSuffix(body, "}\n") {
+				t.Errorf("next %q, contentsOnly %v: %q, want one line ending in }\\n", next, contentsOnly, body)
+			}
+			if !json.Valid([]byte(body)) {
+				t.Errorf("next %q: not JSON: %q", next, body)
+			}
+		}
+	}
+}
