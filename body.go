@@ -299,6 +299,7 @@ type stallReader struct {
 	r     io.Reader
 	rc    *http.ResponseController
 	limit time.Time // zero: none
+	ended bool      // the body was read to its end
 }
 
 func newStallReader(w http.ResponseWriter, r *http.Request) *stallReader {
@@ -328,15 +329,28 @@ func (s *stallReader) Read(p []byte) (int, error) {
 			s.rc = nil // not supported here: the server's timeouts alone apply
 		}
 	}
-	return s.r.Read(p)
+	n, err := s.r.Read(p)
+	if errors.Is(err, io.EOF) {
+		s.ended = true
+	}
+	return n, err
 }
 
-// done lifts the deadline once the body is read: net/http keeps reading the
-// connection in the background to notice a client that leaves, and a
-// deadline passing then would cancel the request's context mid-work.
+// done lifts the deadline once the body is read to its end: net/http keeps
+// reading the connection in the background to notice a client that leaves,
+// and a deadline passing then would cancel the request's context mid-work.
+// A body left unread keeps a deadline that has passed, because after the
+// handler net/http drains up to 256 KiB of an unread body, and without a
+// deadline a sender trickling it would hold the connection for as long as
+// it likes.
 func (s *stallReader) done() {
-	if s.rc != nil {
+	if s.rc == nil {
+		return
+	}
+	if s.ended {
 		_ = s.rc.SetReadDeadline(time.Time{})
+	} else {
+		_ = s.rc.SetReadDeadline(time.Now())
 	}
 }
 

@@ -31,8 +31,10 @@ func describeDatabase(ctx context.Context, getenv func(string) string) string {
 	defer cancel()
 	conn, err := store.AdminConn(ctx, cfg)
 	if err != nil {
-		return fmt.Sprintf("database %s (not reachable now: %v): on its first request the functions apply there whichever of migrations %s it lacks (DB_MIGRATE=false turns that off)",
-			where, err, strings.Join(allMigrations(), ", "))
+		// Why not is the functions' to log, once, when they first try: the
+		// same cause twice would read as two faults.
+		return fmt.Sprintf("database %s (not reachable now; the functions log why on their first request): on its first request the functions apply there whichever of migrations %s it lacks (DB_MIGRATE=false turns that off)",
+			where, strings.Join(allMigrations(), ", "))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	pending, version, err := store.PendingMigrations(ctx, conn)

@@ -16,7 +16,7 @@ func TestNoGoogleCredentialsIsPermanent(t *testing.T) {
 	port := psFreePort(t)
 	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve"}, port: port, lifetime: time.Minute,
 		env: map[string]string{"HOME": home, "CLOUDSDK_CONFIG": home,
-			"DB_HOST": "127.0.0.1", "DB_NAME": "messages", "DB_SSLMODE": "require"},
+			"DB_HOST": "127.0.0.1", "DB_NAME": "messages", "DB_SSLMODE": "require", "DB_USER": "app@project.iam"},
 		unset: []string{"HOME", "CLOUDSDK_CONFIG", "GCE_METADATA_HOST", "LOG_FORMAT", "LOG_LEVEL", "GOOGLE_*", "PUBSUB_*"}})
 	select {
 	case <-r.ready:
