@@ -16,6 +16,7 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
+	"example.com/pscmessages/cmd/logging"
 	"example.com/pscmessages/store"
 )
 
@@ -338,7 +339,7 @@ func storeOrKeep(ctx context.Context, st *store.Store, log *slog.Logger, m event
 		return keepDeadLetter(ctx, st, log, m, poison.reason, kept())
 	}
 	if err != nil {
-		log.Warn("event not stored; it will be redelivered", "error", oneLine(err.Error()))
+		log.Warn("event not stored; it will be redelivered", "error", logging.OneLine(err.Error()))
 		return err
 	}
 	if added.AlreadyStored {
@@ -369,7 +370,7 @@ func keepDeadLetter(ctx context.Context, st *store.Store, log *slog.Logger, m ev
 	}
 	noteOutcome(ctx, "dead_lettered", deadLetterReason(reason))
 	// Each dead letter is its own line, however many share a reason.
-	log.Log(everyLine(ctx), slog.LevelWarn, "event kept in dead_letters", "reason", reason)
+	log.Log(logging.EveryLine(ctx), slog.LevelWarn, "event kept in dead_letters", "reason", reason)
 	return nil
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
 	"github.com/cloudevents/sdk-go/v2/event"
 
+	"example.com/pscmessages/cmd/logging"
 	"example.com/pscmessages/store"
 )
 
@@ -102,11 +103,47 @@ func (c Config) Check() error { return c.s.db.Check() }
 // Logger writes to w in the configured log format and level (LOG_FORMAT,
 // LOG_LEVEL), for a local runner whose own lines should read like the
 // function's.
-func (c Config) Logger(w io.Writer) *slog.Logger { return newLogger(c.s.getenv, w) }
+func (c Config) Logger(w io.Writer) *slog.Logger { return logging.New(w, c.s.log) }
 
 // NewLogger writes to w in the functions' log format and level (LOG_FORMAT,
 // LOG_LEVEL), for a local runner whose own lines should read like theirs.
-func NewLogger(w io.Writer) *slog.Logger { return newLogger(os.Getenv, w) }
+func NewLogger(w io.Writer) *slog.Logger {
+	o, _ := logOptions(os.Getenv)
+	return logging.New(w, o)
+}
+
+// Log settings, read once by ConfigFromEnv.
+const (
+	// LogLevelVar is debug, info (the default), warn or error. At debug
+	// every request and delivery logs one line.
+	LogLevelVar = "LOG_LEVEL"
+	// LogFormatVar is json (Cloud Logging's structured lines) or text
+	// (short human-readable lines). The default is text when the output is
+	// a terminal, json otherwise, as on Cloud Run.
+	LogFormatVar = "LOG_FORMAT"
+)
+
+// logOptions reads LOG_LEVEL and LOG_FORMAT. A variable that is invalid is
+// reported, and its default is in the options returned, so that a process
+// told to log badly still logs, and says why it serves nothing.
+func logOptions(getenv func(string) string) (logging.Options, error) {
+	var o logging.Options
+	level, levelErr := logging.ParseLevel(getenv(LogLevelVar))
+	format, formatErr := logging.ParseFormat(getenv(LogFormatVar))
+	if levelErr == nil {
+		o.Level = level
+	}
+	if formatErr == nil {
+		o.Format = format
+	}
+	switch {
+	case levelErr != nil:
+		return o, &store.ConfigError{Var: LogLevelVar, Msg: levelErr.Error()}
+	case formatErr != nil:
+		return o, &store.ConfigError{Var: LogFormatVar, Msg: formatErr.Error()}
+	}
+	return o, nil
+}
 
 // Limits on what a request or message may carry, with their defaults.
 const (
@@ -142,14 +179,15 @@ type settings struct {
 	// timeout is CLOUD_RUN_TIMEOUT_SECONDS: 0 leaves a request's context
 	// without a deadline of the framework's.
 	timeout time.Duration
-	// getenv returns the variables read for logging and trace correlation
+	log     logging.Options // LOG_LEVEL, LOG_FORMAT
+	// getenv returns the variables read for trace correlation
 	// (onceReadVars) as they were when the settings were loaded.
 	getenv func(string) string
 }
 
-// onceReadVars are the variables that the logger and the trace correlation
-// read, kept in settings as they were at load.
-var onceReadVars = []string{LogLevelVar, LogFormatVar, "GOOGLE_CLOUD_PROJECT", "GCP_PROJECT", "GCLOUD_PROJECT", "K_SERVICE", "GCE_METADATA_HOST"}
+// onceReadVars are the variables that the trace correlation reads, kept in
+// settings as they were at load.
+var onceReadVars = []string{"GOOGLE_CLOUD_PROJECT", "GCP_PROJECT", "GCLOUD_PROJECT", "K_SERVICE", "GCE_METADATA_HOST"}
 
 // snapshotEnv returns a getenv for names, each read once now.
 func snapshotEnv(getenv func(string) string, names []string) func(string) string {
@@ -165,13 +203,14 @@ func loadSettings(getenv func(string) string) (settings, error) {
 	if err != nil {
 		return settings{}, err
 	}
-	if err := checkLogSettings(getenv); err != nil {
+	logOpts, err := logOptions(getenv)
+	if err != nil {
 		return settings{}, err
 	}
 	if _, err := loadTelemetrySettings(getenv); err != nil {
 		return settings{}, err
 	}
-	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes, getenv: snapshotEnv(getenv, onceReadVars)}
+	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes, log: logOpts, getenv: snapshotEnv(getenv, onceReadVars)}
 	if s.bodyMemory, err = parseBodyMemory(getenv(BodyMemoryVar)); err != nil {
 		return settings{}, err
 	}
@@ -223,15 +262,18 @@ type service struct {
 }
 
 // newService is a service whose settings are read through getenv on first
-// use, as the deployed entry points' are.
+// use, as the deployed entry points' are; its logger is made at once, so
+// that an invalid setting is logged (an invalid log setting's default
+// stands in for it).
 func newService(getenv func(string) string, logTo io.Writer) *service {
-	return buildService(func() (settings, error) { return loadSettings(getenv) }, getenv, logTo)
+	logOpts, _ := logOptions(getenv)
+	return buildService(func() (settings, error) { return loadSettings(getenv) }, logging.New(logTo, logOpts), getenv)
 }
 
-// buildService is a service on the settings load returns, logging to logTo
-// as getenv's LOG_LEVEL and LOG_FORMAT say.
-func buildService(load func() (settings, error), getenv func(string) string, logTo io.Writer) *service {
-	s := &service{load: load, log: newLogger(getenv, logTo)}
+// buildService is a service on the settings load returns, logging to log,
+// with getenv giving the variables of trace correlation.
+func buildService(load func() (settings, error), log *slog.Logger, getenv func(string) string) *service {
+	s := &service{load: load, log: log}
 	s.db = lazyStore{open: s.openStore, log: s.log, sem: make(chan struct{}, 1)}
 	s.replayDB = lazyStore{open: s.openReplayStore, log: s.log, sem: make(chan struct{}, 1)}
 	s.project.getenv = getenv

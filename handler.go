@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"example.com/pscmessages/cmd/logging"
 	"example.com/pscmessages/store"
 )
 
@@ -29,7 +30,7 @@ func New(cfg Config, logTo io.Writer) *Service {
 		getenv = func(string) string { return "" }
 		load = func() (settings, error) { return settings{}, store.ErrNotConfigured }
 	}
-	svc := buildService(load, getenv, logTo)
+	svc := buildService(load, logging.New(logTo, cfg.s.log), getenv)
 	svc.tel = tel
 	return &Service{svc: svc, cfg: cfg.s}
 }
@@ -49,7 +50,7 @@ func (f *Service) Check() error {
 func (f *Service) Close() {
 	f.svc.Close()
 	if err := tel.shutdown(); err != nil {
-		f.svc.log.Warn("telemetry not flushed", "error", oneLine(err.Error()))
+		f.svc.log.Warn("telemetry not flushed", "error", logging.OneLine(err.Error()))
 	}
 }
 

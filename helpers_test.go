@@ -112,3 +112,5 @@ func failInserts(t testing.TB, url, table, code string) (attempts func() int, re
 func sequenceDraws(t testing.TB, url, seq string) int {
 	return countRows(t, url, "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM "+seq)
 }
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }

@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	function "example.com/pscmessages"
+	"example.com/pscmessages/cmd/logging"
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
 )
@@ -174,13 +175,13 @@ func deadLettersDatabase(ctx context.Context, stderr io.Writer) (string, func(),
 }
 
 // printer is how what a publisher sent (ids, reasons quoting it, payloads)
-// is printed: escaped (function.EscapeControl), so that it cannot forge
+// is printed: escaped (logging.EscapeControl), so that it cannot forge
 // lines or drive the operator's terminal, or with -raw as it is.
 func printer(raw bool) func(string) string {
 	if raw {
 		return func(s string) string { return s }
 	}
-	return function.EscapeControl
+	return logging.EscapeControl
 }
 
 func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, text func(string) string, w io.Writer) error {

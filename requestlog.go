@@ -12,31 +12,9 @@ import (
 
 	"cloud.google.com/go/compute/metadata"
 
+	"example.com/pscmessages/cmd/logging"
 	"example.com/pscmessages/store"
 )
-
-func cloudLoggingAttr(groups []string, a slog.Attr) slog.Attr {
-	if len(groups) > 0 {
-		return a
-	}
-	switch a.Key {
-	case slog.MessageKey:
-		a.Key = "message"
-	case slog.LevelKey:
-		a.Key = "severity"
-		switch level := a.Value.Any().(slog.Level); {
-		case level >= slog.LevelError:
-			a.Value = slog.StringValue("ERROR")
-		case level >= slog.LevelWarn:
-			a.Value = slog.StringValue("WARNING")
-		case level >= slog.LevelInfo:
-			a.Value = slog.StringValue("INFO")
-		default:
-			a.Value = slog.StringValue("DEBUG")
-		}
-	}
-	return a
-}
 
 // requestLog is the logger for one request, correlated with its trace.
 func (s *service) requestLog(r *http.Request) *slog.Logger {
@@ -53,10 +31,7 @@ func (s *service) withTrace(traceID, spanID string, sampled bool) *slog.Logger {
 	if project == "" {
 		return s.log
 	}
-	return s.log.With(
-		"logging.googleapis.com/trace", "projects/"+project+"/traces/"+traceID,
-		"logging.googleapis.com/spanId", spanID,
-		"logging.googleapis.com/trace_sampled", sampled)
+	return s.log.With(logging.TraceAttrs(project, traceID, spanID, sampled)...)
 }
 
 // traceFromHeaders reads W3C traceparent, falling back to X-Cloud-Trace-Context
@@ -128,13 +103,62 @@ func causeText(err error) string {
 		}
 		text = rest
 	}
-	return oneLine(text)
+	return logging.OneLine(text)
 }
 
-// oneLine joins a multi-line message into one line.
-func oneLine(s string) string {
-	if !strings.ContainsAny(s, "\n\r\t") {
-		return s
+// statusWriter remembers the status a handler answered with, and the error
+// it answered, for the request's one debug line.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	err    string
+}
+
+// noteError puts msg on the request's debug line, when there is one.
+func noteError(w http.ResponseWriter, msg string) {
+	if sw, ok := w.(*statusWriter); ok {
+		sw.err = msg
 	}
-	return strings.Join(strings.Fields(s), " ")
+}
+
+// Unwrap lets http.ResponseController reach the connection (read deadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// trackRequest returns the writer to answer r with and a func to call when
+// done, which logs one line for the request at debug level ("POST /messages
+// 201 1.2ms"). With debug off it costs nothing.
+func (s *service) trackRequest(w http.ResponseWriter, r *http.Request) (http.ResponseWriter, func()) {
+	if !s.log.Enabled(r.Context(), slog.LevelDebug) {
+		return w, func() {}
+	}
+	sw := &statusWriter{ResponseWriter: w}
+	start := time.Now()
+	return sw, func() {
+		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		attrs := []any{"status", status, "duration", time.Since(start).Round(10 * time.Microsecond).String()}
+		if id := r.Header.Get("ce-id"); id != "" {
+			attrs = append(attrs, "event_id", logText(id))
+		}
+		if sw.err != "" {
+			attrs = append(attrs, "error", sw.err)
+		}
+		s.log.Debug(r.Method+" "+r.URL.Path, attrs...)
+	}
 }

@@ -1,0 +1,22 @@
+package logging
+
+import "testing"
+
+// TestEscapeControl: controls, separators, bidi controls, invalid bytes and
+// the backslash are escaped; other text, non-ASCII letters included, is not.
+func TestEscapeControl(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain text, café 日本": "plain text, café 日本",
+		"\x1b[31m":            `\x1b[31m`,
+		"a\tb\nc":             `a\tb\nc`,
+		"\x7f\u0085\u009b":    `\x7f\u0085\u009b`,
+		"\u2028\u2029":        `\u2028\u2029`,
+		"\u202a\u202e\u2066\u2069\u200e\u200f\u061c": `\u202a\u202e\u2066\u2069\u200e\u200f\u061c`,
+		"\xff\xfe":   `\xff\xfe`,
+		`back\slash`: `back\\slash`,
+	} {
+		if got := EscapeControl(in); got != want {
+			t.Errorf("EscapeControl(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
