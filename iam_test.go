@@ -65,7 +65,11 @@ func TestIAMLoginAndTokenRotation(t *testing.T) {
 	// connections stay logged in; new ones must log in with the new token.
 	time.Sleep(2500 * time.Millisecond)
 	oldToken := meta.LastToken()
-	f.svc.db.st.Load().Pool().Reset()
+	// Ending the server side of the pool's connections makes the next
+	// request open new ones, as an instance's pool does after a restart.
+	if err := cluster.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND datname = $2", role, db); err != nil {
+		t.Fatal(err)
+	}
 	if r := postContent(t, f.srv.URL, "after rotation"); r.status != 200 {
 		t.Fatalf("POST after token rotation: %d %s\nlogs: %s", r.status, r.body, f.logs)
 	}

@@ -2,6 +2,7 @@ package function
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -77,8 +78,8 @@ func TestCloseDuringOpen(t *testing.T) {
 	if st == nil {
 		t.Fatal("the open did not return a store")
 	}
-	if err := st.Pool().Ping(context.Background()); err == nil {
-		t.Fatal("the pool opened during Close is still open")
+	if _, err := st.Get(context.Background(), 1); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("the store opened during Close answers a read with %v, want ErrClosed", err)
 	}
 	if r := postContent(t, f.srv.URL, "after close"); r.status != http.StatusServiceUnavailable {
 		t.Fatalf("POST after Close: %d %s, want 503", r.status, r.body)

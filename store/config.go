@@ -17,9 +17,9 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// IAMLoginScope is the OAuth2 scope a Cloud SQL IAM database login token needs.
+// iamLoginScope is the OAuth2 scope a Cloud SQL IAM database login token needs.
 // It is narrower than sqlservice.admin, which the tutorial requested.
-const IAMLoginScope = "https://www.googleapis.com/auth/sqlservice.login"
+const iamLoginScope = "https://www.googleapis.com/auth/sqlservice.login"
 
 // Config is everything needed to open a Store. Build it with [ConfigFromEnv]
 // or by hand; the zero value of every optional field selects its documented default.
@@ -81,12 +81,15 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Defaults for the optional settings.
+// DefaultMaxConns is the size of an instance's pool when neither
+// DB_MAX_CONNS nor pool_max_conns in DATABASE_URL sets one.
+const DefaultMaxConns = 4
+
+// Defaults of the other optional settings, as Config's fields state them.
 const (
-	DefaultPort           = 5432
-	DefaultMaxConns       = 4
-	DefaultConnectTimeout = 5 * time.Second
-	DefaultQueryTimeout   = 5 * time.Second
+	defaultPort           = 5432
+	defaultConnectTimeout = 5 * time.Second
+	defaultQueryTimeout   = 5 * time.Second
 )
 
 // ConfigError reports an invalid setting. Var names the environment variable
@@ -114,11 +117,11 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		Password:   getenv("DB_PASSWORD"),
 		SSLMode:    getenv("DB_SSLMODE"),
 		RootCert:   getenv("DB_ROOT_CERT"),
-		Port:       DefaultPort,
+		Port:       defaultPort,
 		Migrate:    true,
 	}
 	var err error
-	if c.Port, err = intVar(getenv, "DB_PORT", DefaultPort, 1, 65535); err != nil {
+	if c.Port, err = intVar(getenv, "DB_PORT", defaultPort, 1, 65535); err != nil {
 		return Config{}, err
 	}
 	maxConns, err := intVar(getenv, "DB_MAX_CONNS", 0, 1, 1000)
@@ -126,10 +129,10 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	c.MaxConns = int32(maxConns)
-	if c.ConnectTimeout, err = durationVar(getenv, "DB_CONNECT_TIMEOUT", DefaultConnectTimeout); err != nil {
+	if c.ConnectTimeout, err = durationVar(getenv, "DB_CONNECT_TIMEOUT", defaultConnectTimeout); err != nil {
 		return Config{}, err
 	}
-	if c.QueryTimeout, err = durationVar(getenv, "DB_QUERY_TIMEOUT", DefaultQueryTimeout); err != nil {
+	if c.QueryTimeout, err = durationVar(getenv, "DB_QUERY_TIMEOUT", defaultQueryTimeout); err != nil {
 		return Config{}, err
 	}
 	if c.Migrate, err = boolVar(getenv, "DB_MIGRATE", true); err != nil {
@@ -288,7 +291,7 @@ func (c *Config) poolConfig() (*pgxpool.Config, error) {
 	if c.ConnectTimeout > 0 {
 		cc.ConnectTimeout = c.ConnectTimeout
 	} else if cc.ConnectTimeout == 0 {
-		cc.ConnectTimeout = DefaultConnectTimeout
+		cc.ConnectTimeout = defaultConnectTimeout
 	}
 	if c.MaxConns > 0 {
 		pc.MaxConns = c.MaxConns
@@ -308,7 +311,7 @@ func (c *Config) queryTimeout() time.Duration {
 	if c.QueryTimeout > 0 {
 		return c.QueryTimeout
 	}
-	return DefaultQueryTimeout
+	return defaultQueryTimeout
 }
 
 func intVar(getenv func(string) string, name string, def, lo, hi int) (int, error) {

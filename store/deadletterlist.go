@@ -22,7 +22,7 @@ func (d DeadLetter) NotReplayable() string {
 	case d.PayloadSize > int64(len(d.Payload)) || (len(d.PayloadSHA256) > 0 && !bytes.Equal(sum[:], d.PayloadSHA256)):
 		return fmt.Sprintf("only the first %d of its %d bytes were kept, so it cannot be sent again; "+
 			"publish the message again, smaller, if it still matters, and delete this dead letter", len(d.Payload), d.PayloadSize)
-	case displayText(d.EventID, MaxDeadLetterText) != d.EventID || displayText(d.EventSource, MaxDeadLetterText) != d.EventSource ||
+	case displayText(d.EventID, maxDeadLetterText) != d.EventID || displayText(d.EventSource, maxDeadLetterText) != d.EventSource ||
 		strings.Contains(d.EventID, `\x`) || strings.Contains(d.EventSource, `\x`) ||
 		strings.HasSuffix(d.EventID, "…") || strings.HasSuffix(d.EventSource, "…"):
 		return "its event id or source was escaped or cut when it was kept, so a replay would not be deduplicated like the original"

@@ -10,20 +10,20 @@ import (
 	"unicode/utf8"
 )
 
-// MaxDeadLetterText is how many bytes of an event's id, source and type a
+// maxDeadLetterText is how many bytes of an event's id, source and type a
 // dead letter keeps for display (1 KiB each); the reason keeps up to four
 // times that. An event that can never be stored may carry ids as long and
 // as strange as its publisher made them; what is shown of them is bounded.
 // The payload is kept whole: its callers bound it (IngestPubSub decodes, and
 // so keeps, at most its delivery limit).
-const MaxDeadLetterText = 1 << 10
+const maxDeadLetterText = 1 << 10
 
 // DeadLetter is an event that can never be stored, kept for inspection.
 //
 // EventID, EventSource and EventType may hold any bytes, as a hostile
 // publisher sends them. The columns keep a display form: valid UTF-8 without
 // NUL is kept as is; a NUL or an invalid byte becomes the four characters
-// \xNN, and text longer than MaxDeadLetterText is cut (on a character
+// \xNN, and text longer than maxDeadLetterText is cut (on a character
 // boundary) to at most that many bytes, ending in "…". The exact bytes of a
 // cut or escaped id are not recoverable; the dedupe_key column, a digest of
 // the exact source, id and payload, still tells two such events apart.
@@ -59,8 +59,8 @@ func (s *Store) AddDeadLetter(ctx context.Context, d DeadLetter) error {
 				(event_id, event_source, event_type, reason, payload, payload_size, payload_sha256, dedupe_key)
 			VALUES (NULLIF($1, ''), NULLIF($2, ''), NULLIF($3, ''), $4, $5, $6, $7, $8)
 			ON CONFLICT (dedupe_key) DO NOTHING`,
-			displayText(d.EventID, MaxDeadLetterText), displayText(d.EventSource, MaxDeadLetterText),
-			displayText(d.EventType, MaxDeadLetterText), displayText(d.Reason, 4*MaxDeadLetterText),
+			displayText(d.EventID, maxDeadLetterText), displayText(d.EventSource, maxDeadLetterText),
+			displayText(d.EventType, maxDeadLetterText), displayText(d.Reason, 4*maxDeadLetterText),
 			d.Payload, int64(len(d.Payload)), sum[:], key)
 		return err
 	})

@@ -5,13 +5,25 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
+
+// Pool is the store's pool, for tests of how it uses connections.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
 // MigrateTo migrates conn to version v, for tests of a migration's effect on
 // data written by an older schema.
 func MigrateTo(ctx context.Context, conn *pgx.Conn, v int32) error {
 	return migrateTo(ctx, conn, v, migrateOptions{})
 }
+
+// MaxDeadLetterText is how much of an id, source or type a dead letter
+// keeps, for tests of what it keeps.
+const MaxDeadLetterText = maxDeadLetterText
+
+// IdempotencyRetention is how long a key is remembered, for tests of its
+// expiry.
+const IdempotencyRetention = idempotencyRetention
 
 // DeadLetterKey exposes deadLetterKey to tests.
 var DeadLetterKey = deadLetterKey

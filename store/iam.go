@@ -27,7 +27,7 @@ func configureIAM(ctx context.Context, cfg *Config, pc *pgxpool.Config) error {
 		// A background context: the token source outlives this call and
 		// refreshes tokens for the life of the pool.
 		var err error
-		ts, err = google.DefaultTokenSource(context.Background(), IAMLoginScope)
+		ts, err = google.DefaultTokenSource(context.Background(), iamLoginScope)
 		if err != nil {
 			// Found or not without the network: nothing a retry changes.
 			return &PermanentError{Msg: noCredentialsHint + " (" + err.Error() + ")", Err: err}

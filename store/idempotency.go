@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// IdempotencyRetention is how long a key is remembered (7 days). It must
+// idempotencyRetention is how long a key is remembered (7 days). It must
 // outlast every redelivery of a Pub/Sub message: a subscription keeps an
 // unacknowledged message for 7 days by default (message_retention_duration;
 // up to 31 days when configured), and an acknowledged one is redelivered,
@@ -17,7 +17,7 @@ import (
 //
 // After it, a key may be used again for a new message: its record is
 // deleted. The message it created is not touched.
-const IdempotencyRetention = 7 * 24 * time.Hour
+const idempotencyRetention = 7 * 24 * time.Hour
 
 // Cleanup of expired keys. The writer starts a run after a batch (so it runs
 // while the instance has requests, and thus CPU, on Cloud Run), in its own
@@ -62,7 +62,7 @@ type cleaner struct {
 }
 
 func newCleaner() *cleaner {
-	c := &cleaner{retention: IdempotencyRetention, every: cleanupEvery}
+	c := &cleaner{retention: idempotencyRetention, every: cleanupEvery}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c
 }

@@ -241,7 +241,7 @@ type Added struct {
 // Add stores content, at most once per non-empty key, and returns only after
 // the row is committed. Concurrent calls are coalesced into one INSERT.
 //
-// A key is remembered for IdempotencyRetention. Within it, the same key with
+// A key is remembered for idempotencyRetention. Within it, the same key with
 // the same content is an idempotent retry (the first answer), and with other content
 // ErrKeyReused, whatever happened to the row since. Content or a key that
 // can never be stored (NUL, invalid UTF-8, a key over MaxKeyBytes) gives an

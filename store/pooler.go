@@ -23,7 +23,7 @@ import (
 //   - no AfterConnect hook, no SET, no session variables: the deadline of a
 //     statement is a context deadline (DB_QUERY_TIMEOUT), enforced by pgx
 //     with a cancel request, which PgBouncer forwards to the right server;
-//   - with PoolerTransaction, statements use PoolerExecMode instead of
+//   - with PoolerTransaction, statements use poolerExecMode instead of
 //     named prepared statements;
 //   - each migration runs in a transaction under a transaction-scoped advisory
 //     lock in every mode (see [Migrate]), so they need no session either.
@@ -36,7 +36,7 @@ const (
 	PoolerTransaction Pooler = "transaction"
 )
 
-// PoolerExecMode is how statements are sent through a transaction-mode
+// poolerExecMode is how statements are sent through a transaction-mode
 // pooler. pgx's modes, measured through PgBouncer 1.18 by
 // BenchmarkPoolerExecModes (cmd/pscmessages/BENCHMARKS.md, "pgx exec modes through
 // PgBouncer"):
@@ -51,7 +51,7 @@ const (
 // Of the safe ones, cache describe was the fastest; it caches only the
 // parameter and result types of each statement on the client, never
 // anything on a server.
-const PoolerExecMode = pgx.QueryExecModeCacheDescribe
+const poolerExecMode = pgx.QueryExecModeCacheDescribe
 
 // poolerFromEnv reads DB_POOLER.
 func poolerFromEnv(getenv func(string) string) (Pooler, error) {
@@ -77,7 +77,7 @@ func (c *Config) applyPooler(pc *pgxpool.Config, connString string) error {
 	explicit := strings.Contains(connString, "default_query_exec_mode")
 	switch {
 	case !explicit:
-		cc.DefaultQueryExecMode = PoolerExecMode
+		cc.DefaultQueryExecMode = poolerExecMode
 	case cc.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement || cc.DefaultQueryExecMode == pgx.QueryExecModeDescribeExec:
 		return &ConfigError{Var: "DATABASE_URL", Msg: "default_query_exec_mode=" + strings.ReplaceAll(cc.DefaultQueryExecMode.String(), " ", "_") +
 			" is not safe with DB_POOLER=transaction; remove it (the store then uses cache_describe) or use exec or simple_protocol"}

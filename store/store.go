@@ -115,9 +115,6 @@ func (s *Store) Close() {
 	})
 }
 
-// Pool exposes the pool for tools such as migration and benchmarks.
-func (s *Store) Pool() *pgxpool.Pool { return s.pool }
-
 // run executes a write with the query deadline and retries it once on a fresh
 // connection when it failed before anything reached the server.
 func (s *Store) run(ctx context.Context, fn func(context.Context) error) error {
