@@ -2,6 +2,7 @@ package function
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"example.com/pscmessages/store"
@@ -30,6 +31,20 @@ func TestSettingsLimits(t *testing.T) {
 			t.Errorf("%v: err = %v, want one naming %s", tc.env, err, tc.wantVar)
 		case tc.wantVar == "" && (err != nil || s.maxBodyBytes != tc.wantBody):
 			t.Errorf("%v: body limit %d, err %v; want %d", tc.env, s.maxBodyBytes, err, tc.wantBody)
+		}
+	}
+}
+
+// TestLogSettingsAreConfiguration: an invalid LOG_LEVEL or LOG_FORMAT is a
+// configuration error naming the variable, so a runner refuses it at start.
+func TestLogSettingsAreConfiguration(t *testing.T) {
+	for _, tc := range []struct{ name, value, want string }{
+		{"LOG_LEVEL", "loud", "LOG_LEVEL: must be debug, info (the default), warn or error"},
+		{"LOG_FORMAT", "xml", "LOG_FORMAT: must be json (Cloud Logging) or text"},
+	} {
+		_, err := loadSettings(envOf(map[string]string{"DATABASE_URL": "postgres://u@127.0.0.1:1/d", tc.name: tc.value}))
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%s=%s: %v, want %q", tc.name, tc.value, err, tc.want)
 		}
 	}
 }

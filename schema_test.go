@@ -2,6 +2,7 @@ package function
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,28 @@ import (
 	"example.com/pscmessages/store"
 )
 
+// TestMigrationsOffRefusesBehindSchema: with DB_MIGRATE=false the
+// function does not migrate a database that is behind, and answers 503
+// rather than writing to it.
+func TestMigrationsOffRefusesBehindSchema(t *testing.T) {
+	url := testDB(t)
+	migrated := newFixture(t, map[string]string{"DATABASE_URL": url})
+	testMigrated(t, migrated)
+	behind := store.SchemaVersion() - 1
+	execSQL(t, url, "UPDATE "+store.VersionTable+" SET version = $1", behind)
+	f := newFixture(t, map[string]string{"DATABASE_URL": url, "DB_MIGRATE": "false"})
+	r := postContent(t, f.srv.URL, "into a schema that is behind")
+	if r.status != http.StatusServiceUnavailable {
+		t.Fatalf("POST with DB_MIGRATE=false on a schema at version %d of %d: %d %s; want 503", behind, store.SchemaVersion(), r.status, r.body)
+	}
+	if v := countRows(t, url, "SELECT version FROM "+store.VersionTable); v != int(behind) {
+		t.Fatalf("DB_MIGRATE=false migrated the database to version %d", v)
+	}
+	if n := countRows(t, url, "SELECT count(*) FROM messages"); n != 0 {
+		t.Fatalf("%d rows written to a schema that is behind", n)
+	}
+}
+
 // TestColdStartLeavesLargeMigrationToMigrate: with DB_MIGRATE=true, a cold
 // start that finds 005 (the rewrite of messages into 64-bit ids) pending on a
 // table larger than a cold start may rewrite does not try it under its
@@ -18,8 +41,9 @@ import (
 // answered 500 at once, one ERROR line names the migration and the command
 // that applies it, and the table is never locked or rewritten. Once the
 // migration is applied (as `migrate` does), the function serves without a
-// restart. Before, each cold start began the rewrite, held ACCESS EXCLUSIVE
-// on messages until its deadline cancelled it, and answered 503 for ever.
+// restart. Rewriting under a cold start's deadline would hold ACCESS
+// EXCLUSIVE on messages until the deadline cancelled it, on every cold
+// start, and answer 503 for ever.
 func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 	ctx := context.Background()
 	url := testDB(t)
