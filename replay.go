@@ -24,7 +24,7 @@ type Replayed struct {
 // says why. Nothing was stored or kept again.
 var ErrStillPoison = errors.New("still cannot be stored")
 
-// Replay sends d, a dead letter as store.GetDeadLetter reads it back (its
+// Replay sends d, a dead letter as deadletter.Get reads it back (its
 // id, source, type and payload), through IngestPubSub's own decoding and
 // storing again, as a binary-mode delivery with the kept id, source and
 // type (a structured-mode body as it came), so it gets the same
@@ -33,7 +33,7 @@ var ErrStillPoison = errors.New("still cannot be stored")
 // kept again: it returns ErrStillPoison. It uses f's configuration through
 // a store of its own that only adds: it neither migrates nor cleans up
 // expired idempotency keys, so the dead-letter operator's role needs only
-// store.DeadLetterOperatorPrivileges, never UPDATE or DELETE on messages.
+// deadletter.OperatorPrivileges, never UPDATE or DELETE on messages.
 func (f *Service) Replay(ctx context.Context, d store.DeadLetter) (Replayed, error) {
 	return f.svc.tracedReplay(ctx, d)
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -28,9 +29,9 @@ const maxDeadLetterText = 1 << 10
 // cut or escaped id are not recoverable; the dedupe_key column, a digest of
 // the exact source, id and payload, still tells two such events apart.
 //
-// The same record is read back by operators (`go run ./cmd/pscmessages
-// deadletters`, ListDeadLetters, GetDeadLetter) with the fields the store
-// sets; AddDeadLetter ignores those.
+// The same record is read back by operators (package deadletter, behind
+// `go run ./cmd/pscmessages deadletters`) with the fields the store sets;
+// AddDeadLetter ignores those.
 type DeadLetter struct {
 	EventID     string
 	EventSource string
@@ -107,4 +108,23 @@ func displayText(s string, limit int) string {
 		i += size
 	}
 	return b.String()
+}
+
+// NotReplayable says why d cannot be sent through IngestPubSub again, or ""
+// when it can: a delivery of which only a prefix was kept (dead_letters may
+// hold such rows from before payloads were kept whole) is gone, and an id or
+// source kept in display form (escaped or cut) would not deduplicate as the
+// original did.
+func (d DeadLetter) NotReplayable() string {
+	sum := sha256.Sum256(d.Payload)
+	switch {
+	case d.PayloadSize > int64(len(d.Payload)) || (len(d.PayloadSHA256) > 0 && !bytes.Equal(sum[:], d.PayloadSHA256)):
+		return fmt.Sprintf("only the first %d of its %d bytes were kept, so it cannot be sent again; "+
+			"publish the message again, smaller, if it still matters, and delete this dead letter", len(d.Payload), d.PayloadSize)
+	case displayText(d.EventID, maxDeadLetterText) != d.EventID || displayText(d.EventSource, maxDeadLetterText) != d.EventSource ||
+		strings.Contains(d.EventID, `\x`) || strings.Contains(d.EventSource, `\x`) ||
+		strings.HasSuffix(d.EventID, "…") || strings.HasSuffix(d.EventSource, "…"):
+		return "its event id or source was escaped or cut when it was kept, so a replay would not be deduplicated like the original"
+	}
+	return ""
 }

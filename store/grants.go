@@ -83,42 +83,48 @@ func EditPrivileges() []Privilege {
 	}
 }
 
-// GrantSQL returns the statements that give role exactly
-// [FunctionPrivileges], one statement per object. Every identifier is quoted,
-// so Cloud SQL IAM user names such as "fn@project.iam" need no care from
-// callers, and granting twice changes nothing.
-func GrantSQL(role string) []string {
-	return grantSQL(role, FunctionPrivileges())
+// ReplayPrivileges is what a [Config.ReplayOnly] store uses: Add's group
+// commit reads and inserts idempotency records and inserts messages (its
+// lookup of known keys reads messages too), draws ids from messages_id_seq,
+// and Open reads the schema version. No UPDATE or DELETE on messages or
+// idempotency_keys: a ReplayOnly store never cleans up expired keys.
+func ReplayPrivileges() []Privilege {
+	return []Privilege{
+		{Kind: "SCHEMA", Object: "public", Action: "USAGE"},
+		{Kind: "TABLE", Object: "messages", Action: "SELECT"},
+		{Kind: "TABLE", Object: "messages", Action: "INSERT"},
+		{Kind: "SEQUENCE", Object: "messages_id_seq", Action: "USAGE"},
+		{Kind: "TABLE", Object: "idempotency_keys", Action: "SELECT"},
+		{Kind: "TABLE", Object: "idempotency_keys", Action: "INSERT"},
+		{Kind: "TABLE", Object: VersionTable, Action: "SELECT"},
+	}
 }
 
-// GrantEditsSQL returns the statements that give role [EditPrivileges] too,
-// for the role of Messages with HTTP_ROUTES=all.
-func GrantEditsSQL(role string) []string {
-	return grantSQL(role, EditPrivileges())
-}
-
-// grantSQL returns GRANT statements for privs, one per object.
-func grantSQL(role string, list []Privilege) []string {
+// GrantSQL returns the statements that give role exactly privs (such as
+// [FunctionPrivileges]), one statement per object. Every identifier is
+// quoted, so Cloud SQL IAM user names such as "fn@project.iam" need no care
+// from callers, and granting twice changes nothing.
+func GrantSQL(role string, privs []Privilege) []string {
 	grantee := pgx.Identifier{role}.Sanitize()
 	var out []string
-	var object string   // the object being collected
-	var privs []string  // its privileges, in order
-	var cols [][]string // columns of each entry of privs that has any
+	var object string    // the object being collected
+	var actions []string // its privileges, in order
+	var cols [][]string  // columns of each entry of actions that has any
 	flush := func() {
-		if len(privs) == 0 {
+		if len(actions) == 0 {
 			return
 		}
-		list := make([]string, len(privs))
-		for i, p := range privs {
-			list[i] = p
+		list := make([]string, len(actions))
+		for i, a := range actions {
+			list[i] = a
 			if len(cols[i]) > 0 {
 				list[i] += " (" + strings.Join(cols[i], ", ") + ")"
 			}
 		}
 		out = append(out, fmt.Sprintf("GRANT %s ON %s TO %s", strings.Join(list, ", "), object, grantee))
-		privs, cols = nil, nil
+		actions, cols = nil, nil
 	}
-	for _, p := range list {
+	for _, p := range privs {
 		_, on := p.SQL()
 		if on != object {
 			flush()
@@ -127,8 +133,8 @@ func grantSQL(role string, list []Privilege) []string {
 		merged := false
 		if p.Column != "" {
 			// SELECT (a), SELECT (b) reads better as SELECT (a, b).
-			for i := range privs {
-				if privs[i] == p.Action && len(cols[i]) > 0 {
+			for i := range actions {
+				if actions[i] == p.Action && len(cols[i]) > 0 {
 					cols[i] = append(cols[i], pgx.Identifier{p.Column}.Sanitize())
 					merged = true
 					break
@@ -136,7 +142,7 @@ func grantSQL(role string, list []Privilege) []string {
 			}
 		}
 		if !merged {
-			privs = append(privs, p.Action)
+			actions = append(actions, p.Action)
 			var c []string
 			if p.Column != "" {
 				c = []string{pgx.Identifier{p.Column}.Sanitize()}
@@ -148,22 +154,12 @@ func grantSQL(role string, list []Privilege) []string {
 	return out
 }
 
-// MissingPrivileges returns the [FunctionPrivileges] that role lacks, as
-// PostgreSQL itself answers, so that a migration proves its grants took
-// effect and an operator sees exactly what is missing rather than a
-// permission error on some later request. A missing object counts as a
-// missing privilege.
-func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string) ([]Privilege, error) {
-	return missingOf(ctx, conn, role, FunctionPrivileges())
-}
-
-// MissingEditPrivileges returns the [EditPrivileges] that role lacks.
-func MissingEditPrivileges(ctx context.Context, conn *pgx.Conn, role string) ([]Privilege, error) {
-	return missingOf(ctx, conn, role, EditPrivileges())
-}
-
-// missingOf returns the privileges of privs that role lacks.
-func missingOf(ctx context.Context, conn *pgx.Conn, role string, privs []Privilege) ([]Privilege, error) {
+// MissingPrivileges returns those of privs (such as [FunctionPrivileges])
+// that role lacks, as PostgreSQL itself answers, so that a migration proves
+// its grants took effect and an operator sees exactly what is missing rather
+// than a permission error on some later request. A missing object counts as
+// a missing privilege.
+func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string, privs []Privilege) ([]Privilege, error) {
 	var missing []Privilege
 	for _, p := range privs {
 		// Names are parsed as SQL identifiers, except schema names, which are

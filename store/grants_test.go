@@ -30,7 +30,7 @@ func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.role, func(t *testing.T) {
-			got := store.GrantSQL(tt.role)
+			got := store.GrantSQL(tt.role, store.FunctionPrivileges())
 			want := []string{
 				`GRANT USAGE ON SCHEMA "public" TO ` + tt.grantee,
 				`GRANT SELECT, INSERT ON TABLE "messages" TO ` + tt.grantee,
@@ -91,7 +91,7 @@ func grantsMissing(t *testing.T, url, role string) []store.Privilege {
 		t.Fatal(err)
 	}
 	defer conn.Close(t.Context())
-	missing, err := store.MissingPrivileges(t.Context(), conn, role)
+	missing, err := store.MissingPrivileges(t.Context(), conn, role, store.FunctionPrivileges())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestGrantSQLGivesNoEdits(t *testing.T) {
 	if err := c.Exec(ctx, `CREATE ROLE fn_ingest LOGIN PASSWORD 'fn-pw'`); err != nil {
 		t.Fatal(err)
 	}
-	grantsExec(t, admin, store.GrantSQL("fn_ingest")...)
+	grantsExec(t, admin, store.GrantSQL("fn_ingest", store.FunctionPrivileges())...)
 	conn, err := pgx.Connect(ctx, admin)
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +166,7 @@ func TestGrantSQLGivesNoEdits(t *testing.T) {
 // TestEditsNeedTheirGrant: a store for HTTP_ROUTES=all (Config.Edits) opened
 // as a role with only the functions' grant is refused at Open, permanently,
 // naming the missing privileges and the grant; without Edits the role works
-// but cannot edit; with GrantEditsSQL it can.
+// but cannot edit; with EditPrivileges granted too it can.
 func TestEditsNeedTheirGrant(t *testing.T) {
 	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
@@ -175,7 +175,7 @@ func TestEditsNeedTheirGrant(t *testing.T) {
 	if err := c.Exec(ctx, `CREATE ROLE fn_msg LOGIN PASSWORD 'fn-pw'`); err != nil {
 		t.Fatal(err)
 	}
-	grantsExec(t, admin, store.GrantSQL("fn_msg")...)
+	grantsExec(t, admin, store.GrantSQL("fn_msg", store.FunctionPrivileges())...)
 	cfg := store.Config{ConnString: c.URL("fn_msg", "fn-pw", db), Edits: true}
 	_, err := store.Open(ctx, cfg)
 	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), "HTTP_ROUTES=all") ||
@@ -192,7 +192,7 @@ func TestEditsNeedTheirGrant(t *testing.T) {
 		t.Errorf("an edit without the edit grant: %v, want permission denied", err)
 	}
 	st.Close()
-	grantsExec(t, admin, store.GrantEditsSQL("fn_msg")...)
+	grantsExec(t, admin, store.GrantSQL("fn_msg", store.EditPrivileges())...)
 	cfg.Edits = true
 	if st, err = store.Open(ctx, cfg); err != nil {
 		t.Fatal(err)
@@ -219,8 +219,8 @@ func TestGrantSQLIsExactlyWhatTheFunctionNeeds(t *testing.T) {
 	if got := grantsMissing(t, admin, "fn_user"); len(got) != len(store.FunctionPrivileges()) {
 		t.Fatalf("before granting, missing = %v; want all %d", got, len(store.FunctionPrivileges()))
 	}
-	grantsExec(t, admin, store.GrantSQL("fn_user")...)
-	grantsExec(t, admin, store.GrantSQL("fn_user")...) // idempotent
+	grantsExec(t, admin, store.GrantSQL("fn_user", store.FunctionPrivileges())...)
+	grantsExec(t, admin, store.GrantSQL("fn_user", store.FunctionPrivileges())...) // idempotent
 	if got := grantsMissing(t, admin, "fn_user"); len(got) != 0 {
 		t.Fatalf("after granting, missing = %v", got)
 	}

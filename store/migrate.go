@@ -379,7 +379,7 @@ func (s *Store) prepareSchema(ctx context.Context) error {
 // PermanentError, said once and answered "misconfigured", naming the grant.
 func checkEdits(ctx context.Context, conn *pgx.Conn) error {
 	role := conn.Config().User
-	missing, err := missingOf(ctx, conn, role, EditPrivileges())
+	missing, err := MissingPrivileges(ctx, conn, role, EditPrivileges())
 	switch {
 	case err != nil && isTransient(err):
 		return classify(err)
@@ -399,7 +399,7 @@ func checkEdits(ctx context.Context, conn *pgx.Conn) error {
 // checkSchema verifies the privileges the store uses, then the schema version.
 func checkSchema(ctx context.Context, conn *pgx.Conn, privs []Privilege) error {
 	role := conn.Config().User
-	missing, err := missingOf(ctx, conn, role, privs)
+	missing, err := MissingPrivileges(ctx, conn, role, privs)
 	switch {
 	case err != nil && isTransient(err):
 		return classify(err)

@@ -13,7 +13,7 @@ import (
 )
 
 // TestReplayOnlyStoreLeastPrivilege: a role given exactly
-// DeadLetterOperatorSQL can open a ReplayOnly store and add messages, keyed
+// ReplayPrivileges can open a ReplayOnly store and add messages, keyed
 // (a replay's deduplication) or not, and nothing more; a normal store, which
 // may update, delete and clean up, is refused to it at Open, naming what it
 // lacks.
@@ -35,7 +35,7 @@ func TestReplayOnlyStoreLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range store.DeadLetterOperatorSQL("op") {
+	for _, q := range store.GrantSQL("op", store.ReplayPrivileges()) {
 		if _, err := conn.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}

@@ -131,7 +131,7 @@ func benchInstances(ctx context.Context, cfg instancesConfig) ([]instancesRow, e
 	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
 		return nil, err
 	}
-	for _, sql := range store.GrantSQL(role) {
+	for _, sql := range store.GrantSQL(role, store.FunctionPrivileges()) {
 		if _, err := admin.Exec(ctx, sql); err != nil {
 			return nil, err
 		}

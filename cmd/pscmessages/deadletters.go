@@ -25,6 +25,7 @@ import (
 	function "example.com/pscmessages"
 	"example.com/pscmessages/cmd/logging"
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/deadletter"
 	"example.com/pscmessages/store/localpg"
 )
 
@@ -130,7 +131,7 @@ func deadLettersCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 		return deadLettersShow(ctx, conn, ids[0], printer(*raw), stdout)
 	case "delete":
 		for _, id := range ids {
-			if err := store.DeleteDeadLetter(ctx, conn, id); err != nil {
+			if err := deadletter.Delete(ctx, conn, id); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "dead letter %d: deleted\n", id)
@@ -185,7 +186,7 @@ func printer(raw bool) func(string) string {
 }
 
 func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, text func(string) string, w io.Writer) error {
-	list, err := store.ListDeadLetters(ctx, conn, limit)
+	list, err := deadletter.List(ctx, conn, limit)
 	if err != nil {
 		return err
 	}
@@ -206,7 +207,7 @@ func deadLettersList(ctx context.Context, conn *pgx.Conn, limit int, text func(s
 }
 
 func deadLettersShow(ctx context.Context, conn *pgx.Conn, id int64, text func(string) string, w io.Writer) error {
-	d, err := store.GetDeadLetter(ctx, conn, id)
+	d, err := deadletter.Get(ctx, conn, id)
 	if err != nil {
 		return err
 	}
@@ -227,7 +228,7 @@ func deadLettersShow(ctx context.Context, conn *pgx.Conn, id int64, text func(st
 func deadLettersReplay(ctx context.Context, fn *function.Service, conn *pgx.Conn, ids []int64, keep bool, w io.Writer) error {
 	failed := 0
 	for _, id := range ids {
-		d, err := store.GetDeadLetter(ctx, conn, id)
+		d, err := deadletter.Get(ctx, conn, id)
 		if err != nil {
 			fmt.Fprintf(w, "dead letter %d: %v\n", id, err)
 			failed++
@@ -252,7 +253,7 @@ func deadLettersReplay(ctx context.Context, fn *function.Service, conn *pgx.Conn
 			fmt.Fprintf(w, "dead letter %d: %s; kept (-keep)\n", id, what)
 			continue
 		}
-		if err := store.DeleteDeadLetter(ctx, conn, id); err != nil {
+		if err := deadletter.Delete(ctx, conn, id); err != nil {
 			fmt.Fprintf(w, "dead letter %d: %s, but not deleted: %v\n", id, what, err)
 			failed++
 			continue

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/deadletter"
 )
 
 // runMigrate is `go run ./cmd/pscmessages migrate`: an administrator applies the schema
@@ -84,7 +85,7 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 	for _, r := range editors { // an editor is a function role too
 		roles.Set(r)
 	}
-	// An operator gets DeadLetterOperatorSQL only, not the functions'
+	// An operator gets deadletter.OperatorPrivileges only, not the functions'
 	// grants: it replays and deletes dead letters, and must not be able to
 	// update or delete messages.
 	if *dryRun {
@@ -92,7 +93,7 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 			return err
 		}
 		for _, op := range operators {
-			for _, sql := range store.DeadLetterOperatorSQL(op) {
+			for _, sql := range store.GrantSQL(op, deadletter.OperatorPrivileges()) {
 				fmt.Fprintf(stdout, "%s;\n", sql)
 			}
 		}
@@ -277,9 +278,9 @@ func migrateVersion(ctx context.Context, conn *pgx.Conn) (int32, error) {
 // migrateGrants is what role is granted: the functions' privileges, and
 // the edits' too for a -grant-edits role.
 func migrateGrants(role string, editors []string) []string {
-	sql := store.GrantSQL(role)
+	sql := store.GrantSQL(role, store.FunctionPrivileges())
 	if slices.Contains(editors, role) {
-		sql = append(sql, store.GrantEditsSQL(role)...)
+		sql = append(sql, store.GrantSQL(role, store.EditPrivileges())...)
 	}
 	return sql
 }
@@ -303,16 +304,13 @@ func migrateGrant(ctx context.Context, conn *pgx.Conn, roles, editors []string, 
 			}
 			fmt.Fprintf(w, "%s\n", sql)
 		}
-		missing, err := store.MissingPrivileges(ctx, tx.Conn(), role)
+		privs := store.FunctionPrivileges()
+		if slices.Contains(editors, role) {
+			privs = append(privs, store.EditPrivileges()...)
+		}
+		missing, err := store.MissingPrivileges(ctx, tx.Conn(), role, privs)
 		if err != nil {
 			return err
-		}
-		if slices.Contains(editors, role) {
-			more, err := store.MissingEditPrivileges(ctx, tx.Conn(), role)
-			if err != nil {
-				return err
-			}
-			missing = append(missing, more...)
 		}
 		if len(missing) > 0 {
 			return fmt.Errorf("after granting, role %q still lacks %v", role, missing)
@@ -347,7 +345,7 @@ func migrateEnsureRole(ctx context.Context, tx pgx.Tx, role string, createRole b
 }
 
 // migrateOperators grants each -deadletters-operator role exactly
-// store.DeadLetterOperatorSQL, in one transaction, and warns when an
+// deadletter.OperatorPrivileges, in one transaction, and warns when an
 // operator that is not also a -grant role may update or delete messages
 // (which a migrate before this one granted operators): grants only add.
 func migrateOperators(ctx context.Context, conn *pgx.Conn, operators, roles []string, createRole bool, stdout, stderr io.Writer) error {
@@ -363,7 +361,7 @@ func migrateOperators(ctx context.Context, conn *pgx.Conn, operators, roles []st
 		if err := migrateEnsureRole(ctx, tx, op, createRole, stdout); err != nil {
 			return err
 		}
-		for _, sql := range store.DeadLetterOperatorSQL(op) {
+		for _, sql := range store.GrantSQL(op, deadletter.OperatorPrivileges()) {
 			if _, err := tx.Exec(ctx, sql); err != nil {
 				return fmt.Errorf("%s: %w", sql, err)
 			}

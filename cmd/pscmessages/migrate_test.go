@@ -235,7 +235,7 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 		if !errors.Is(err, store.ErrSchema) || !strings.Contains(err.Error(), `"partial"`) || !strings.Contains(err.Error(), "-grant") {
 			t.Errorf("Open error %q is not ErrSchema naming the role and the fix", err)
 		}
-		missing, err := store.MissingPrivileges(ctx, admin, "partial")
+		missing, err := store.MissingPrivileges(ctx, admin, "partial", store.FunctionPrivileges())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -326,7 +326,7 @@ func TestMigrateRoleMustExist(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'made_here'").Scan(&login); err != nil || !login {
 		t.Errorf("made_here: login=%v err=%v", login, err)
 	}
-	if missing, err := store.MissingPrivileges(ctx, conn, "made_here"); err != nil || len(missing) > 0 {
+	if missing, err := store.MissingPrivileges(ctx, conn, "made_here", store.FunctionPrivileges()); err != nil || len(missing) > 0 {
 		t.Errorf("MissingPrivileges = %v, %v", missing, err)
 	}
 }
@@ -345,7 +345,7 @@ func TestMigrateGrantIsAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(t.Context())
-	missing, err := store.MissingPrivileges(t.Context(), conn, "first")
+	missing, err := store.MissingPrivileges(t.Context(), conn, "first", store.FunctionPrivileges())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -543,7 +543,7 @@ func TestMigrateGrantEdits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	if missing, err := store.MissingPrivileges(ctx, admin, "editor"); err != nil || len(missing) > 0 {
+	if missing, err := store.MissingPrivileges(ctx, admin, "editor", store.FunctionPrivileges()); err != nil || len(missing) > 0 {
 		t.Errorf("editor lacks the functions' privileges: %v %v", missing, err)
 	}
 	if _, err := admin.Exec(ctx, `GRANT UPDATE, DELETE ON TABLE messages TO old_fn`); err != nil { // as an older migrate did
@@ -560,7 +560,7 @@ func TestMigrateGrantEdits(t *testing.T) {
 	if _, err := admin.Exec(ctx, want); err != nil {
 		t.Fatal(err)
 	}
-	if missing, err := store.MissingPrivileges(ctx, admin, "old_fn"); err != nil || len(missing) > 0 {
+	if missing, err := store.MissingPrivileges(ctx, admin, "old_fn", store.FunctionPrivileges()); err != nil || len(missing) > 0 {
 		t.Errorf("after the printed REVOKE, old_fn lacks %v %v", missing, err)
 	}
 }
