@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -114,3 +116,95 @@ func sequenceDraws(t testing.TB, url, seq string) int {
 }
 
 func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+const testSource = "//pubsub.googleapis.com/projects/test-project/topics/messages"
+
+// ingestServer serves f's IngestPubSub as Handler does.
+func ingestServer(t testing.TB, f *fixture) string {
+	t.Helper()
+	srv := httptest.NewServer(frameworkWrap(f.svc.serveEvent, 0))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// eventBody is a messagePublished payload (the body of a binary-mode event).
+func eventBody(id string, data []byte, publishTime string) string {
+	msg := map[string]any{"data": base64.StdEncoding.EncodeToString(data)}
+	if id != "" {
+		msg["messageId"] = id
+	}
+	if publishTime != "" {
+		msg["publishTime"] = publishTime
+	}
+	b, _ := json.Marshal(map[string]any{"message": msg, "subscription": "projects/test-project/subscriptions/s"})
+	return string(b)
+}
+
+func ceHeaders(id, source string) map[string]string {
+	return map[string]string{
+		"Content-Type": "application/json", "ce-id": id, "ce-source": source,
+		"ce-specversion": "1.0", "ce-type": MessagePublishedType,
+	}
+}
+
+type deadLetterRow struct {
+	reason  string
+	payload []byte
+	size    int64
+	sum     []byte
+}
+
+func deadLetters(t testing.TB, url string) []deadLetterRow {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT reason, coalesce(payload, ''), coalesce(payload_size, -1), coalesce(payload_sha256, '') FROM dead_letters ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (d deadLetterRow, err error) {
+		err = r.Scan(&d.reason, &d.payload, &d.size, &d.sum)
+		return d, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+type eventFixture struct {
+	Path        string            `json:"path"`
+	Headers     map[string]string `json:"headers"`
+	Body        json.RawMessage   `json:"body"`
+	WantContent string            `json:"want_content"`
+}
+
+func loadEventFixture(t testing.TB, name string) eventFixture {
+	t.Helper()
+	b, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fx eventFixture
+	if err := json.Unmarshal(b, &fx); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return fx
+}
+
+func pubsubEvent(t testing.TB, id, typ string, data []byte) event.Event {
+	t.Helper()
+	e := event.New()
+	e.SetID(id)
+	e.SetSource("//pubsub.googleapis.com/projects/test-project/topics/messages")
+	e.SetType(typ)
+	payload := map[string]any{"message": map[string]any{"data": base64.StdEncoding.EncodeToString(data), "messageId": id}, "subscription": "projects/test-project/subscriptions/s"}
+	if err := e.SetData("application/json", payload); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}

@@ -58,3 +58,16 @@ func TestEvery405NamesWhatIsAllowed(t *testing.T) {
 		}
 	}
 }
+
+// TestIngestPubSubRefusesGET: IngestPubSub, which only takes deliveries,
+// answers a GET 405 with a JSON error. What is POSTed but is not an event
+// is kept as a dead letter instead (TestUndeliverableDeliveriesAreKept).
+func TestIngestPubSubRefusesGET(t *testing.T) {
+	r := do(t, "GET", frameworkIngest+"/", "", nil)
+	if r.status != http.StatusMethodNotAllowed {
+		t.Fatalf("status %d, want 405 (%s)", r.status, r.body)
+	}
+	if msg, _ := r.json(t)["error"].(string); msg == "" {
+		t.Fatalf("no JSON error in %s", r.body)
+	}
+}
