@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
@@ -143,7 +142,6 @@ func samplerFromEnv(getenv func(string) string) (sdktrace.Sampler, error) {
 // telemetry is the process's SDK, nil when telemetry is off.
 type telemetry struct {
 	tracer trace.Tracer
-	prop   propagation.TextMapPropagator
 	meters *meters
 	tp     *sdktrace.TracerProvider
 	mp     *sdkmetric.MeterProvider
@@ -199,7 +197,6 @@ func setupTelemetry(getenv func(string) string, ex *exporters) (*telemetry, erro
 	}
 	return &telemetry{
 		tracer: tp.Tracer(instrumentationName),
-		prop:   prop,
 		meters: m,
 		tp:     tp,
 		mp:     mp,
@@ -280,25 +277,6 @@ func (t *telemetry) shutdown() error {
 	return t.close(ctx)
 }
 
-// instrument wraps one entry point in an HTTP server span (continuing a
-// traceparent or X-Cloud-Trace-Context) and the request-duration metric,
-// both labelled with the route of route(r). Off, h is returned as it is.
-func (t *telemetry) instrument(name string, h http.Handler, route func(*http.Request) string) http.Handler {
-	if t == nil {
-		return h
-	}
-	inner := otelhttp.NewHandler(h, name,
-		otelhttp.WithPropagators(t.prop),
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.Pattern }),
-	)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// otelhttp names the span and labels the metric by the pattern.
-		r = r.WithContext(r.Context())
-		r.Pattern = route(r)
-		inner.ServeHTTP(w, r)
-	})
-}
-
 // messagesRoute is the route template of a Messages request: ids are not
 // labels (unbounded), and neither is any other path a client makes up.
 func messagesRoute(r *http.Request) string {
@@ -330,7 +308,8 @@ func spanError(ctx context.Context, kind string) {
 
 // meters are the function's own instruments.
 type meters struct {
-	deliveries metric.Int64Counter
+	deliveries      metric.Int64Counter
+	requestDuration metric.Float64Histogram
 }
 
 func newMeters(m metric.Meter) (*meters, error) {
@@ -339,6 +318,13 @@ func newMeters(m metric.Meter) (*meters, error) {
 	ms.deliveries, err = m.Int64Counter("pscmessages.deliveries",
 		metric.WithDescription("Pub/Sub deliveries by outcome: stored, duplicate, dead_lettered (with its reason), redelivered (answered with a transient failure, so Pub/Sub delivers it again)"),
 		metric.WithUnit("{delivery}"))
+	if err != nil {
+		return nil, err
+	}
+	ms.requestDuration, err = m.Float64Histogram("http.server.request.duration",
+		metric.WithDescription("Duration of HTTP server requests"), metric.WithUnit("s"),
+		// The HTTP semantic conventions' advised boundaries.
+		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10))
 	if err != nil {
 		return nil, err
 	}

@@ -56,8 +56,9 @@ type writeRequest struct {
 	key         string
 	fingerprint []byte           // sha256 of content, for keyed rows
 	done        chan writeResult // buffered: the writer never blocks on a caller that left
-	queuedAt    time.Time        // set with wait, when telemetry is on
-	wait        trace.Span       // see observer.queued
+	queuedAt    time.Time        // when telemetry is on
+	span        trace.Span       // the request's span, when sampled (see observer.queued)
+	spanCtx     trace.SpanContext
 }
 
 type writeResult struct {
@@ -95,7 +96,7 @@ func (b *batcher) add(ctx context.Context, content, key string) (Added, error) {
 		sum := sha256.Sum256([]byte(content))
 		req.fingerprint = sum[:]
 	}
-	defer b.s.obs.queued(ctx, req)()
+	b.s.obs.queued(ctx, req)
 	select {
 	case b.queue <- req:
 	case <-b.stop:

@@ -30,10 +30,16 @@ import (
 // kept only when it holds no quoted literal, so neither content nor a
 // password written into SQL can leave the process in a span.
 //
-// A group-commit batch statement is a span of its own, a child of the wait
-// of the first request it carries and linked to the wait of every other, and
-// each wait is linked back to it: a slow request shows whose batch it rode
-// in, and the batch shows whom it served.
+// A group-commit batch statement is a span of its own, a child of the span
+// of the first sampled request it carries and linked to the span of every
+// other sampled one; each of those request spans is linked back to it, with
+// an event saying how long it waited in the queue: a slow request shows
+// whose batch it rode in, and the batch shows whom it served.
+//
+// Nothing is traced under a request whose span is not sampled: no statement
+// span, and no batch span when none of the batch's requests is sampled. Spans
+// are started from a context that holds the parent span alone, so that
+// neither the SDK nor its sampler walks a request's long context chain for it.
 
 const instrumentationName = "example.com/pscmessages/store"
 
@@ -121,15 +127,18 @@ func (o *observer) close() {
 	}
 }
 
-// queued starts the span of one write's wait for its batch; the caller ends
-// it when answered. ctx is the request's (the parent of the wait).
-func (o *observer) queued(ctx context.Context, req *writeRequest) func() {
+// queued notes when one write entered the queue and, when the request's span
+// (in ctx) is sampled, that span, for statement to link and annotate.
+func (o *observer) queued(ctx context.Context, req *writeRequest) {
 	if o == nil {
-		return func() {}
+		return
 	}
 	req.queuedAt = time.Now()
-	_, req.wait = o.tracer.Start(ctx, "group commit wait", trace.WithSpanKind(trace.SpanKindInternal))
-	return func() { req.wait.End() }
+	span := trace.SpanFromContext(ctx)
+	req.spanCtx = span.SpanContext()
+	if req.spanCtx.IsSampled() {
+		req.span = span
+	}
 }
 
 // batchStarted records the size of a batch and its rows' waits in the queue.
@@ -144,22 +153,45 @@ func (o *observer) batchStarted(batch []*writeRequest) {
 	}
 }
 
+// untraced is the context of a statement none of whose requests is sampled:
+// its unsampled span context tells dbTracer to make no span either.
+var untraced = trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{
+	TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1},
+}))
+
 // statement starts the span of one batch statement over rows; end records
-// its result.
+// its result. With no sampled request among rows it starts none.
 func (o *observer) statement(rows []*writeRequest) (context.Context, func(error)) {
-	ctx := context.Background()
-	if o == nil || len(rows) == 0 {
-		return ctx, func(error) {}
+	if o == nil {
+		return context.Background(), func(error) {}
 	}
-	links := make([]trace.Link, 0, len(rows))
-	for _, r := range rows[1:] {
-		links = append(links, trace.Link{SpanContext: r.wait.SpanContext()})
+	var parent *writeRequest
+	var links []trace.Link
+	for _, r := range rows {
+		switch {
+		case r.span == nil:
+		case parent == nil:
+			parent = r
+		default:
+			links = append(links, trace.Link{SpanContext: r.spanCtx})
+		}
 	}
-	ctx, span := o.tracer.Start(trace.ContextWithSpan(ctx, rows[0].wait), "group commit",
+	if parent == nil {
+		return untraced, func(error) {}
+	}
+	ctx, span := o.tracer.Start(trace.ContextWithSpan(context.Background(), parent.span), "group commit",
 		trace.WithSpanKind(trace.SpanKindInternal), trace.WithLinks(links...),
 		trace.WithAttributes(attribute.Int("pscmessages.batch.rows", len(rows))))
+	now := time.Now()
+	batch := trace.Link{SpanContext: span.SpanContext(), Attributes: []attribute.KeyValue{attribute.String("pscmessages.link", "group commit")}}
 	for _, r := range rows {
-		r.wait.AddLink(trace.Link{SpanContext: span.SpanContext()})
+		if r.span == nil {
+			continue
+		}
+		r.span.AddLink(batch)
+		r.span.AddEvent("group commit", trace.WithTimestamp(now), trace.WithAttributes(
+			attribute.Float64("pscmessages.batch.queue_wait", now.Sub(r.queuedAt).Seconds()),
+			attribute.Int("pscmessages.batch.rows", len(rows))))
 	}
 	return ctx, func(err error) {
 		if err != nil {
@@ -169,14 +201,16 @@ func (o *observer) statement(rows []*writeRequest) (context.Context, func(error)
 	}
 }
 
-// retried notes on every waiting row that its batch ran again after a
-// conflict.
+// retried notes on every sampled request waiting for rows that its batch ran
+// again after a conflict.
 func (o *observer) retried(rows []*writeRequest, attempt int, err error) {
 	if o == nil {
 		return
 	}
 	for _, r := range rows {
-		r.wait.AddEvent("retry", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.String("error.type", sqlState(err))))
+		if r.span != nil {
+			r.span.AddEvent("retry", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.String("error.type", sqlState(err))))
+		}
 	}
 }
 
@@ -226,16 +260,27 @@ var (
 	_ pgx.ConnectTracer = (*dbTracer)(nil)
 )
 
-func (t *dbTracer) start(ctx context.Context, name string, attrs ...attribute.KeyValue) context.Context {
-	ctx, span := t.o.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(t.o.attrs...))
-	if span.IsRecording() {
-		span.SetAttributes(attrs...)
+// start returns ctx with the statement's span, or ctx as it is when the
+// span it holds is not sampled: end then finds that span, which is not
+// recording, and its End does nothing.
+func (t *dbTracer) start(ctx context.Context, name string, attrs func() []attribute.KeyValue) context.Context {
+	parent := trace.SpanFromContext(ctx)
+	if sc := parent.SpanContext(); sc.IsValid() && !sc.IsSampled() {
+		return ctx
 	}
-	return ctx
+	_, span := t.o.tracer.Start(trace.ContextWithSpan(context.Background(), parent), name,
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(t.o.attrs...))
+	if attrs != nil && span.IsRecording() {
+		span.SetAttributes(attrs()...)
+	}
+	return trace.ContextWithSpan(ctx, span)
 }
 
 func end(ctx context.Context, err error) {
 	span := trace.SpanFromContext(ctx)
+	if !span.IsRecording() {
+		return
+	}
 	if err != nil {
 		recordError(span, err)
 	}
@@ -243,8 +288,11 @@ func end(ctx context.Context, err error) {
 }
 
 func (t *dbTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && !sc.IsSampled() {
+		return ctx // spares summarize, as start would make no span
+	}
 	op, target := summarize(d.SQL)
-	return t.start(ctx, strings.TrimSpace(op+" "+target), statementAttrs(op, target, d.SQL)...)
+	return t.start(ctx, strings.TrimSpace(op+" "+target), func() []attribute.KeyValue { return statementAttrs(op, target, d.SQL) })
 }
 
 func (t *dbTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryEndData) {
@@ -255,7 +303,9 @@ func (t *dbTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceQu
 }
 
 func (t *dbTracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
-	return t.start(ctx, "BATCH", attribute.Int("db.operation.batch.size", d.Batch.Len()))
+	return t.start(ctx, "BATCH", func() []attribute.KeyValue {
+		return []attribute.KeyValue{attribute.Int("db.operation.batch.size", d.Batch.Len())}
+	})
 }
 
 func (t *dbTracer) TraceBatchQuery(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
@@ -271,7 +321,7 @@ func (t *dbTracer) TraceBatchEnd(ctx context.Context, _ *pgx.Conn, d pgx.TraceBa
 }
 
 func (t *dbTracer) TraceConnectStart(ctx context.Context, _ pgx.TraceConnectStartData) context.Context {
-	return t.start(ctx, "connect")
+	return t.start(ctx, "connect", nil)
 }
 
 func (t *dbTracer) TraceConnectEnd(ctx context.Context, d pgx.TraceConnectEndData) {
