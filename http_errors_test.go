@@ -91,7 +91,7 @@ func TestEveryErrorClassAnswersAsItsRow(t *testing.T) {
 		{&apiError{status: 405, msg: "use GET", allow: "GET"}, 405, "", "use GET", "http_405"},
 		{&poisonError{reason: "not JSON"}, 500, "", "internal error", "poison"},
 		{store.ErrNotFound, 404, "", "message not found", "not_found"},
-		{&store.PermanentError{Err: store.ErrMigrationOffline, Msg: "008"}, 500, "", "the database needs a migration that an administrator applies; see the service's logs", "misconfigured"},
+		{fmt.Errorf("%w: %w: 008", store.ErrPermanent, store.ErrMigrationOffline), 500, "", "the database needs a migration that an administrator applies; see the service's logs", "misconfigured"},
 		{&store.ConfigError{Var: "DB_NAME", Msg: "required"}, 500, "", "the service is misconfigured; see its logs", "misconfigured"},
 		{&unavailableError{retryAfter: 2500 * time.Millisecond, err: deadline}, 503, "3", "database unavailable, retry later", "deadline_exceeded"},
 		{fmt.Errorf("%w: reset", store.ErrUnavailable), 503, "1", "database unavailable, retry later", "database_unavailable"},

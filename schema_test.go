@@ -108,7 +108,7 @@ func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 	}
 
 	// An administrator migrates; the function picks it up by itself.
-	if err := store.Migrate(ctx, conn); err != nil {
+	if err := store.Migrate(ctx, conn, nil); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(15 * time.Second)

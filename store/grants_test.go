@@ -61,7 +61,7 @@ func grantsDB(t *testing.T, c *localpg.Cluster, name string) string {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	if err := store.Migrate(ctx, admin); err != nil {
+	if err := store.Migrate(ctx, admin, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := admin.Exec(ctx, "REVOKE ALL ON SCHEMA public FROM PUBLIC"); err != nil {

@@ -30,7 +30,7 @@ func configureIAM(ctx context.Context, cfg *Config, pc *pgxpool.Config) error {
 		ts, err = google.DefaultTokenSource(context.Background(), iamLoginScope)
 		if err != nil {
 			// Found or not without the network: nothing a retry changes.
-			return &PermanentError{Msg: noCredentialsHint + " (" + err.Error() + ")", Err: err}
+			return &permanentError{Msg: noCredentialsHint + " (" + err.Error() + ")", Err: err}
 		}
 	}
 	ts = oauth2.ReuseTokenSource(nil, ts)

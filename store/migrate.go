@@ -56,11 +56,15 @@ const MigrationLock int64 = 9628173550095224
 // for `go run ./cmd/pscmessages migrate`, which has no deadline. A cold start
 // with DB_MIGRATE=true uses [Store]'s own path, which leaves a migration that
 // scans large tables (see [InlineMigrationBytes]) to that command.
-func Migrate(ctx context.Context, conn *pgx.Conn) error {
-	return migrateTo(ctx, conn, -1, migrateOptions{})
+//
+// report, when not nil, is called before each migration (and when it has to
+// wait for the migration lock) and after it, so that an operator sees a long
+// migration start, wait and end.
+func Migrate(ctx context.Context, conn *pgx.Conn, report func(MigrationStep)) error {
+	return migrateTo(ctx, conn, -1, migrateOptions{report: report})
 }
 
-// MigrationStep is what [MigrateReporting] reports of one migration: it
+// MigrationStep is what [Migrate] reports of one migration: it
 // is about to be applied (Took zero), it waits for another migrator (Waiting,
 // with that migrator's backend pid when PostgreSQL tells it), or it was
 // applied in Took.
@@ -73,12 +77,6 @@ type MigrationStep struct {
 	Waiting    bool
 	WaitingPID int32
 	Took       time.Duration
-}
-
-// MigrateReporting is [Migrate], calling report before each migration
-// (and when it has to wait for the migration lock) and after it.
-func MigrateReporting(ctx context.Context, conn *pgx.Conn, report func(MigrationStep)) error {
-	return migrateTo(ctx, conn, -1, migrateOptions{report: report})
 }
 
 // InlineMigrationBytes is the most a migration marked "-- scans: TABLE" may
@@ -210,7 +208,7 @@ func inlineAllowed(ctx context.Context, conn *pgx.Conn, mig *migrate.Migration) 
 	if pid, err := migrationLockHolder(ctx, conn); err == nil && pid != 0 {
 		busy = fmt.Sprintf(" (a migrator, backend pid %d, holds the migration lock now)", pid)
 	}
-	return &PermanentError{Err: ErrMigrationOffline, Msg: fmt.Sprintf(
+	return &permanentError{Err: ErrMigrationOffline, Msg: fmt.Sprintf(
 		"migration %s scans %s (%d MiB), more than a cold start applies (%d MiB): run `go run ./cmd/pscmessages migrate` to apply it%s; "+
 			"until then every request is answered 500, and the function checks again every 10 s (store/MIGRATIONS.md)",
 		mig.Name, strings.Join(tables, ", "), n>>20, InlineMigrationBytes>>20, busy)}
@@ -376,7 +374,7 @@ func (s *Store) prepareSchema(ctx context.Context) error {
 
 // checkEdits verifies [EditPrivileges] where Messages serves edits. Their
 // lack is the deployment's configuration, not a schema on its way: a
-// PermanentError, said once and answered "misconfigured", naming the grant.
+// permanentError, said once and answered "misconfigured", naming the grant.
 func checkEdits(ctx context.Context, conn *pgx.Conn) error {
 	role := conn.Config().User
 	missing, err := MissingPrivileges(ctx, conn, role, EditPrivileges())
@@ -390,7 +388,7 @@ func checkEdits(ctx context.Context, conn *pgx.Conn) error {
 		for i, p := range missing {
 			names[i] = p.String()
 		}
-		return &PermanentError{Msg: fmt.Sprintf("HTTP_ROUTES=all serves PUT, PATCH and DELETE, but role %q lacks %s: grant them (go run ./cmd/pscmessages migrate -grant-edits ROLE), or unset HTTP_ROUTES",
+		return &permanentError{Msg: fmt.Sprintf("HTTP_ROUTES=all serves PUT, PATCH and DELETE, but role %q lacks %s: grant them (go run ./cmd/pscmessages migrate -grant-edits ROLE), or unset HTTP_ROUTES",
 			role, strings.Join(names, ", "))}
 	}
 	return nil

@@ -26,7 +26,7 @@ func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
 	if _, err := conn.Exec(ctx, "CREATE VIEW idempotency_keys AS SELECT 1 AS key"); err != nil {
 		t.Fatal(err)
 	}
-	err := store.Migrate(ctx, conn)
+	err := store.Migrate(ctx, conn, nil)
 	if err == nil || !strings.Contains(err.Error(), "006_idempotency_keys") {
 		t.Fatalf("Migrate = %v, want 006 to fail", err)
 	}
@@ -44,7 +44,7 @@ func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
 	if _, err := conn.Exec(ctx, "DROP VIEW idempotency_keys"); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Migrate(ctx, conn); err != nil {
+	if err := store.Migrate(ctx, conn, nil); err != nil {
 		t.Fatal(err)
 	}
 	if v := queryInt(t, url, "SELECT version FROM "+store.VersionTable); v != int(store.SchemaVersion()) {

@@ -17,23 +17,23 @@ import (
 // restart.
 var ErrPermanent = errors.New("the database refuses this configuration")
 
-// PermanentError is an [ErrPermanent] failure. Its message says what is wrong
+// permanentError is an [ErrPermanent] failure. Its message says what is wrong
 // and which setting to look at, without secrets; Err is the cause, for
 // errors.As (a *pgconn.PgError, for example).
-type PermanentError struct {
+type permanentError struct {
 	Msg string
 	Err error
 }
 
-func (e *PermanentError) Error() string   { return e.Msg }
-func (e *PermanentError) Unwrap() []error { return []error{ErrPermanent, e.Err} }
+func (e *permanentError) Error() string   { return e.Msg }
+func (e *permanentError) Unwrap() []error { return []error{ErrPermanent, e.Err} }
 
 // noCredentialsHint is what to do when IAM mode finds no Google credentials.
 const noCredentialsHint = "IAM database authentication is on (DB_HOST without DB_PASSWORD, or DB_IAM_AUTH=true) but no Google default credentials were found. " +
 	"On Cloud Run the service account provides them; elsewhere run `gcloud auth application-default login`. " +
 	"Or log in with a password instead: DB_USER and DB_PASSWORD with DB_HOST, or DB_IAM_AUTH=false with a DATABASE_URL that holds the password"
 
-// permanent returns err as a *PermanentError when it is a failure that will
+// permanent returns err as a *permanentError when it is a failure that will
 // not heal, else nil. passwordFinal says whether a refused password (28P01)
 // is final: with a password it is; with IAM the first refusal can be a token
 // that raced a rotation, and only a second one in a row is final.
@@ -41,7 +41,7 @@ func permanent(err error, passwordFinal bool) error {
 	if err == nil {
 		return nil
 	}
-	var pe *PermanentError
+	var pe *permanentError
 	if errors.As(err, &pe) {
 		return pe
 	}
@@ -51,11 +51,11 @@ func permanent(err error, passwordFinal bool) error {
 		code := loginCode(pgErr)
 		switch {
 		case code == "3D000":
-			return &PermanentError{Msg: pgErr.Message + ": check DB_NAME (or the database in DATABASE_URL); on Cloud SQL create it with `gcloud sql databases create`", Err: pgErr}
+			return &permanentError{Msg: pgErr.Message + ": check DB_NAME (or the database in DATABASE_URL); on Cloud SQL create it with `gcloud sql databases create`", Err: pgErr}
 		case code == "28000":
-			return &PermanentError{Msg: "login refused: " + pgErr.Message + ": check DB_USER (or the user in DATABASE_URL); with IAM it is the service account's email without .gserviceaccount.com, created with `gcloud sql users create --type=cloud_iam_service_account`", Err: pgErr}
+			return &permanentError{Msg: "login refused: " + pgErr.Message + ": check DB_USER (or the user in DATABASE_URL); with IAM it is the service account's email without .gserviceaccount.com, created with `gcloud sql users create --type=cloud_iam_service_account`", Err: pgErr}
 		case code == "28P01" && passwordFinal:
-			return &PermanentError{Msg: "login refused: " + pgErr.Message + ": check DB_USER and DB_PASSWORD (or the user and password in DATABASE_URL): PostgreSQL gives this answer for a role that does not exist, too; with IAM, check that the instance has cloudsql.iam_authentication=on, that DB_USER is this service account's IAM database user and that the account has roles/cloudsql.instanceUser", Err: pgErr}
+			return &permanentError{Msg: "login refused: " + pgErr.Message + ": check DB_USER and DB_PASSWORD (or the user and password in DATABASE_URL): PostgreSQL gives this answer for a role that does not exist, too; with IAM, check that the instance has cloudsql.iam_authentication=on, that DB_USER is this service account's IAM database user and that the account has roles/cloudsql.instanceUser", Err: pgErr}
 		}
 		return nil
 	}
@@ -63,7 +63,7 @@ func permanent(err error, passwordFinal bool) error {
 	var hostErr x509.HostnameError
 	var authErr x509.UnknownAuthorityError
 	if errors.As(err, &certErr) || errors.As(err, &hostErr) || errors.As(err, &authErr) {
-		return &PermanentError{Msg: "the database server's certificate did not verify: check DB_SSLMODE and DB_ROOT_CERT (the instance's server CA; verify-full also needs the name or IP the certificate was issued for)", Err: err}
+		return &permanentError{Msg: "the database server's certificate did not verify: check DB_SSLMODE and DB_ROOT_CERT (the instance's server CA; verify-full also needs the name or IP the certificate was issued for)", Err: err}
 	}
 	return nil
 }

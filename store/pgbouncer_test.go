@@ -139,7 +139,7 @@ func TestMigrationsThroughTransactionPooler(t *testing.T) {
 		t.Errorf("messages = %d, %v; want %d", rows, err, instances)
 	}
 	// A migration that waits behind the others still finds the lock free.
-	if err := store.Migrate(ctx, conn); err != nil {
+	if err := store.Migrate(ctx, conn, nil); err != nil {
 		t.Fatal(err)
 	}
 }

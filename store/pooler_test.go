@@ -83,7 +83,7 @@ func TestMigrateWaitsForHeldLock(t *testing.T) {
 	defer conn.Close(ctx)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if err := store.Migrate(short, conn); err == nil {
+	if err := store.Migrate(short, conn, nil); err == nil {
 		t.Fatal("Migrate did not wait for a migration lock held by another session")
 	}
 	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1::bigint)", store.MigrationLock); err != nil {
@@ -94,7 +94,7 @@ func TestMigrateWaitsForHeldLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn2.Close(ctx)
-	if err := store.Migrate(ctx, conn2); err != nil {
+	if err := store.Migrate(ctx, conn2, nil); err != nil {
 		t.Fatal(err)
 	}
 }

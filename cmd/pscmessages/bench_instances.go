@@ -125,7 +125,7 @@ func benchInstances(ctx context.Context, cfg instancesConfig) ([]instancesRow, e
 		return nil, err
 	}
 	defer admin.Close(context.Background())
-	if err := store.Migrate(ctx, admin); err != nil {
+	if err := store.Migrate(ctx, admin, nil); err != nil {
 		return nil, err
 	}
 	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {

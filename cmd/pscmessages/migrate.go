@@ -182,7 +182,7 @@ func migrateSchema(ctx context.Context, conn *pgx.Conn, w io.Writer) error {
 		return err
 	}
 	report, finish := migrateProgress(w, migrateTick)
-	err = store.MigrateReporting(ctx, conn, report)
+	err = store.Migrate(ctx, conn, report)
 	finish()
 	if err != nil {
 		return err
