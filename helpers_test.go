@@ -208,3 +208,10 @@ func pubsubEvent(t testing.TB, id, typ string, data []byte) event.Event {
 	}
 	return e
 }
+
+// testMigrated makes sure the fixture's schema exists and returns its URL.
+func testMigrated(t testing.TB, f *fixture) string {
+	t.Helper()
+	listContents(t, f.srv.URL)
+	return f.url
+}

@@ -1,6 +1,7 @@
 package function
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -113,5 +114,14 @@ func TestListingIsOneLine(t *testing.T) {
 				t.Errorf("next %q: not JSON: %q", next, body)
 			}
 		}
+	}
+}
+
+// TestEmptyListIsArray: an empty table lists as {"messages":[]}, never null.
+func TestEmptyListIsArray(t *testing.T) {
+	f := newFixture(t, nil)
+	r := do(t, "GET", f.srv.URL+"/", "", nil)
+	if string(bytes.TrimSpace(r.body)) != `{"messages":[]}` {
+		t.Fatalf("GET / on an empty table = %s", r.body)
 	}
 }

@@ -2,8 +2,10 @@ package function
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,5 +123,61 @@ func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 			t.Fatalf("after migrating: %d %s, want 2xx within 15 s", r.status, r.body)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestTutorialTableKeepsRows: the messages table as the tutorial's Flask app
+// created and filled it is migrated in place; its rows, a NULL content among
+// them, list and read as before, beside new ones.
+func TestTutorialTableKeepsRows(t *testing.T) {
+	url := testDB(t)
+	// The table exactly as the Flask app created and filled it.
+	execSQL(t, url, "CREATE TABLE messages (id SERIAL PRIMARY KEY, content TEXT)")
+	execSQL(t, url, "INSERT INTO messages (content) VALUES ('from flask'), (NULL), ('another')")
+	f := newFixture(t, map[string]string{"DATABASE_URL": url})
+	postContent(t, f.srv.URL, "from go")
+	got := listContents(t, f.srv.URL)
+	want := []any{"from flask", "", "another", "from go"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("GET / = %q, want %q", got, want)
+	}
+	r := do(t, "GET", f.srv.URL+"/messages/1", "", nil)
+	if r.status != 200 || r.json(t)["content"] != "from flask" {
+		t.Fatalf("legacy row: %d %s", r.status, r.body)
+	}
+}
+
+// TestConcurrentColdStarts: eight instances starting at once on one database,
+// each with concurrent first requests, migrate it once to the current
+// version and store every message.
+func TestConcurrentColdStarts(t *testing.T) {
+	url := testDB(t)
+	const instances = 8
+	var wg sync.WaitGroup
+	for i := range instances {
+		f := newFixture(t, map[string]string{"DATABASE_URL": url})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Each instance's first requests arrive together.
+			var inner sync.WaitGroup
+			for j := range 4 {
+				inner.Add(1)
+				go func() {
+					defer inner.Done()
+					if r := postContent(t, f.srv.URL, fmt.Sprintf("i%d-%d", i, j)); r.status != 200 {
+						t.Errorf("instance %d: %d %s", i, r.status, r.body)
+					}
+				}()
+			}
+			inner.Wait()
+		}()
+	}
+	wg.Wait()
+	if n := countRows(t, url, "SELECT count(*) FROM messages"); n != instances*4 {
+		t.Fatalf("%d rows, want %d", n, instances*4)
+	}
+	if v := countRows(t, url, "SELECT version FROM "+store.VersionTable); v != int(store.SchemaVersion()) {
+		t.Fatalf("schema version %d", v)
 	}
 }
