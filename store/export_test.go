@@ -62,5 +62,11 @@ func (s *Store) CommitBatch(contents []string) []error {
 	return errs
 }
 
+// PageOfBytes is a Page whose content is bounded by maxBytes rather than
+// MaxPageBytes.
+func PageOfBytes(before int64, limit, maxBytes int) Page {
+	return Page{Before: before, Limit: limit, maxBytes: maxBytes}
+}
+
 // MigrationScans exposes migrationScans.
 func MigrationScans(sql string) []string { return migrationScans(sql) }

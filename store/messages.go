@@ -24,8 +24,9 @@ type Page struct {
 	Before int64
 	// Limit is the page size; 0 means DefaultPageSize.
 	Limit int
-	// MaxBytes bounds the content of a page; 0 means MaxPageBytes.
-	MaxBytes int
+	// maxBytes bounds the content of a page; 0 means MaxPageBytes. Only
+	// tests lower it, to page through large rows without writing megabytes.
+	maxBytes int
 }
 
 // Page bounds for List.
@@ -86,7 +87,7 @@ func (s *Store) List(ctx context.Context, p Page) (Listing, error) {
 		limit = DefaultPageSize
 	}
 	limit = min(limit, MaxPageSize)
-	budget := p.MaxBytes
+	budget := p.maxBytes
 	if budget <= 0 {
 		budget = MaxPageBytes
 	}

@@ -65,10 +65,10 @@ func TestPagesAreBoundedInBytes(t *testing.T) {
 		}
 	}
 	// The row limit still applies under the byte budget.
-	if l, err := st.List(ctx, store.Page{Limit: 2, MaxBytes: 10 * size}); err != nil || len(l.Messages) != 1 || l.Next == 0 {
+	if l, err := st.List(ctx, store.PageOfBytes(0, 2, 10*size)); err != nil || len(l.Messages) != 1 || l.Next == 0 {
 		t.Fatalf("Limit 2 with the huge message first: %d messages, next %d, %v", len(l.Messages), l.Next, err)
 	}
-	if l, err := st.List(ctx, store.Page{Before: huge.ID, Limit: 3, MaxBytes: 10 * size}); err != nil || len(l.Messages) != 3 || l.Next != huge.ID-3 {
+	if l, err := st.List(ctx, store.PageOfBytes(huge.ID, 3, 10*size)); err != nil || len(l.Messages) != 3 || l.Next != huge.ID-3 {
 		t.Fatalf("Limit 3: %d messages, next %d, %v", len(l.Messages), l.Next, err)
 	}
 }
