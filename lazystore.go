@@ -39,7 +39,7 @@ const (
 
 // openTimeout bounds one attempt to open the pool, migrations included
 // (DB_MIGRATE=true). Migrations that scan large tables are never applied
-// under it (store.InlineMigrationBytes). A variable for tests.
+// under it (migrations.InlineBytes). A variable for tests.
 var openTimeout = 30 * time.Second
 
 // unavailableError carries how long a caller should wait before retrying.

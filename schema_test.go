@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/migrations"
 )
 
 // TestMigrationsOffRefusesBehindSchema: with DB_MIGRATE=false the
@@ -21,14 +21,14 @@ func TestMigrationsOffRefusesBehindSchema(t *testing.T) {
 	url := testDB(t)
 	migrated := newFixture(t, map[string]string{"DATABASE_URL": url})
 	testMigrated(t, migrated)
-	behind := store.SchemaVersion() - 1
-	execSQL(t, url, "UPDATE "+store.VersionTable+" SET version = $1", behind)
+	behind := migrations.Latest() - 1
+	execSQL(t, url, "UPDATE "+migrations.VersionTable+" SET version = $1", behind)
 	f := newFixture(t, map[string]string{"DATABASE_URL": url, "DB_MIGRATE": "false"})
 	r := postContent(t, f.srv.URL, "into a schema that is behind")
 	if r.status != http.StatusServiceUnavailable {
-		t.Fatalf("POST with DB_MIGRATE=false on a schema at version %d of %d: %d %s; want 503", behind, store.SchemaVersion(), r.status, r.body)
+		t.Fatalf("POST with DB_MIGRATE=false on a schema at version %d of %d: %d %s; want 503", behind, migrations.Latest(), r.status, r.body)
 	}
-	if v := countRows(t, url, "SELECT version FROM "+store.VersionTable); v != int(behind) {
+	if v := countRows(t, url, "SELECT version FROM "+migrations.VersionTable); v != int(behind) {
 		t.Fatalf("DB_MIGRATE=false migrated the database to version %d", v)
 	}
 	if n := countRows(t, url, "SELECT count(*) FROM messages"); n != 0 {
@@ -55,18 +55,18 @@ func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 	}
 	defer conn.Close(ctx)
 	// Version 4: migrations 001-004 applied as they are, then the table a
-	// tutorial deployment has grown, above store.InlineMigrationBytes.
-	migrations, err := store.Migrations()
+	// tutorial deployment has grown, above migrations.InlineBytes.
+	scripts, err := migrations.Scripts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, sql := range migrations[:4] {
+	for _, sql := range scripts[:4] {
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := conn.Exec(ctx, `CREATE TABLE `+store.VersionTable+` (version int4 NOT NULL);
-		INSERT INTO `+store.VersionTable+` VALUES (4);
+	if _, err := conn.Exec(ctx, `CREATE TABLE `+migrations.VersionTable+` (version int4 NOT NULL);
+		INSERT INTO `+migrations.VersionTable+` VALUES (4);
 		INSERT INTO messages (content) SELECT 'message ' || i || ' ' || repeat('x', 150) FROM generate_series(1, 400000) i;
 		ANALYZE messages`); err != nil {
 		t.Fatal(err)
@@ -75,8 +75,8 @@ func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT pg_total_relation_size('messages')").Scan(&size); err != nil {
 		t.Fatal(err)
 	}
-	if size <= store.InlineMigrationBytes {
-		t.Fatalf("messages is %d bytes, not over the %d a cold start migrates", size, store.InlineMigrationBytes)
+	if size <= migrations.InlineBytes {
+		t.Fatalf("messages is %d bytes, not over the %d a cold start migrates", size, migrations.InlineBytes)
 	}
 	// The deadline of a cold start, shortened so that the table outlasts it
 	// (005 takes seconds here; see the migration's own figure).
@@ -101,7 +101,7 @@ func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 	}
 	var version int
 	var idType string
-	if err := conn.QueryRow(ctx, "SELECT (SELECT version FROM "+store.VersionTable+"), "+
+	if err := conn.QueryRow(ctx, "SELECT (SELECT version FROM "+migrations.VersionTable+"), "+
 		"(SELECT data_type FROM information_schema.columns WHERE table_name = 'messages' AND column_name = 'id')").Scan(&version, &idType); err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 	}
 
 	// An administrator migrates; the function picks it up by itself.
-	if err := store.Migrate(ctx, conn, nil); err != nil {
+	if err := migrations.Apply(ctx, conn, nil); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(15 * time.Second)
@@ -177,7 +177,7 @@ func TestConcurrentColdStarts(t *testing.T) {
 	if n := countRows(t, url, "SELECT count(*) FROM messages"); n != instances*4 {
 		t.Fatalf("%d rows, want %d", n, instances*4)
 	}
-	if v := countRows(t, url, "SELECT version FROM "+store.VersionTable); v != int(store.SchemaVersion()) {
+	if v := countRows(t, url, "SELECT version FROM "+migrations.VersionTable); v != int(migrations.Latest()) {
 		t.Fatalf("schema version %d", v)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/migrations"
 )
 
 func connect(t testing.TB, url string) *pgx.Conn {
@@ -131,7 +132,7 @@ func TestDeadLetterMigrationKeepsDedupe(t *testing.T) {
 	}
 	url := cluster.SuperuserURL(name)
 	conn := connect(t, url)
-	if err := store.MigrateTo(ctx, conn, 3); err != nil {
+	if err := migrations.ApplyTo(ctx, conn, 3); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := conn.Exec(ctx, `INSERT INTO dead_letters (event_id, event_source, reason, payload) VALUES

@@ -4,18 +4,11 @@ import (
 	"context"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Pool is the store's pool, for tests of how it uses connections.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
-
-// MigrateTo migrates conn to version v, for tests of a migration's effect on
-// data written by an older schema.
-func MigrateTo(ctx context.Context, conn *pgx.Conn, v int32) error {
-	return migrateTo(ctx, conn, v, migrateOptions{})
-}
 
 // MaxDeadLetterText is how much of an id, source or type a dead letter
 // keeps, for tests of what it keeps.
@@ -67,6 +60,3 @@ func (s *Store) CommitBatch(contents []string) []error {
 func PageOfBytes(before int64, limit, maxBytes int) Page {
 	return Page{Before: before, Limit: limit, maxBytes: maxBytes}
 }
-
-// MigrationScans exposes migrationScans.
-func MigrationScans(sql string) []string { return migrationScans(sql) }

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"example.com/pscmessages/store/migrations"
 )
 
 // Privilege is one privilege the function's role needs. It is stated in the
@@ -53,7 +55,7 @@ func (p Privilege) SQL() (privilege, object string) {
 //     migration 004 also let the role read event_source and event_id; the
 //     function no longer needs that, and an operator may revoke it.)
 //   - dead_letters_id_seq: the bigserial default calls nextval().
-//   - VersionTable: Open with migrations off reads the schema version.
+//   - migrations.VersionTable: Open with migrations off reads the schema version.
 //   - schema public: where the migrations create the tables. PostgreSQL gives
 //     USAGE on it to PUBLIC by default, but a hardened database may not.
 func FunctionPrivileges() []Privilege {
@@ -68,7 +70,7 @@ func FunctionPrivileges() []Privilege {
 		{Kind: "TABLE", Object: "dead_letters", Action: "INSERT"},
 		{Kind: "TABLE", Object: "dead_letters", Action: "SELECT", Column: "dedupe_key"},
 		{Kind: "SEQUENCE", Object: "dead_letters_id_seq", Action: "USAGE"},
-		{Kind: "TABLE", Object: VersionTable, Action: "SELECT"},
+		{Kind: "TABLE", Object: migrations.VersionTable, Action: "SELECT"},
 	}
 }
 
@@ -96,7 +98,7 @@ func ReplayPrivileges() []Privilege {
 		{Kind: "SEQUENCE", Object: "messages_id_seq", Action: "USAGE"},
 		{Kind: "TABLE", Object: "idempotency_keys", Action: "SELECT"},
 		{Kind: "TABLE", Object: "idempotency_keys", Action: "INSERT"},
-		{Kind: "TABLE", Object: VersionTable, Action: "SELECT"},
+		{Kind: "TABLE", Object: migrations.VersionTable, Action: "SELECT"},
 	}
 }
 

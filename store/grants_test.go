@@ -16,6 +16,7 @@ import (
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
+	"example.com/pscmessages/store/migrations"
 )
 
 func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
@@ -38,7 +39,7 @@ func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
 				`GRANT SELECT, INSERT, DELETE ON TABLE "idempotency_keys" TO ` + tt.grantee,
 				`GRANT INSERT, SELECT ("dedupe_key") ON TABLE "dead_letters" TO ` + tt.grantee,
 				`GRANT USAGE ON SEQUENCE "dead_letters_id_seq" TO ` + tt.grantee,
-				`GRANT SELECT ON TABLE "` + store.VersionTable + `" TO ` + tt.grantee,
+				`GRANT SELECT ON TABLE "` + migrations.VersionTable + `" TO ` + tt.grantee,
 			}
 			if !slices.Equal(got, want) {
 				t.Errorf("GrantSQL(%q) =\n%s\nwant\n%s", tt.role, strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -61,7 +62,7 @@ func grantsDB(t *testing.T, c *localpg.Cluster, name string) string {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	if err := store.Migrate(ctx, admin, nil); err != nil {
+	if err := migrations.Apply(ctx, admin, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := admin.Exec(ctx, "REVOKE ALL ON SCHEMA public FROM PUBLIC"); err != nil {

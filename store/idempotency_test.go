@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/migrations"
 )
 
 // TestKeyReusedForOtherContent: the same key with other
@@ -143,7 +144,7 @@ func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
 	}
 	url := cluster.SuperuserURL(name)
 	conn := connect(t, url)
-	if err := store.MigrateTo(ctx, conn, 3); err != nil {
+	if err := migrations.ApplyTo(ctx, conn, 3); err != nil {
 		t.Fatal(err)
 	}
 	var want int64

@@ -17,6 +17,7 @@ import (
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
+	"example.com/pscmessages/store/migrations"
 )
 
 // bouncedDB creates a fresh database and returns its URL through a new
@@ -139,7 +140,7 @@ func TestMigrationsThroughTransactionPooler(t *testing.T) {
 		t.Errorf("messages = %d, %v; want %d", rows, err, instances)
 	}
 	// A migration that waits behind the others still finds the lock free.
-	if err := store.Migrate(ctx, conn, nil); err != nil {
+	if err := migrations.Apply(ctx, conn, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -25,8 +25,9 @@ import (
 //     with a cancel request, which PgBouncer forwards to the right server;
 //   - with PoolerTransaction, statements use poolerExecMode instead of
 //     named prepared statements;
-//   - each migration runs in a transaction under a transaction-scoped advisory
-//     lock in every mode (see [Migrate]), so they need no session either.
+//   - each migration runs in a transaction under a transaction-scoped
+//     advisory lock in every mode (see [migrations.Apply]), so they need no
+//     session either.
 type Pooler string
 
 const (

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/migrations"
 )
 
 func TestDBPoolerSetting(t *testing.T) {
@@ -73,7 +74,7 @@ func TestMigrateWaitsForHeldLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer holder.Close(ctx)
-	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1::bigint)", store.MigrationLock); err != nil {
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock($1::bigint)", migrations.Lock); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := pgx.Connect(ctx, direct)
@@ -83,10 +84,10 @@ func TestMigrateWaitsForHeldLock(t *testing.T) {
 	defer conn.Close(ctx)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if err := store.Migrate(short, conn, nil); err == nil {
+	if err := migrations.Apply(short, conn, nil); err == nil {
 		t.Fatal("Migrate did not wait for a migration lock held by another session")
 	}
-	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1::bigint)", store.MigrationLock); err != nil {
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1::bigint)", migrations.Lock); err != nil {
 		t.Fatal(err)
 	}
 	conn2, err := pgx.Connect(ctx, direct)
@@ -94,7 +95,7 @@ func TestMigrateWaitsForHeldLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn2.Close(ctx)
-	if err := store.Migrate(ctx, conn2, nil); err != nil {
+	if err := migrations.Apply(ctx, conn2, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/tern/v2/migrate"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/migrations"
 )
 
 // TestBehindSchemaIsRefused: with migrations off, a database migrated only to
@@ -18,7 +19,7 @@ import (
 // what is missing, and Open changes nothing.
 func TestBehindSchemaIsRefused(t *testing.T) {
 	ctx := testContext(t)
-	latest := store.SchemaVersion()
+	latest := migrations.Latest()
 	if latest < 2 {
 		t.Fatalf("%d migrations: nothing to be behind", latest)
 	}
@@ -44,7 +45,7 @@ func TestBehindSchemaIsRefused(t *testing.T) {
 			}
 			url := cluster.SuperuserURL(name)
 			conn := dbConn(t, url)
-			m, err := migrate.NewMigrator(ctx, conn, store.VersionTable)
+			m, err := migrate.NewMigrator(ctx, conn, migrations.VersionTable)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -56,7 +57,7 @@ func TestBehindSchemaIsRefused(t *testing.T) {
 			}
 			version := c.migrate
 			if c.record > 0 {
-				if _, err := conn.Exec(ctx, "UPDATE "+store.VersionTable+" SET version = $1", c.record); err != nil {
+				if _, err := conn.Exec(ctx, "UPDATE "+migrations.VersionTable+" SET version = $1", c.record); err != nil {
 					t.Fatal(err)
 				}
 				version = c.record
@@ -80,7 +81,7 @@ func TestBehindSchemaIsRefused(t *testing.T) {
 				}
 			}
 			var now int32
-			if err := conn.QueryRow(ctx, "SELECT version FROM "+store.VersionTable).Scan(&now); err != nil || now != version {
+			if err := conn.QueryRow(ctx, "SELECT version FROM "+migrations.VersionTable).Scan(&now); err != nil || now != version {
 				t.Fatalf("after Open with migrations off the version is %d (%v), was %d", now, err, version)
 			}
 		})

@@ -1,15 +1,3 @@
-// Package store keeps messages in PostgreSQL through one pgx pool.
-//
-// It owns everything about the database: configuration from the environment,
-// IAM token logins, schema migrations, group-committed inserts and the
-// classification of failures into errors callers can branch on.
-//
-// Nothing it does needs a server session to outlive a transaction, so it
-// also works behind a transaction-mode pooler such as PgBouncer (DB_POOLER,
-// see [Pooler]): no SET or other state on connect, statement deadlines from
-// contexts, and migrations under pg_advisory_xact_lock rather than tern's
-// session lock (see [Migrate] for why that rather than refusing to migrate
-// through a pooler).
 package store
 
 import (

@@ -22,6 +22,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/migrations"
 )
 
 // bench-instances simulates Cloud Run scaling the HTTP function out: N
@@ -125,7 +126,7 @@ func benchInstances(ctx context.Context, cfg instancesConfig) ([]instancesRow, e
 		return nil, err
 	}
 	defer admin.Close(context.Background())
-	if err := store.Migrate(ctx, admin, nil); err != nil {
+	if err := migrations.Apply(ctx, admin, nil); err != nil {
 		return nil, err
 	}
 	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/migrations"
 )
 
 // describeDatabase is the one line serve prints at start about a database
@@ -25,7 +26,7 @@ func describeDatabase(ctx context.Context, getenv func(string) string) string {
 	}
 	where := databaseName(cfg)
 	if !cfg.Migrate {
-		return fmt.Sprintf("database %s: DB_MIGRATE=false, so the functions create nothing there; its schema must be at version %d (go run ./cmd/pscmessages migrate)", where, store.SchemaVersion())
+		return fmt.Sprintf("database %s: DB_MIGRATE=false, so the functions create nothing there; its schema must be at version %d (go run ./cmd/pscmessages migrate)", where, migrations.Latest())
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout+cfg.QueryTimeout)
 	defer cancel()
@@ -37,7 +38,7 @@ func describeDatabase(ctx context.Context, getenv func(string) string) string {
 			where, strings.Join(allMigrations(), ", "))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	pending, version, err := store.PendingMigrations(ctx, conn)
+	pending, version, err := migrations.Pending(ctx, conn)
 	switch {
 	case err != nil:
 		return fmt.Sprintf("database %s (schema version unreadable: %v): on its first request the functions apply there whichever of migrations %s it lacks (DB_MIGRATE=false turns that off)",
@@ -69,7 +70,7 @@ func databaseName(cfg store.Config) string {
 
 // allMigrations names every migration of this build.
 func allMigrations() []string {
-	names, err := store.MigrationNames()
+	names, err := migrations.Names()
 	if err != nil { // embedded at build time: cannot fail in a build that passed its tests
 		return []string{"(" + err.Error() + ")"}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/deadletter"
+	"example.com/pscmessages/store/migrations"
 )
 
 // runMigrate is `go run ./cmd/pscmessages migrate`: an administrator applies the schema
@@ -143,13 +144,13 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 // migratePlan prints what a real run would execute. It cannot know which
 // migrations a database already has, so it prints them all.
 func migratePlan(w io.Writer, roles, editors []string, createRole bool) error {
-	migrations, err := store.Migrations()
+	scripts, err := migrations.Scripts()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(w, "-- Dry run: nothing was connected to or changed.")
-	fmt.Fprintf(w, "-- Migrations, in order, each in its own transaction that first takes\n-- pg_advisory_xact_lock(%d); those at or below the version recorded in %s\n-- are skipped.\n", store.MigrationLock, store.VersionTable)
-	for _, m := range migrations {
+	fmt.Fprintf(w, "-- Migrations, in order, each in its own transaction that first takes\n-- pg_advisory_xact_lock(%d); those at or below the version recorded in %s\n-- are skipped.\n", migrations.Lock, migrations.VersionTable)
+	for _, m := range scripts {
 		fmt.Fprintln(w, strings.TrimRight(m, "\n"))
 		fmt.Fprintln(w)
 	}
@@ -182,7 +183,7 @@ func migrateSchema(ctx context.Context, conn *pgx.Conn, w io.Writer) error {
 		return err
 	}
 	report, finish := migrateProgress(w, migrateTick)
-	err = store.Migrate(ctx, conn, report)
+	err = migrations.Apply(ctx, conn, report)
 	finish()
 	if err != nil {
 		return err
@@ -196,12 +197,12 @@ func migrateSchema(ctx context.Context, conn *pgx.Conn, w io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(w, "schema migrated from version %d to %d:\n", before, after)
-	migrations, err := store.Migrations()
+	scripts, err := migrations.Scripts()
 	if err != nil {
 		return err
 	}
-	for i := before; i < after && int(i) < len(migrations); i++ {
-		name, _, _ := strings.Cut(migrations[i], "\n")
+	for i := before; i < after && int(i) < len(scripts); i++ {
+		name, _, _ := strings.Cut(scripts[i], "\n")
 		fmt.Fprintf(w, "  applied %s\n", strings.TrimPrefix(name, "-- "))
 	}
 	return nil
@@ -214,7 +215,7 @@ var migrateTick = 10 * time.Second
 // runs, and when it is applied, so that an operator sees a long rewrite
 // advance and what it waits for. finish stops the ticking of a migration
 // that failed.
-func migrateProgress(w io.Writer, tick time.Duration) (report func(store.MigrationStep), finish func()) {
+func migrateProgress(w io.Writer, tick time.Duration) (report func(migrations.Step), finish func()) {
 	var stop chan struct{}
 	var done chan struct{}
 	finish = func() {
@@ -224,7 +225,7 @@ func migrateProgress(w io.Writer, tick time.Duration) (report func(store.Migrati
 			stop = nil
 		}
 	}
-	report = func(st store.MigrationStep) {
+	report = func(st migrations.Step) {
 		switch {
 		case st.Waiting:
 			who := "another migrator"
@@ -264,7 +265,7 @@ func migrateProgress(w io.Writer, tick time.Duration) (report func(store.Migrati
 // migrateVersion is the recorded schema version, 0 before the first migration.
 func migrateVersion(ctx context.Context, conn *pgx.Conn) (int32, error) {
 	var v int32
-	err := conn.QueryRow(ctx, "SELECT version FROM "+pgx.Identifier{store.VersionTable}.Sanitize()).Scan(&v)
+	err := conn.QueryRow(ctx, "SELECT version FROM "+pgx.Identifier{migrations.VersionTable}.Sanitize()).Scan(&v)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
 		return 0, nil
@@ -408,7 +409,7 @@ func migrateWarnExcess(ctx context.Context, conn *pgx.Conn, role string, editor 
 			ARRAY(SELECT g.rolname::text FROM pg_roles g WHERE pg_has_role(r.oid, g.oid, 'USAGE') AND g.oid <> r.oid ORDER BY 1),
 			ARRAY(SELECT c.relname::text FROM pg_class c WHERE pg_has_role(r.oid, c.relowner, 'USAGE')
 				AND c.relname IN ('messages', 'dead_letters', $2) ORDER BY 1)
-		FROM pg_roles r WHERE r.rolname = $1`, role, store.VersionTable).
+		FROM pg_roles r WHERE r.rolname = $1`, role, migrations.VersionTable).
 		Scan(&super, &createRole, &createDB, &createInPublic, &update, &del, &member, &owns)
 	if err != nil {
 		return fmt.Errorf("checking role %q: %w", role, err)

@@ -19,6 +19,7 @@ import (
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
+	"example.com/pscmessages/store/migrations"
 )
 
 func TestMigrateRolesFlag(t *testing.T) {
@@ -120,7 +121,7 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 	}
 	for _, want := range []string{
 		`as "postgres"`,
-		fmt.Sprintf("schema migrated from version 0 to %d", store.SchemaVersion()),
+		fmt.Sprintf("schema migrated from version 0 to %d", migrations.Latest()),
 		"applied 003_dead_letters.sql",
 		`GRANT SELECT, INSERT ON TABLE "messages" TO "fn_user"`,
 		`TO "ingest-fn@my-project.iam"`,
@@ -139,7 +140,7 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, fmt.Sprintf("schema already at version %d", store.SchemaVersion())) {
+	if !strings.Contains(out, fmt.Sprintf("schema already at version %d", migrations.Latest())) {
 		t.Errorf("second run did not report the schema as current")
 	}
 
@@ -210,7 +211,7 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 		if !errors.Is(err, store.ErrSchema) {
 			t.Errorf("Open error %v is not ErrSchema", err)
 		}
-		if !strings.Contains(err.Error(), "lacks") || !strings.Contains(err.Error(), "INSERT on table messages") || !strings.Contains(err.Error(), store.VersionTable) {
+		if !strings.Contains(err.Error(), "lacks") || !strings.Contains(err.Error(), "INSERT on table messages") || !strings.Contains(err.Error(), migrations.VersionTable) {
 			t.Errorf("Open error %q does not name the missing privilege", err)
 		}
 	})
@@ -224,7 +225,7 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer admin.Close(ctx)
-		if _, err := admin.Exec(ctx, "GRANT SELECT ON "+store.VersionTable+" TO partial"); err != nil {
+		if _, err := admin.Exec(ctx, "GRANT SELECT ON "+migrations.VersionTable+" TO partial"); err != nil {
 			t.Fatal(err)
 		}
 		st, err := store.Open(ctx, store.Config{ConnString: c.URL("partial", "p", "app"), Migrate: false})
@@ -422,17 +423,17 @@ func TestMigrateShowsProgressWithoutDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	migrations, err := store.Migrations()
+	scripts, err := migrations.Scripts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, sql := range migrations[:4] {
+	for _, sql := range scripts[:4] {
 		if _, err := conn.Exec(ctx, sql); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := conn.Exec(ctx, `CREATE TABLE `+store.VersionTable+` (version int4 NOT NULL);
-		INSERT INTO `+store.VersionTable+` VALUES (4);
+	if _, err := conn.Exec(ctx, `CREATE TABLE `+migrations.VersionTable+` (version int4 NOT NULL);
+		INSERT INTO `+migrations.VersionTable+` VALUES (4);
 		INSERT INTO messages (content) SELECT 'message ' || i FROM generate_series(1, 200000) i`); err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +448,7 @@ func TestMigrateShowsProgressWithoutDeadline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := holder.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", store.MigrationLock); err != nil {
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", migrations.Lock); err != nil {
 		t.Fatal(err)
 	}
 	var pid int32
@@ -476,7 +477,7 @@ func TestMigrateShowsProgressWithoutDeadline(t *testing.T) {
 		regexp.MustCompile(`still applying 005_message_ids_bigint.sql \(`),
 		regexp.MustCompile(`applied 005_message_ids_bigint.sql in [0-9.]+m?s`),
 		regexp.MustCompile(`applied 006_idempotency_keys.sql in`),
-		regexp.MustCompile(fmt.Sprintf(`schema migrated from version 4 to %d`, store.SchemaVersion())),
+		regexp.MustCompile(fmt.Sprintf(`schema migrated from version 4 to %d`, migrations.Latest())),
 	} {
 		if !want.MatchString(out.String()) {
 			t.Errorf("migrate output lacks %s:\n%s", want, out.String())

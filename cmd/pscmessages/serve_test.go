@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
+	"example.com/pscmessages/store/migrations"
 )
 
 // startServeChild starts `go run ./cmd/pscmessages` without the Pub/Sub side (runServe,
@@ -323,7 +323,7 @@ func TestServeNamesTheDatabaseItWillMigrate(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := c.URL("postgres", secret, "existing") // trust: the password is only carried
-	names, err := store.MigrationNames()
+	names, err := migrations.Names()
 	if err != nil {
 		t.Fatal(err)
 	}

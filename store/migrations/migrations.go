@@ -1,4 +1,4 @@
-package store
+package migrations
 
 import (
 	"context"
@@ -15,19 +15,19 @@ import (
 	"github.com/jackc/tern/v2/migrate"
 )
 
-//go:embed migrations/*.sql
-var migrationFiles embed.FS
+//go:embed *.sql
+var files embed.FS
 
 // VersionTable records the applied schema version (tern's bookkeeping).
 const VersionTable = "messages_schema_version"
 
-// MigrationLock is the advisory lock key that serialises migrations. It is
+// Lock is the advisory lock key that serialises migrations. It is
 // tern's own key, so this build and an older one that still migrates with
 // tern's session lock wait for each other.
-const MigrationLock int64 = 9628173550095224
+const Lock int64 = 9628173550095224
 
-// Migrate applies every pending migration on conn, each in its own
-// transaction that first takes pg_advisory_xact_lock(MigrationLock), reads
+// Apply applies every pending migration on conn, each in its own
+// transaction that first takes pg_advisory_xact_lock(Lock), reads
 // the recorded version, applies the next migration and records its version,
 // as tern does: instances cold-starting together apply each migration once,
 // the others wait, then find nothing to do.
@@ -52,23 +52,37 @@ const MigrationLock int64 = 9628173550095224
 // marked "---- tern: disable-tx ----" (say, CREATE INDEX CONCURRENTLY) cannot
 // run this way and are refused.
 //
-// Migrate applies every migration, however large the tables it scans: it is
+// Apply applies every migration, however large the tables it scans: it is
 // for `go run ./cmd/pscmessages migrate`, which has no deadline. A cold start
-// with DB_MIGRATE=true uses [Store]'s own path, which leaves a migration that
-// scans large tables (see [InlineMigrationBytes]) to that command.
+// with DB_MIGRATE=true uses [ApplyInline], which leaves a migration that
+// scans large tables (see [InlineBytes]) to that command.
 //
 // report, when not nil, is called before each migration (and when it has to
 // wait for the migration lock) and after it, so that an operator sees a long
 // migration start, wait and end.
-func Migrate(ctx context.Context, conn *pgx.Conn, report func(MigrationStep)) error {
+func Apply(ctx context.Context, conn *pgx.Conn, report func(Step)) error {
 	return migrateTo(ctx, conn, -1, migrateOptions{report: report})
 }
 
-// MigrationStep is what [Migrate] reports of one migration: it
+// ApplyTo is [Apply] up to version v and no further, for tests of a
+// migration's effect on data written by an older schema. It never migrates
+// down.
+func ApplyTo(ctx context.Context, conn *pgx.Conn, v int32) error {
+	return migrateTo(ctx, conn, v, migrateOptions{})
+}
+
+// ApplyInline is what a cold start with DB_MIGRATE=true applies: [Apply],
+// except that it refuses, with an error wrapping [ErrOffline] before it
+// takes the lock, a pending migration whose tables exceed [InlineBytes].
+func ApplyInline(ctx context.Context, conn *pgx.Conn) error {
+	return migrateTo(ctx, conn, -1, migrateOptions{inline: true})
+}
+
+// Step is what [Apply] reports of one migration: it
 // is about to be applied (Took zero), it waits for another migrator (Waiting,
 // with that migrator's backend pid when PostgreSQL tells it), or it was
 // applied in Took.
-type MigrationStep struct {
+type Step struct {
 	Name string
 	// Scans names the tables the migration rewrites or reads whole, and
 	// Bytes their size (pg_total_relation_size) before it ran.
@@ -79,7 +93,7 @@ type MigrationStep struct {
 	Took       time.Duration
 }
 
-// InlineMigrationBytes is the most a migration marked "-- scans: TABLE" may
+// InlineBytes is the most a migration marked "-- scans: TABLE" may
 // have to read (pg_total_relation_size of its tables together) to be applied
 // by a cold start with DB_MIGRATE=true: 64 MiB, a rewrite of about 300,000
 // short messages, which takes a second or two even on a busy machine, far
@@ -88,13 +102,13 @@ type MigrationStep struct {
 // cold start's deadline it would be cancelled and rolled back on every
 // attempt, each time after holding its locks for the whole deadline. A
 // variable for tests.
-var InlineMigrationBytes int64 = 64 << 20
+var InlineBytes int64 = 64 << 20
 
-// ErrMigrationOffline marks a pending migration that scans tables too large
-// for a cold start to migrate; see [InlineMigrationBytes]. It is permanent
-// ([ErrPermanent]): an administrator runs `migrate`, and the next attempt to
-// open the store (the function retries every 10 s) finds it done.
-var ErrMigrationOffline = errors.New("a pending migration must be applied with `go run ./cmd/pscmessages migrate`")
+// ErrOffline marks a pending migration that scans tables too large for a
+// cold start to migrate; see [InlineBytes]. Retrying does not help: an
+// administrator runs `migrate`, and the next attempt (the function opens
+// its store again every 10 s) finds it done.
+var ErrOffline = errors.New("a pending migration must be applied with `go run ./cmd/pscmessages migrate`")
 
 // scansMarker is the line by which a migration names the tables it rewrites
 // or reads whole: "-- scans: messages" or "-- scans: messages, dead_letters".
@@ -112,22 +126,22 @@ func migrationScans(sql string) []string {
 }
 
 type migrateOptions struct {
-	// inline refuses, with ErrMigrationOffline, a migration whose scanned
-	// tables exceed InlineMigrationBytes.
+	// inline refuses, with ErrOffline, a migration whose scanned
+	// tables exceed InlineBytes.
 	inline bool
-	report func(MigrationStep)
+	report func(Step)
 }
 
 // migrateTo migrates up to version target; a negative target means the
 // latest. It never migrates down.
 func migrateTo(ctx context.Context, conn *pgx.Conn, target int32, opts migrateOptions) error {
-	m, err := loadMigrations(ctx)
+	m, err := load(ctx)
 	if err != nil {
 		return err
 	}
 	for _, mig := range m.Migrations {
 		if disableTx.MatchString(mig.UpSQL) {
-			return fmt.Errorf("migration %s is marked tern: disable-tx, which Migrate cannot run in its transaction", mig.Name)
+			return fmt.Errorf("migration %s is marked tern: disable-tx, which cannot run in the transaction Apply gives each migration", mig.Name)
 		}
 	}
 	if target < 0 || int(target) > len(m.Migrations) {
@@ -144,7 +158,7 @@ func migrateTo(ctx context.Context, conn *pgx.Conn, target int32, opts migrateOp
 	for {
 		done, err := migrateNext(ctx, conn, m.Migrations, target, opts)
 		if err != nil {
-			if errors.Is(err, ErrMigrationOffline) {
+			if errors.Is(err, ErrOffline) {
 				return err
 			}
 			return fmt.Errorf("applying migrations: %w", err)
@@ -155,7 +169,7 @@ func migrateTo(ctx context.Context, conn *pgx.Conn, target int32, opts migrateOp
 	}
 }
 
-// checkInline returns an ErrMigrationOffline error for the first pending
+// checkInline returns an ErrOffline error for the first pending
 // migration (up to target) that scans too much for a cold start.
 func checkInline(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migration, target int32) error {
 	current, err := recordedVersion(ctx, conn)
@@ -201,24 +215,24 @@ func inlineAllowed(ctx context.Context, conn *pgx.Conn, mig *migrate.Migration) 
 		return nil
 	}
 	n, err := scannedBytes(ctx, conn, tables)
-	if err != nil || n <= InlineMigrationBytes {
+	if err != nil || n <= InlineBytes {
 		return err
 	}
 	busy := ""
 	if pid, err := migrationLockHolder(ctx, conn); err == nil && pid != 0 {
 		busy = fmt.Sprintf(" (a migrator, backend pid %d, holds the migration lock now)", pid)
 	}
-	return &permanentError{Err: ErrMigrationOffline, Msg: fmt.Sprintf(
+	return &offlineError{msg: fmt.Sprintf(
 		"migration %s scans %s (%d MiB), more than a cold start applies (%d MiB): run `go run ./cmd/pscmessages migrate` to apply it%s; "+
 			"until then every request is answered 500, and the function checks again every 10 s (store/MIGRATIONS.md)",
-		mig.Name, strings.Join(tables, ", "), n>>20, InlineMigrationBytes>>20, busy)}
+		mig.Name, strings.Join(tables, ", "), n>>20, InlineBytes>>20, busy)}
 }
 
-// migrationLockHolder is the backend pid holding MigrationLock, 0 if none.
+// migrationLockHolder is the backend pid holding Lock, 0 if none.
 func migrationLockHolder(ctx context.Context, conn *pgx.Conn) (int32, error) {
 	var pid int32
 	err := conn.QueryRow(ctx, `SELECT coalesce((SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
-		AND ((classid::int8 << 32) | objid::int8) = $1::int8 AND objsubid = 1 LIMIT 1), 0)`, MigrationLock).Scan(&pid)
+		AND ((classid::int8 << 32) | objid::int8) = $1::int8 AND objsubid = 1 LIMIT 1), 0)`, Lock).Scan(&pid)
 	return pid, err
 }
 
@@ -227,7 +241,7 @@ func migrationLockHolder(ctx context.Context, conn *pgx.Conn) (int32, error) {
 // target (done). The version is read under the lock, so a migration another
 // instance applied meanwhile is not applied again.
 func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migration, target int32, opts migrateOptions) (done bool, err error) {
-	var applied *MigrationStep
+	var applied *Step
 	defer func() {
 		if applied != nil && err == nil && opts.report != nil {
 			opts.report(*applied) // committed
@@ -235,15 +249,15 @@ func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migr
 	}()
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		var locked bool
-		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1::bigint)", MigrationLock).Scan(&locked); err != nil {
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1::bigint)", Lock).Scan(&locked); err != nil {
 			return fmt.Errorf("taking the migration lock: %w", err)
 		}
 		if !locked {
 			if opts.report != nil {
 				pid, _ := migrationLockHolder(ctx, conn)
-				opts.report(MigrationStep{Waiting: true, WaitingPID: pid})
+				opts.report(Step{Waiting: true, WaitingPID: pid})
 			}
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", MigrationLock); err != nil {
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::bigint)", Lock); err != nil {
 				return fmt.Errorf("waiting for the migration lock: %w", err)
 			}
 		}
@@ -271,7 +285,7 @@ func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migr
 				return err
 			}
 		}
-		step := MigrationStep{Name: mig.Name, Scans: migrationScans(mig.UpSQL)}
+		step := Step{Name: mig.Name, Scans: migrationScans(mig.UpSQL)}
 		if opts.report != nil {
 			if len(step.Scans) > 0 {
 				step.Bytes, _ = scannedBytes(ctx, tx, step.Scans)
@@ -293,14 +307,14 @@ func migrateNext(ctx context.Context, conn *pgx.Conn, migrations []*migrate.Migr
 	return done, err
 }
 
-// loadMigrations reads the embedded migrations through tern. It needs no
+// load reads the embedded migrations through tern. It needs no
 // connection: tern takes no lock and touches no table without one.
-func loadMigrations(ctx context.Context) (*migrate.Migrator, error) {
+func load(ctx context.Context) (*migrate.Migrator, error) {
 	m, err := migrate.NewMigrator(ctx, nil, VersionTable)
 	if err != nil {
 		return nil, err
 	}
-	if err := m.LoadMigrations(migrationsFS()); err != nil {
+	if err := m.LoadMigrations(files); err != nil {
 		return nil, fmt.Errorf("loading migrations: %w", err)
 	}
 	return m, nil
@@ -309,9 +323,10 @@ func loadMigrations(ctx context.Context) (*migrate.Migrator, error) {
 // disableTx is tern's marker for a migration that must run outside a transaction.
 var disableTx = regexp.MustCompile(`(?m)^---- tern: disable-tx ----$`)
 
-// Migrations returns the migrations' up SQL in order, for printing.
-func Migrations() ([]string, error) {
-	m, err := loadMigrations(context.Background())
+// Scripts returns each migration's up SQL in order, after a comment line
+// naming it, for printing.
+func Scripts() ([]string, error) {
+	m, err := load(context.Background())
 	if err != nil {
 		return nil, err
 	}
@@ -322,104 +337,15 @@ func Migrations() ([]string, error) {
 	return out, nil
 }
 
-func migrationsFS() fs.FS {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		panic(err) // the embedded folder is fixed at build time
-	}
-	return sub
-}
-
-// SchemaVersion is the schema version this build migrates to and expects.
-func SchemaVersion() int32 { return latestVersion() }
-
-// latestVersion is the schema version this build expects.
-func latestVersion() int32 {
-	entries, _ := fs.Glob(migrationsFS(), "*.sql")
+// Latest is the schema version this build migrates to and expects.
+func Latest() int32 {
+	entries, _ := fs.Glob(files, "*.sql")
 	return int32(len(entries))
 }
 
-// prepareSchema migrates, or with migrations off checks that an administrator
-// did and that this role may use the tables, so a missing grant is reported
-// once, clearly, instead of as a failure on every request.
-func (s *Store) prepareSchema(ctx context.Context) error {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return classify(fmt.Errorf("connecting: %w", err))
-	}
-	defer conn.Release()
-	if s.cfg.Migrate {
-		if err := migrateTo(ctx, conn.Conn(), -1, migrateOptions{inline: true}); err != nil {
-			if errors.Is(err, ErrMigrationOffline) {
-				return err
-			}
-			if isTransient(err) {
-				return classify(err)
-			}
-			return fmt.Errorf("%w: %w", ErrSchema, err)
-		}
-	}
-	privs := FunctionPrivileges()
-	if s.cfg.ReplayOnly {
-		privs = ReplayPrivileges()
-	}
-	if err := checkSchema(ctx, conn.Conn(), privs); err != nil {
-		return err
-	}
-	if !s.cfg.Edits || s.cfg.ReplayOnly {
-		return nil
-	}
-	return checkEdits(ctx, conn.Conn())
-}
+// offlineError is an [ErrOffline] failure whose message names the migration,
+// its tables and the command that applies it.
+type offlineError struct{ msg string }
 
-// checkEdits verifies [EditPrivileges] where Messages serves edits. Their
-// lack is the deployment's configuration, not a schema on its way: a
-// permanentError, said once and answered "misconfigured", naming the grant.
-func checkEdits(ctx context.Context, conn *pgx.Conn) error {
-	role := conn.Config().User
-	missing, err := MissingPrivileges(ctx, conn, role, EditPrivileges())
-	switch {
-	case err != nil && isTransient(err):
-		return classify(err)
-	case err != nil:
-		return fmt.Errorf("%w: %w", ErrSchema, err)
-	case len(missing) > 0:
-		names := make([]string, len(missing))
-		for i, p := range missing {
-			names[i] = p.String()
-		}
-		return &permanentError{Msg: fmt.Sprintf("HTTP_ROUTES=all serves PUT, PATCH and DELETE, but role %q lacks %s: grant them (go run ./cmd/pscmessages migrate -grant-edits ROLE), or unset HTTP_ROUTES",
-			role, strings.Join(names, ", "))}
-	}
-	return nil
-}
-
-// checkSchema verifies the privileges the store uses, then the schema version.
-func checkSchema(ctx context.Context, conn *pgx.Conn, privs []Privilege) error {
-	role := conn.Config().User
-	missing, err := MissingPrivileges(ctx, conn, role, privs)
-	switch {
-	case err != nil && isTransient(err):
-		return classify(err)
-	case err != nil:
-		return fmt.Errorf("%w: %w", ErrSchema, err)
-	case len(missing) > 0:
-		names := make([]string, len(missing))
-		for i, p := range missing {
-			names[i] = p.String()
-		}
-		return fmt.Errorf("%w: role %q lacks %s; run the migrations and grants (go run ./cmd/pscmessages migrate -grant ROLE)",
-			ErrSchema, role, strings.Join(names, ", "))
-	}
-	var version int32
-	err = conn.QueryRow(ctx, "SELECT version FROM "+VersionTable).Scan(&version)
-	switch {
-	case err != nil && isTransient(err):
-		return classify(fmt.Errorf("reading schema version: %w", err))
-	case err != nil:
-		return fmt.Errorf("%w: reading schema version: %w", ErrSchema, err)
-	case version < latestVersion():
-		return fmt.Errorf("%w: schema version %d, this build needs %d; run the migrations", ErrSchema, version, latestVersion())
-	}
-	return nil
-}
+func (e *offlineError) Error() string        { return e.msg }
+func (e *offlineError) Is(target error) bool { return target == ErrOffline }

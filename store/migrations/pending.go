@@ -1,4 +1,4 @@
-package store
+package migrations
 
 import (
 	"context"
@@ -8,12 +8,12 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// PendingMigrations returns the names of the migrations this build would
+// Pending returns the names of the migrations this build would
 // apply to conn's database, oldest first (all of them where the version
 // table does not exist yet), and the version it found. It reads and
 // changes nothing else, so a local runner can say, before the first
 // request, what the functions will create in a database it was pointed at.
-func PendingMigrations(ctx context.Context, conn *pgx.Conn) (pending []string, version int32, err error) {
+func Pending(ctx context.Context, conn *pgx.Conn) (pending []string, version int32, err error) {
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", pgx.Identifier{VersionTable}.Sanitize()).Scan(&exists); err != nil {
 		return nil, 0, fmt.Errorf("looking for %s: %w", VersionTable, err)
@@ -23,7 +23,7 @@ func PendingMigrations(ctx context.Context, conn *pgx.Conn) (pending []string, v
 			return nil, 0, fmt.Errorf("reading %s: %w", VersionTable, err)
 		}
 	}
-	names, err := MigrationNames()
+	names, err := Names()
 	if err != nil {
 		return nil, 0, err
 	}
@@ -33,10 +33,10 @@ func PendingMigrations(ctx context.Context, conn *pgx.Conn) (pending []string, v
 	return pending, version, nil
 }
 
-// MigrationNames names this build's migrations, oldest first, as their
+// Names names this build's migrations, oldest first, as their
 // files do without .sql: "001_messages", ...
-func MigrationNames() ([]string, error) {
-	m, err := loadMigrations(context.Background())
+func Names() ([]string, error) {
+	m, err := load(context.Background())
 	if err != nil {
 		return nil, err
 	}

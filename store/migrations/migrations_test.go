@@ -1,13 +1,63 @@
-package store_test
+package migrations_test
 
 import (
+	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
-	"example.com/pscmessages/store"
+	"github.com/jackc/pgx/v5"
+
+	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/migrations"
 )
+
+var cluster *localpg.Cluster
+
+func TestMain(m *testing.M) {
+	var err error
+	cluster, err = localpg.Start(context.Background(), localpg.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	cluster.Destroy()
+	os.Exit(code)
+}
+
+var dbSeq atomic.Int64
+
+// testContext bounds what a test waits for the database, so that a lock
+// nobody releases fails the test within seconds.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func connect(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(testContext(t), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func queryInt(t *testing.T, url, sql string) int {
+	t.Helper()
+	var n int
+	if err := connect(t, url).QueryRow(testContext(t), sql).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
 
 // TestEachMigrationCommitsOnItsOwn: every migration is its own transaction.
 // A later migration that fails (here 006, whose index cannot be built on a
@@ -26,11 +76,11 @@ func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
 	if _, err := conn.Exec(ctx, "CREATE VIEW idempotency_keys AS SELECT 1 AS key"); err != nil {
 		t.Fatal(err)
 	}
-	err := store.Migrate(ctx, conn, nil)
+	err := migrations.Apply(ctx, conn, nil)
 	if err == nil || !strings.Contains(err.Error(), "006_idempotency_keys") {
 		t.Fatalf("Migrate = %v, want 006 to fail", err)
 	}
-	if v := queryInt(t, url, "SELECT version FROM "+store.VersionTable); v != 5 {
+	if v := queryInt(t, url, "SELECT version FROM "+migrations.VersionTable); v != 5 {
 		t.Fatalf("schema version %d after 006 failed, want 5 (001-005 committed)", v)
 	}
 	// 005 is in place: 64-bit ids.
@@ -44,11 +94,11 @@ func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
 	if _, err := conn.Exec(ctx, "DROP VIEW idempotency_keys"); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.Migrate(ctx, conn, nil); err != nil {
+	if err := migrations.Apply(ctx, conn, nil); err != nil {
 		t.Fatal(err)
 	}
-	if v := queryInt(t, url, "SELECT version FROM "+store.VersionTable); v != int(store.SchemaVersion()) {
-		t.Fatalf("schema version %d, want %d", v, store.SchemaVersion())
+	if v := queryInt(t, url, "SELECT version FROM "+migrations.VersionTable); v != int(migrations.Latest()) {
+		t.Fatalf("schema version %d, want %d", v, migrations.Latest())
 	}
 }
 
@@ -56,15 +106,15 @@ func TestEachMigrationCommitsOnItsOwn(t *testing.T) {
 // whole existing table (an index build, a backfill, a column type change)
 // names it with "-- scans:", so a cold start never runs it on a large table.
 func TestMigrationsMarkWhatTheyScan(t *testing.T) {
-	migrations, err := store.Migrations()
+	scripts, err := migrations.Scripts()
 	if err != nil {
 		t.Fatal(err)
 	}
 	scans := regexp.MustCompile(`(?im)^\s*(CREATE (UNIQUE )?INDEX|UPDATE|INSERT INTO \S+ \([^)]*\)\s*SELECT|ALTER TABLE \S+ ALTER COLUMN \S+ TYPE)`)
 	marked := 0
-	for _, sql := range migrations {
+	for _, sql := range scripts {
 		name, _, _ := strings.Cut(sql, "\n")
-		got := store.MigrationScans(sql)
+		got := migrations.Scans(sql)
 		if scans.MatchString(sql) && len(got) == 0 {
 			t.Errorf("%s scans a table but has no -- scans: line", name)
 		}
