@@ -5,6 +5,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -21,6 +23,12 @@ import (
 // alike. It reports the median rate of each and the cost against off.
 //
 //	go test -tags e2e -run '^$' -bench BenchmarkPostTracing -benchtime 1x ./cmd/pscmessages
+//
+// To keep Jaeger, PostgreSQL and the load generator off the runners' core,
+// run it under taskset and name the runners' cores in
+// TRACING_BENCH_RUNNER_CPUS (pinned with taskset -a -p once started):
+//
+//	TRACING_BENCH_RUNNER_CPUS=0 taskset -c 1 go test -tags e2e ...
 func BenchmarkPostTracing(b *testing.B) {
 	startJaeger(b)
 	cluster := localpgtest.Start(b, localpg.Options{Durable: true})
@@ -45,6 +53,11 @@ func BenchmarkPostTracing(b *testing.B) {
 		<-r.ready
 		bases[i] = r.base
 		pids[i] = r.cmd.Process.Pid
+		if cpus := os.Getenv("TRACING_BENCH_RUNNER_CPUS"); cpus != "" {
+			if out, err := exec.Command("taskset", "-a", "-p", "-c", cpus, fmt.Sprint(pids[i])).CombinedOutput(); err != nil {
+				b.Fatalf("pinning the runner to CPUs %s: %v\n%s", cpus, err, out)
+			}
+		}
 	}
 	const rounds = 5
 	window, warmup := 3*time.Second, time.Second
