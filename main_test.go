@@ -37,6 +37,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(sigtermChildEnv) != "" {
+		os.Exit(sigtermChild())
+	}
 	os.Exit(run(m))
 }
 
