@@ -24,9 +24,11 @@ import (
 // tracestate), else X-Cloud-Trace-Context; the headers are parsed only when
 // present. It is named "METHOD ROUTE" and carries the HTTP semantic
 // conventions' attributes that are bounded and say nothing of content: the
-// method (_OTHER for one outside the standard set), the route template, the
-// scheme, the protocol version and the status. Not the path, nor the
-// query, the user agent or the client address: a client makes those up.
+// method (_OTHER for one outside the standard set), the route template and
+// the status. Not the path, nor the query, the user agent or the client
+// address: a client makes those up. Nor the scheme and protocol version,
+// the same on every request behind Cloud Run's front end: every attribute
+// is encoded and sent again with every sampled span.
 
 // instrument wraps one entry point in an HTTP server span and the
 // request-duration metric, both labelled with the route of route(r). Off, h
@@ -64,12 +66,7 @@ func (s *serverSpans) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// along them.
 	_, span := s.t.tracer.Start(remoteParent(r.Header), s.name(key), serverKind)
 	if span.IsRecording() {
-		span.SetAttributes(
-			attribute.String("http.request.method", key.method),
-			attribute.String("http.route", key.route),
-			attribute.String("url.scheme", scheme(r)),
-			attribute.String("network.protocol.version", protocolVersion(r)),
-		)
+		span.SetAttributes(attribute.String("http.request.method", key.method), attribute.String("http.route", key.route))
 	}
 	sw := &spanWriter{ResponseWriter: w}
 	defer func() {
@@ -160,23 +157,6 @@ func methodLabel(m string) string {
 		return m
 	}
 	return "_OTHER"
-}
-
-func scheme(r *http.Request) string {
-	if r.TLS != nil {
-		return "https"
-	}
-	return "http"
-}
-
-func protocolVersion(r *http.Request) string {
-	switch {
-	case r.ProtoMajor == 2:
-		return "2"
-	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
-		return "1.0"
-	}
-	return "1.1"
 }
 
 // spanWriter remembers the status the handler answered with.

@@ -114,4 +114,3 @@ func sigtermChild() int {
 	fmt.Println("ready")
 	select {} // until SIGTERM, whose handler flushes and exits
 }
-

@@ -32,9 +32,10 @@ import (
 //
 // A group-commit batch statement is a span of its own, a child of the span
 // of the first sampled request it carries and linked to the span of every
-// other sampled one; each of those request spans is linked back to it, with
-// an event saying how long it waited in the queue: a slow request shows
-// whose batch it rode in, and the batch shows whom it served.
+// other sampled one; each of those request spans is linked back to it, the
+// link saying how long the request waited in the queue
+// (pscmessages.batch.queue_wait, in seconds): a slow request shows whose
+// batch it rode in, and the batch shows whom it served.
 //
 // Nothing is traced under a request whose span is not sampled: no statement
 // span, and no batch span when none of the batch's requests is sampled. Spans
@@ -183,15 +184,11 @@ func (o *observer) statement(rows []*writeRequest) (context.Context, func(error)
 		trace.WithSpanKind(trace.SpanKindInternal), trace.WithLinks(links...),
 		trace.WithAttributes(attribute.Int("pscmessages.batch.rows", len(rows))))
 	now := time.Now()
-	batch := trace.Link{SpanContext: span.SpanContext(), Attributes: []attribute.KeyValue{attribute.String("pscmessages.link", "group commit")}}
 	for _, r := range rows {
-		if r.span == nil {
-			continue
+		if r.span != nil {
+			r.span.AddLink(trace.Link{SpanContext: span.SpanContext(), Attributes: []attribute.KeyValue{
+				attribute.Float64("pscmessages.batch.queue_wait", now.Sub(r.queuedAt).Seconds())}})
 		}
-		r.span.AddLink(batch)
-		r.span.AddEvent("group commit", trace.WithTimestamp(now), trace.WithAttributes(
-			attribute.Float64("pscmessages.batch.queue_wait", now.Sub(r.queuedAt).Seconds()),
-			attribute.Int("pscmessages.batch.rows", len(rows))))
 	}
 	return ctx, func(err error) {
 		if err != nil {
