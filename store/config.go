@@ -59,7 +59,7 @@ type Config struct {
 	// ReplayOnly is for a store that only adds messages, such as the one
 	// `go run ./cmd/pscmessages deadletters replay` uses as the dead-letter operator
 	// (default false; no environment variable): Open checks
-	// [ReplayPrivileges] instead of [FunctionPrivileges], and the writer
+	// [grants.Replay] instead of [grants.Functions], and the writer
 	// never runs the cleanup of expired idempotency keys, which updates
 	// messages and deletes keys; the functions' writers do that. Update and
 	// Delete then fail with permission denied unless the role may do more.
@@ -67,7 +67,7 @@ type Config struct {
 
 	// Edits is set where Messages serves PUT, PATCH and DELETE
 	// (HTTP_ROUTES=all; default false): Open then also requires
-	// [EditPrivileges], so a role granted only what creating and reading
+	// [grants.Edits], so a role granted only what creating and reading
 	// need is refused at once, naming the missing grant, instead of on the
 	// first edit.
 	Edits bool

@@ -8,9 +8,8 @@
 //
 // Beside it, for operators on one administrative connection ([AdminConn]):
 // package migrations applies the schema and says what a database lacks,
-// package deadletter lists, reads and deletes dead letters, and
-// [FunctionPrivileges], [GrantSQL] and [MissingPrivileges] grant and verify
-// exactly what a role needs.
+// package grants grants and verifies exactly what each role needs, and
+// package deadletter lists, reads and deletes dead letters.
 //
 // Nothing it does needs a server session to outlive a transaction, so it
 // also works behind a transaction-mode pooler such as PgBouncer (DB_POOLER,

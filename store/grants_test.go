@@ -14,39 +14,11 @@ import (
 	"golang.org/x/oauth2"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/grants"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
 	"example.com/pscmessages/store/migrations"
 )
-
-func TestGrantSQLQuotesEveryIdentifier(t *testing.T) {
-	tests := []struct {
-		role    string
-		grantee string
-	}{
-		{"fn_user", `"fn_user"`},
-		{"messages-fn@my-project.iam", `"messages-fn@my-project.iam"`},
-		{"Upper", `"Upper"`},
-		{`we"ird; DROP TABLE messages`, `"we""ird; DROP TABLE messages"`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.role, func(t *testing.T) {
-			got := store.GrantSQL(tt.role, store.FunctionPrivileges())
-			want := []string{
-				`GRANT USAGE ON SCHEMA "public" TO ` + tt.grantee,
-				`GRANT SELECT, INSERT ON TABLE "messages" TO ` + tt.grantee,
-				`GRANT USAGE ON SEQUENCE "messages_id_seq" TO ` + tt.grantee,
-				`GRANT SELECT, INSERT, DELETE ON TABLE "idempotency_keys" TO ` + tt.grantee,
-				`GRANT INSERT, SELECT ("dedupe_key") ON TABLE "dead_letters" TO ` + tt.grantee,
-				`GRANT USAGE ON SEQUENCE "dead_letters_id_seq" TO ` + tt.grantee,
-				`GRANT SELECT ON TABLE "` + migrations.VersionTable + `" TO ` + tt.grantee,
-			}
-			if !slices.Equal(got, want) {
-				t.Errorf("GrantSQL(%q) =\n%s\nwant\n%s", tt.role, strings.Join(got, "\n"), strings.Join(want, "\n"))
-			}
-		})
-	}
-}
 
 // grantsDB creates a migrated database on c whose schema public is closed to
 // PUBLIC, as a hardened database would be, so that every grant is needed. It
@@ -85,14 +57,14 @@ func grantsExec(t *testing.T, url string, sqls ...string) {
 	}
 }
 
-func grantsMissing(t *testing.T, url, role string) []store.Privilege {
+func grantsMissing(t *testing.T, url, role string) []grants.Privilege {
 	t.Helper()
 	conn, err := pgx.Connect(t.Context(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(t.Context())
-	missing, err := store.MissingPrivileges(t.Context(), conn, role, store.FunctionPrivileges())
+	missing, err := grants.Missing(t.Context(), conn, role, grants.Functions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +120,7 @@ func TestGrantSQLGivesNoEdits(t *testing.T) {
 	if err := c.Exec(ctx, `CREATE ROLE fn_ingest LOGIN PASSWORD 'fn-pw'`); err != nil {
 		t.Fatal(err)
 	}
-	grantsExec(t, admin, store.GrantSQL("fn_ingest", store.FunctionPrivileges())...)
+	grantsExec(t, admin, grants.SQL("fn_ingest", grants.Functions())...)
 	conn, err := pgx.Connect(ctx, admin)
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +148,7 @@ func TestEditsNeedTheirGrant(t *testing.T) {
 	if err := c.Exec(ctx, `CREATE ROLE fn_msg LOGIN PASSWORD 'fn-pw'`); err != nil {
 		t.Fatal(err)
 	}
-	grantsExec(t, admin, store.GrantSQL("fn_msg", store.FunctionPrivileges())...)
+	grantsExec(t, admin, grants.SQL("fn_msg", grants.Functions())...)
 	cfg := store.Config{ConnString: c.URL("fn_msg", "fn-pw", db), Edits: true}
 	_, err := store.Open(ctx, cfg)
 	if !errors.Is(err, store.ErrPermanent) || !strings.Contains(err.Error(), "HTTP_ROUTES=all") ||
@@ -193,7 +165,7 @@ func TestEditsNeedTheirGrant(t *testing.T) {
 		t.Errorf("an edit without the edit grant: %v, want permission denied", err)
 	}
 	st.Close()
-	grantsExec(t, admin, store.GrantSQL("fn_msg", store.EditPrivileges())...)
+	grantsExec(t, admin, grants.SQL("fn_msg", grants.Edits())...)
 	cfg.Edits = true
 	if st, err = store.Open(ctx, cfg); err != nil {
 		t.Fatal(err)
@@ -217,11 +189,11 @@ func TestGrantSQLIsExactlyWhatTheFunctionNeeds(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if got := grantsMissing(t, admin, "fn_user"); len(got) != len(store.FunctionPrivileges()) {
-		t.Fatalf("before granting, missing = %v; want all %d", got, len(store.FunctionPrivileges()))
+	if got := grantsMissing(t, admin, "fn_user"); len(got) != len(grants.Functions()) {
+		t.Fatalf("before granting, missing = %v; want all %d", got, len(grants.Functions()))
 	}
-	grantsExec(t, admin, store.GrantSQL("fn_user", store.FunctionPrivileges())...)
-	grantsExec(t, admin, store.GrantSQL("fn_user", store.FunctionPrivileges())...) // idempotent
+	grantsExec(t, admin, grants.SQL("fn_user", grants.Functions())...)
+	grantsExec(t, admin, grants.SQL("fn_user", grants.Functions())...) // idempotent
 	if got := grantsMissing(t, admin, "fn_user"); len(got) != 0 {
 		t.Fatalf("after granting, missing = %v", got)
 	}
@@ -236,13 +208,13 @@ func TestGrantSQLIsExactlyWhatTheFunctionNeeds(t *testing.T) {
 	}
 	st.Close()
 
-	for i, p := range store.FunctionPrivileges() {
+	for i, p := range grants.Functions() {
 		t.Run("without "+p.String(), func(t *testing.T) {
 			priv, on := p.SQL()
 			grantsExec(t, admin, fmt.Sprintf("REVOKE %s ON %s FROM fn_user", priv, on))
 			defer grantsExec(t, admin, fmt.Sprintf("GRANT %s ON %s TO fn_user", priv, on))
 
-			if got := grantsMissing(t, admin, "fn_user"); !slices.Equal(got, []store.Privilege{p}) {
+			if got := grantsMissing(t, admin, "fn_user"); !slices.Equal(got, []grants.Privilege{p}) {
 				t.Errorf("MissingPrivileges = %v; want [%v]", got, p)
 			}
 			st, err := store.Open(ctx, fnCfg)
@@ -273,7 +245,7 @@ func TestMissingPrivilegesOnUnmigratedDatabase(t *testing.T) {
 	got := grantsMissing(t, c.SuperuserURL("empty"), "nobody")
 	// USAGE on schema public is PUBLIC's by default; every table and
 	// sequence is missing because it does not exist.
-	if len(got) != len(store.FunctionPrivileges())-1 || slices.Contains(got, store.FunctionPrivileges()[0]) {
+	if len(got) != len(grants.Functions())-1 || slices.Contains(got, grants.Functions()[0]) {
 		t.Errorf("MissingPrivileges = %v", got)
 	}
 }

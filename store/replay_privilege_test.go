@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/grants"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
 )
@@ -35,7 +36,7 @@ func TestReplayOnlyStoreLeastPrivilege(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range store.GrantSQL("op", store.ReplayPrivileges()) {
+	for _, q := range grants.SQL("op", grants.Replay()) {
 		if _, err := conn.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}

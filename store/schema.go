@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"example.com/pscmessages/store/grants"
 	"example.com/pscmessages/store/migrations"
 )
 
@@ -38,9 +39,9 @@ func (s *Store) prepareSchema(ctx context.Context) error {
 			return fmt.Errorf("%w: %w", ErrSchema, err)
 		}
 	}
-	privs := FunctionPrivileges()
+	privs := grants.Functions()
 	if s.cfg.ReplayOnly {
-		privs = ReplayPrivileges()
+		privs = grants.Replay()
 	}
 	if err := checkSchema(ctx, conn.Conn(), privs); err != nil {
 		return err
@@ -51,12 +52,12 @@ func (s *Store) prepareSchema(ctx context.Context) error {
 	return checkEdits(ctx, conn.Conn())
 }
 
-// checkEdits verifies [EditPrivileges] where Messages serves edits. Their
+// checkEdits verifies [grants.Edits] where Messages serves edits. Their
 // lack is the deployment's configuration, not a schema on its way: a
 // permanentError, said once and answered "misconfigured", naming the grant.
 func checkEdits(ctx context.Context, conn *pgx.Conn) error {
 	role := conn.Config().User
-	missing, err := MissingPrivileges(ctx, conn, role, EditPrivileges())
+	missing, err := grants.Missing(ctx, conn, role, grants.Edits())
 	switch {
 	case err != nil && isTransient(err):
 		return classify(err)
@@ -74,9 +75,9 @@ func checkEdits(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // checkSchema verifies the privileges the store uses, then the schema version.
-func checkSchema(ctx context.Context, conn *pgx.Conn, privs []Privilege) error {
+func checkSchema(ctx context.Context, conn *pgx.Conn, privs []grants.Privilege) error {
 	role := conn.Config().User
-	missing, err := MissingPrivileges(ctx, conn, role, privs)
+	missing, err := grants.Missing(ctx, conn, role, privs)
 	switch {
 	case err != nil && isTransient(err):
 		return classify(err)

@@ -20,7 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/grants"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/migrations"
 )
@@ -132,7 +132,7 @@ func benchInstances(ctx context.Context, cfg instancesConfig) ([]instancesRow, e
 	if _, err := admin.Exec(ctx, "CREATE ROLE "+role+" LOGIN"); err != nil {
 		return nil, err
 	}
-	for _, sql := range store.GrantSQL(role, store.FunctionPrivileges()) {
+	for _, sql := range grants.SQL(role, grants.Functions()) {
 		if _, err := admin.Exec(ctx, sql); err != nil {
 			return nil, err
 		}

@@ -16,6 +16,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/deadletter"
+	"example.com/pscmessages/store/grants"
 	"example.com/pscmessages/store/migrations"
 )
 
@@ -94,7 +95,7 @@ func migrateCmd(ctx context.Context, args []string, getenv func(string) string, 
 			return err
 		}
 		for _, op := range operators {
-			for _, sql := range store.GrantSQL(op, deadletter.OperatorPrivileges()) {
+			for _, sql := range grants.SQL(op, deadletter.OperatorPrivileges()) {
 				fmt.Fprintf(stdout, "%s;\n", sql)
 			}
 		}
@@ -279,9 +280,9 @@ func migrateVersion(ctx context.Context, conn *pgx.Conn) (int32, error) {
 // migrateGrants is what role is granted: the functions' privileges, and
 // the edits' too for a -grant-edits role.
 func migrateGrants(role string, editors []string) []string {
-	sql := store.GrantSQL(role, store.FunctionPrivileges())
+	sql := grants.SQL(role, grants.Functions())
 	if slices.Contains(editors, role) {
-		sql = append(sql, store.GrantSQL(role, store.EditPrivileges())...)
+		sql = append(sql, grants.SQL(role, grants.Edits())...)
 	}
 	return sql
 }
@@ -305,11 +306,11 @@ func migrateGrant(ctx context.Context, conn *pgx.Conn, roles, editors []string, 
 			}
 			fmt.Fprintf(w, "%s\n", sql)
 		}
-		privs := store.FunctionPrivileges()
+		privs := grants.Functions()
 		if slices.Contains(editors, role) {
-			privs = append(privs, store.EditPrivileges()...)
+			privs = append(privs, grants.Edits()...)
 		}
-		missing, err := store.MissingPrivileges(ctx, tx.Conn(), role, privs)
+		missing, err := grants.Missing(ctx, tx.Conn(), role, privs)
 		if err != nil {
 			return err
 		}
@@ -320,7 +321,7 @@ func migrateGrant(ctx context.Context, conn *pgx.Conn, roles, editors []string, 
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("committing the grants: %w", err)
 	}
-	fmt.Fprintf(w, "granted and verified the functions' %d privileges for %s\n", len(store.FunctionPrivileges()), strings.Join(migrateQuoted(roles), ", "))
+	fmt.Fprintf(w, "granted and verified the functions' %d privileges for %s\n", len(grants.Functions()), strings.Join(migrateQuoted(roles), ", "))
 	return nil
 }
 
@@ -362,7 +363,7 @@ func migrateOperators(ctx context.Context, conn *pgx.Conn, operators, roles []st
 		if err := migrateEnsureRole(ctx, tx, op, createRole, stdout); err != nil {
 			return err
 		}
-		for _, sql := range store.GrantSQL(op, deadletter.OperatorPrivileges()) {
+		for _, sql := range grants.SQL(op, deadletter.OperatorPrivileges()) {
 			if _, err := tx.Exec(ctx, sql); err != nil {
 				return fmt.Errorf("%s: %w", sql, err)
 			}

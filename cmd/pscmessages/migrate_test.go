@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/grants"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
 	"example.com/pscmessages/store/migrations"
@@ -236,12 +237,12 @@ func TestMigrateGrantsLeastPrivilege(t *testing.T) {
 		if !errors.Is(err, store.ErrSchema) || !strings.Contains(err.Error(), `"partial"`) || !strings.Contains(err.Error(), "-grant") {
 			t.Errorf("Open error %q is not ErrSchema naming the role and the fix", err)
 		}
-		missing, err := store.MissingPrivileges(ctx, admin, "partial", store.FunctionPrivileges())
+		missing, err := grants.Missing(ctx, admin, "partial", grants.Functions())
 		if err != nil {
 			t.Fatal(err)
 		}
 		// PUBLIC's USAGE on schema public and the one grant are there.
-		if len(missing) != len(store.FunctionPrivileges())-2 {
+		if len(missing) != len(grants.Functions())-2 {
 			t.Errorf("MissingPrivileges = %v", missing)
 		}
 	})
@@ -327,7 +328,7 @@ func TestMigrateRoleMustExist(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'made_here'").Scan(&login); err != nil || !login {
 		t.Errorf("made_here: login=%v err=%v", login, err)
 	}
-	if missing, err := store.MissingPrivileges(ctx, conn, "made_here", store.FunctionPrivileges()); err != nil || len(missing) > 0 {
+	if missing, err := grants.Missing(ctx, conn, "made_here", grants.Functions()); err != nil || len(missing) > 0 {
 		t.Errorf("MissingPrivileges = %v, %v", missing, err)
 	}
 }
@@ -346,12 +347,12 @@ func TestMigrateGrantIsAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(t.Context())
-	missing, err := store.MissingPrivileges(t.Context(), conn, "first", store.FunctionPrivileges())
+	missing, err := grants.Missing(t.Context(), conn, "first", grants.Functions())
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The schema was migrated, but "first" got nothing beyond PUBLIC's USAGE.
-	if len(missing) != len(store.FunctionPrivileges())-1 {
+	if len(missing) != len(grants.Functions())-1 {
 		t.Errorf("first was partly granted: missing only %v", missing)
 	}
 }
@@ -544,7 +545,7 @@ func TestMigrateGrantEdits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	if missing, err := store.MissingPrivileges(ctx, admin, "editor", store.FunctionPrivileges()); err != nil || len(missing) > 0 {
+	if missing, err := grants.Missing(ctx, admin, "editor", grants.Functions()); err != nil || len(missing) > 0 {
 		t.Errorf("editor lacks the functions' privileges: %v %v", missing, err)
 	}
 	if _, err := admin.Exec(ctx, `GRANT UPDATE, DELETE ON TABLE messages TO old_fn`); err != nil { // as an older migrate did
@@ -561,7 +562,7 @@ func TestMigrateGrantEdits(t *testing.T) {
 	if _, err := admin.Exec(ctx, want); err != nil {
 		t.Fatal(err)
 	}
-	if missing, err := store.MissingPrivileges(ctx, admin, "old_fn", store.FunctionPrivileges()); err != nil || len(missing) > 0 {
+	if missing, err := grants.Missing(ctx, admin, "old_fn", grants.Functions()); err != nil || len(missing) > 0 {
 		t.Errorf("after the printed REVOKE, old_fn lacks %v %v", missing, err)
 	}
 }

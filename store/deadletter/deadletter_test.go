@@ -15,6 +15,7 @@ import (
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/deadletter"
+	"example.com/pscmessages/store/grants"
 	"example.com/pscmessages/store/localpg"
 )
 
@@ -67,7 +68,7 @@ func operatorConn(t *testing.T, db string, kept ...store.DeadLetter) *pgx.Conn {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	for _, sql := range store.GrantSQL(role, deadletter.OperatorPrivileges()) {
+	for _, sql := range grants.SQL(role, deadletter.OperatorPrivileges()) {
 		if _, err := admin.Exec(ctx, sql); err != nil {
 			t.Fatalf("%s: %v", sql, err)
 		}

@@ -1,14 +1,14 @@
 package deadletter
 
-import "example.com/pscmessages/store"
+import "example.com/pscmessages/store/grants"
 
 // OperatorPrivileges is exactly what the dead-letter operator uses (list,
-// show, replay, delete): [store.ReplayPrivileges] for replaying through a
+// show, replay, delete): [grants.Replay] for replaying through a
 // [store.Config.ReplayOnly] store, and reading and deleting dead letters. It
-// is not a superset of [store.FunctionPrivileges]: the operator cannot
-// update or delete messages. [store.GrantSQL] turns it into GRANTs.
-func OperatorPrivileges() []store.Privilege {
-	return append(store.ReplayPrivileges(),
-		store.Privilege{Kind: "TABLE", Object: "dead_letters", Action: "SELECT"},
-		store.Privilege{Kind: "TABLE", Object: "dead_letters", Action: "DELETE"})
+// is not a superset of [grants.Functions]: the operator cannot update or
+// delete messages. [grants.SQL] turns it into GRANTs.
+func OperatorPrivileges() []grants.Privilege {
+	return append(grants.Replay(),
+		grants.Privilege{Kind: "TABLE", Object: "dead_letters", Action: "SELECT"},
+		grants.Privilege{Kind: "TABLE", Object: "dead_letters", Action: "DELETE"})
 }

@@ -1,4 +1,4 @@
-package store
+package grants
 
 import (
 	"context"
@@ -38,11 +38,11 @@ func (p Privilege) SQL() (privilege, object string) {
 	return privilege, p.Kind + " " + pgx.Identifier{p.Object}.Sanitize()
 }
 
-// FunctionPrivileges lists exactly what both functions' statements use,
-// and nothing that lets them change the schema: once an administrator has
+// Functions lists exactly what both functions' statements (package store's)
+// use, and nothing that lets them change the schema: once an administrator has
 // migrated, the function never creates, alters or drops anything. It does
 // not let them edit or delete messages: only Messages with HTTP_ROUTES=all
-// does that, with [EditPrivileges] as well.
+// does that, with [Edits] as well.
 //
 //   - messages: List and Get read, Add inserts and reads back its RETURNING
 //     and the rows its keys already stored.
@@ -55,10 +55,11 @@ func (p Privilege) SQL() (privilege, object string) {
 //     migration 004 also let the role read event_source and event_id; the
 //     function no longer needs that, and an operator may revoke it.)
 //   - dead_letters_id_seq: the bigserial default calls nextval().
-//   - migrations.VersionTable: Open with migrations off reads the schema version.
+//   - the version table ([migrations.VersionTable]): Open with migrations
+//     off reads the schema version.
 //   - schema public: where the migrations create the tables. PostgreSQL gives
 //     USAGE on it to PUBLIC by default, but a hardened database may not.
-func FunctionPrivileges() []Privilege {
+func Functions() []Privilege {
 	return []Privilege{
 		{Kind: "SCHEMA", Object: "public", Action: "USAGE"},
 		{Kind: "TABLE", Object: "messages", Action: "SELECT"},
@@ -74,23 +75,23 @@ func FunctionPrivileges() []Privilege {
 	}
 }
 
-// EditPrivileges is what Messages needs beyond [FunctionPrivileges] with
-// HTTP_ROUTES=all ([Config.Edits]): Update and Delete change and remove
+// Edits is what Messages needs beyond [Functions] with
+// HTTP_ROUTES=all (store.Config.Edits): Update and Delete change and remove
 // any message. IngestPubSub, and Messages serving only create and read
 // (the default), never need them.
-func EditPrivileges() []Privilege {
+func Edits() []Privilege {
 	return []Privilege{
 		{Kind: "TABLE", Object: "messages", Action: "UPDATE"},
 		{Kind: "TABLE", Object: "messages", Action: "DELETE"},
 	}
 }
 
-// ReplayPrivileges is what a [Config.ReplayOnly] store uses: Add's group
+// Replay is what a store.Config.ReplayOnly store uses: Add's group
 // commit reads and inserts idempotency records and inserts messages (its
 // lookup of known keys reads messages too), draws ids from messages_id_seq,
 // and Open reads the schema version. No UPDATE or DELETE on messages or
 // idempotency_keys: a ReplayOnly store never cleans up expired keys.
-func ReplayPrivileges() []Privilege {
+func Replay() []Privilege {
 	return []Privilege{
 		{Kind: "SCHEMA", Object: "public", Action: "USAGE"},
 		{Kind: "TABLE", Object: "messages", Action: "SELECT"},
@@ -102,11 +103,11 @@ func ReplayPrivileges() []Privilege {
 	}
 }
 
-// GrantSQL returns the statements that give role exactly privs (such as
-// [FunctionPrivileges]), one statement per object. Every identifier is
-// quoted, so Cloud SQL IAM user names such as "fn@project.iam" need no care
-// from callers, and granting twice changes nothing.
-func GrantSQL(role string, privs []Privilege) []string {
+// SQL returns the statements that give role exactly privs (such as
+// [Functions]), one statement per object. Every identifier is quoted, so
+// Cloud SQL IAM user names such as "fn@project.iam" need no care from
+// callers, and granting twice changes nothing.
+func SQL(role string, privs []Privilege) []string {
 	grantee := pgx.Identifier{role}.Sanitize()
 	var out []string
 	var object string    // the object being collected
@@ -156,12 +157,12 @@ func GrantSQL(role string, privs []Privilege) []string {
 	return out
 }
 
-// MissingPrivileges returns those of privs (such as [FunctionPrivileges])
-// that role lacks, as PostgreSQL itself answers, so that a migration proves
-// its grants took effect and an operator sees exactly what is missing rather
-// than a permission error on some later request. A missing object counts as
-// a missing privilege.
-func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string, privs []Privilege) ([]Privilege, error) {
+// Missing returns those of privs (such as [Functions]) that role lacks, as
+// PostgreSQL itself answers, so that a migration proves its grants took
+// effect and an operator sees exactly what is missing rather than a
+// permission error on some later request. A missing object counts as a
+// missing privilege.
+func Missing(ctx context.Context, conn *pgx.Conn, role string, privs []Privilege) ([]Privilege, error) {
 	var missing []Privilege
 	for _, p := range privs {
 		// Names are parsed as SQL identifiers, except schema names, which are
@@ -193,28 +194,4 @@ func MissingPrivileges(ctx context.Context, conn *pgx.Conn, role string, privs [
 		}
 	}
 	return missing, nil
-}
-
-// AdminConn opens one connection with cfg exactly as [Open] configures its
-// pool — the same environment variables, TLS rules and IAM token logins — for
-// administrative work such as migrating and granting: one connection, not a
-// pool, so that each step's transaction and the check after it see the same
-// server. Like the pool it is safe behind a transaction-mode pooler
-// (DB_POOLER): no step keeps session state between transactions.
-func AdminConn(ctx context.Context, cfg Config) (*pgx.Conn, error) {
-	pc, err := cfg.loginConfig(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cc := pc.ConnConfig.Copy()
-	if pc.BeforeConnect != nil {
-		if err := pc.BeforeConnect(ctx, cc); err != nil {
-			return nil, classify(err)
-		}
-	}
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		return nil, classifyAs(fmt.Errorf("connecting as %q: %w", cc.User, err), !cfg.IAMAuth)
-	}
-	return conn, nil
 }
