@@ -28,6 +28,22 @@ func (s *Store) ExpireKeys(ctx context.Context, retention time.Duration) (int, e
 	return n, err
 }
 
+// WaitForCleanup waits for the cleanup the writer starts after its first
+// batch to end (for up to 10 s for it to start). A test that ages records
+// by hand waits for it, so that ExpireKeys, not that run, finds them.
+func (s *Store) WaitForCleanup() {
+	c := s.writer.clean
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		c.mu.Lock()
+		started := !c.last.IsZero()
+		c.mu.Unlock()
+		if started {
+			break
+		}
+	}
+	c.running.Wait()
+}
+
 // ShortenKeyRetention makes the writer's cleanup expire records older than
 // retention and run every every, for benchmarks that cannot wait 7 days.
 func (s *Store) ShortenKeyRetention(retention, every time.Duration) {

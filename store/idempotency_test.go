@@ -183,6 +183,7 @@ func TestExpiredKeysAreReleased(t *testing.T) {
 	if _, err := st.Add(ctx, "x", "http:recent"); err != nil {
 		t.Fatal(err)
 	}
+	st.WaitForCleanup()
 	conn := connect(t, url)
 	if _, err := conn.Exec(ctx, "UPDATE idempotency_keys SET recorded_at = now() - $1::bigint * interval '1 second' - interval '1 minute' WHERE key = 'http:old'",
 		int64(store.IdempotencyRetention/time.Second)); err != nil {
@@ -290,6 +291,7 @@ func TestCleanupCatchesUpWithABacklog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	st.WaitForCleanup()
 	const backlog = 25_000
 	conn := connect(t, url)
 	if _, err := conn.Exec(ctx, `INSERT INTO idempotency_keys (key, fingerprint, message_id, created_at, recorded_at)
