@@ -49,8 +49,8 @@ type BouncerOptions struct {
 // Bouncer is a PgBouncer process started by StartBouncer. Its methods are
 // safe for concurrent use.
 type Bouncer struct {
-	// Dir holds pgbouncer.ini, the auth file and the log. Read-only.
-	Dir string
+	// dir holds pgbouncer.ini, the auth file and the log.
+	dir string
 
 	opts BouncerOptions
 	cred *syscall.Credential
@@ -107,7 +107,7 @@ func StartBouncer(ctx context.Context, opts BouncerOptions) (_ *Bouncer, err err
 			return nil, err
 		}
 	}
-	if b.Dir, err = os.MkdirTemp("", "localpg-pgbouncer-"); err != nil {
+	if b.dir, err = os.MkdirTemp("", "localpg-pgbouncer-"); err != nil {
 		return nil, fmt.Errorf("localpg: %w", err)
 	}
 	defer func() {
@@ -115,11 +115,11 @@ func StartBouncer(ctx context.Context, opts BouncerOptions) (_ *Bouncer, err err
 			b.Destroy()
 		}
 	}()
-	if err := os.Chmod(b.Dir, 0o755); err != nil {
+	if err := os.Chmod(b.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("localpg: %w", err)
 	}
 	if b.cred != nil {
-		if err := os.Chown(b.Dir, int(b.cred.Uid), int(b.cred.Gid)); err != nil {
+		if err := os.Chown(b.dir, int(b.cred.Uid), int(b.cred.Gid)); err != nil {
 			return nil, fmt.Errorf("localpg: %w", err)
 		}
 	}
@@ -160,7 +160,7 @@ func (b *Bouncer) Start(ctx context.Context) error {
 		return fmt.Errorf("localpg: writing pgbouncer.ini: %w", err)
 	}
 	// Not CommandContext: the pooler outlives ctx, which bounds only the start.
-	cmd := exec.Command(b.opts.Binary, filepath.Join(b.Dir, "pgbouncer.ini"))
+	cmd := exec.Command(b.opts.Binary, filepath.Join(b.dir, "pgbouncer.ini"))
 	cmd.Dir = "/"
 	cmd.Env = serverEnv()
 	// Pdeathsig: a test binary killed by its -timeout takes its pooler with
@@ -215,10 +215,10 @@ func (b *Bouncer) Stop() error {
 // Destroy stops the pooler and removes its directory.
 func (b *Bouncer) Destroy() error {
 	b.Stop()
-	if b.Dir == "" {
+	if b.dir == "" {
 		return nil
 	}
-	if err := os.RemoveAll(b.Dir); err != nil {
+	if err := os.RemoveAll(b.dir); err != nil {
 		return fmt.Errorf("localpg: %w", err)
 	}
 	return nil
@@ -248,11 +248,11 @@ max_client_conn = %d
 server_login_retry = 1
 ignore_startup_parameters = extra_float_digits
 logfile = %s
-`, host, b.opts.Upstream.Port(), host, b.port, filepath.Join(b.Dir, "userlist.txt"),
+`, host, b.opts.Upstream.Port(), host, b.port, filepath.Join(b.dir, "userlist.txt"),
 		b.opts.PoolMode, b.opts.DefaultPoolSize, b.opts.MaxClientConn,
-		filepath.Join(b.Dir, "pgbouncer.log"))
+		filepath.Join(b.dir, "pgbouncer.log"))
 	for name, data := range map[string]string{"userlist.txt": users.String(), "pgbouncer.ini": ini} {
-		p := filepath.Join(b.Dir, name)
+		p := filepath.Join(b.dir, name)
 		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
 			return err
 		}
@@ -262,7 +262,7 @@ logfile = %s
 }
 
 // LogFile returns the path of the pooler's log.
-func (b *Bouncer) LogFile() string { return filepath.Join(b.Dir, "pgbouncer.log") }
+func (b *Bouncer) LogFile() string { return filepath.Join(b.dir, "pgbouncer.log") }
 
 // LogTail returns the end of the pooler's log, for error messages.
 func (b *Bouncer) LogTail() string {
