@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 	"example.com/pscmessages/store/metadatatest"
 )
 
@@ -93,7 +94,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "FAIL: functions framework:", err)
 		return 1
 	}
-	return m.Run()
+	return localpgtest.Run(m)
 }
 
 var dbSeq atomic.Int64

@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := localpgtest.Run(m)
 	cluster.Destroy()
 	os.Exit(code)
 }

@@ -79,6 +79,10 @@ type Options struct {
 	// Log receives the server log; nil means file server.log in the data
 	// directory. Either way the log stays out of our stdout.
 	Log io.Writer
+	// Template, when set, is copied into a Dir that holds no cluster
+	// instead of running initdb; nil means initdb. It must come from the
+	// same BinDir.
+	Template *Template
 }
 
 // Files that localpg owns in the data directory. They are rewritten at every
@@ -349,11 +353,14 @@ func (c *Cluster) initdb(ctx context.Context) error {
 	// prepareDataDir made Dir, private and the server user's.
 	// Authentication is set up by writeHBA and setPassword, which also
 	// handle reused clusters.
-	args := []string{"-D", c.Dir, "-U", superuser, "--encoding=UTF8", "--locale=C", "--auth=trust"}
-	if !c.opts.Durable {
-		args = append(args, "--no-sync")
-	}
-	if err := c.run(ctx, "initdb", args...); err != nil {
+	if t := c.opts.Template; t != nil {
+		if t.binDir != c.opts.BinDir {
+			return fmt.Errorf("localpg: the template was made by %s, not by %s", t.binDir, c.opts.BinDir)
+		}
+		if err := copyTemplate(t, c.Dir, c.cred); err != nil {
+			return err
+		}
+	} else if err := c.run(ctx, "initdb", initdbArgs(c.Dir, c.opts.Durable)...); err != nil {
 		if c.cred != nil {
 			return fmt.Errorf("localpg: %w (running as root, the server runs as OS user postgres, which must be able to traverse every parent of %s)", err, c.Dir)
 		}
@@ -364,6 +371,15 @@ func (c *Cluster) initdb(ctx context.Context) error {
 		return err
 	}
 	return c.includeConf()
+}
+
+// initdbArgs are initdb's arguments for a cluster in dir.
+func initdbArgs(dir string, durable bool) []string {
+	args := []string{"-D", dir, "-U", superuser, "--encoding=UTF8", "--locale=C", "--auth=trust"}
+	if !durable {
+		args = append(args, "--no-sync")
+	}
+	return args
 }
 
 // includeConf makes postgresql.conf include confFile, whatever created the

@@ -6,19 +6,77 @@ package localpgtest
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"example.com/pscmessages/store/localpg"
 )
 
+// template is the test binary's one initdb, made at the first Start under
+// Run and removed when Run returns.
+var template struct {
+	sync.Mutex
+	enabled bool
+	t       *localpg.Template
+}
+
+// Run runs the tests (m.Run) with one localpg.Template shared by every Start
+// of the test binary, and removes it afterwards: a TestMain calls
+// os.Exit(localpgtest.Run(m)). Without it, each Start runs initdb.
+func Run(m *testing.M) int {
+	template.Lock()
+	template.enabled = true
+	template.Unlock()
+	code := m.Run()
+	template.Lock()
+	defer template.Unlock()
+	template.enabled = false
+	if template.t != nil {
+		if err := template.t.Remove(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = max(code, 1)
+		}
+		template.t = nil
+	}
+	return code
+}
+
+// sharedTemplate returns Run's template, making it at the first call; nil
+// outside Run.
+func sharedTemplate(ctx context.Context, binDir string) (*localpg.Template, error) {
+	template.Lock()
+	defer template.Unlock()
+	if !template.enabled || binDir != "" {
+		return nil, nil
+	}
+	if template.t == nil {
+		t, err := localpg.NewTemplate(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		template.t = t
+	}
+	return template.t, nil
+}
+
 // Start starts a cluster for the duration of t and destroys it in
 // t.Cleanup. When PostgreSQL is not installed it fails the test with the
 // install hint rather than skipping: a skipped database test passes silently.
+// Under Run, a new cluster is a copy of the test binary's template.
 func Start(t testing.TB, opts localpg.Options) *localpg.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
+	if opts.Template == nil {
+		tmpl, err := sharedTemplate(ctx, opts.BinDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Template = tmpl
+	}
 	c, err := localpg.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
