@@ -124,7 +124,7 @@ func (s *service) consume(ctx context.Context, m eventMeta, data []byte, attrs m
 	if k := msg.Message.OrderingKey; k != "" {
 		spanAttrs = append(spanAttrs, attribute.String("messaging.gcp_pubsub.message.ordering_key", logText(k)))
 	}
-	ctx, span := t.tracer.Start(parent, "process "+topic,
+	ctx, span := t.Tracer.Start(parent, "process "+topic,
 		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...), trace.WithAttributes(spanAttrs...))
 	if sc := span.SpanContext(); sc.IsValid() {
 		m.traceparent = "00-" + sc.TraceID().String() + "-" + sc.SpanID().String() + "-" + sc.TraceFlags().String()
@@ -143,7 +143,7 @@ func (s *service) consume(ctx context.Context, m eventMeta, data []byte, attrs m
 		if o.reason != "" {
 			metricAttrs = append(metricAttrs, attribute.String("reason", o.reason))
 		}
-		t.meters.deliveries.Add(context.Background(), 1, metric.WithAttributes(metricAttrs...))
+		t.deliveries.Add(context.Background(), 1, metric.WithAttributes(metricAttrs...))
 		span.SetAttributes(attribute.String("pscmessages.outcome", kind))
 		span.End()
 	}
@@ -227,7 +227,7 @@ func (s *service) tracedReplay(ctx context.Context, d store.DeadLetter) (Replaye
 	if s.tel == nil {
 		return s.replay(ctx, d)
 	}
-	ctx, span := s.tel.tracer.Start(ctx, "replay dead letter", trace.WithAttributes(
+	ctx, span := s.tel.Tracer.Start(ctx, "replay dead letter", trace.WithAttributes(
 		attribute.String("messaging.system", "gcp_pubsub"),
 		attribute.String("cloudevents.event_id", logText(d.EventID))))
 	defer span.End()

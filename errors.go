@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"example.com/pscmessages/cmd/telemetry"
 	"example.com/pscmessages/store"
 )
 
@@ -154,7 +155,7 @@ func errorKind(err error) string {
 // clients, are shown; other causes go to the log.
 func (s *service) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	c := classOf(err)
-	spanError(r.Context(), errorKind(err))
+	telemetry.SpanError(r.Context(), errorKind(err))
 	status, body, note := c.status, c.body, err.Error()
 	var apiErr *apiError
 	if errors.As(err, &apiErr) && c.status == 0 {

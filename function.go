@@ -26,6 +26,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 
 	"example.com/pscmessages/cmd/logging"
+	"example.com/pscmessages/cmd/telemetry"
 	"example.com/pscmessages/store"
 )
 
@@ -42,7 +43,7 @@ func init() {
 	if telErr != nil {
 		shared.log.Error("OpenTelemetry is off: invalid configuration", "error", telErr.Error())
 	}
-	flushOnSIGTERM(tel, os.Getenv)
+	tel.flushOnSIGTERM(os.Getenv)
 }
 
 // shared is the process's one service: the pool it opens on first use is
@@ -50,13 +51,13 @@ func init() {
 var shared = newService(os.Getenv, os.Stdout)
 
 // tel is the process's OpenTelemetry SDK, nil when the OTEL_* variables do
-// not ask for it (see telemetry.go); an invalid one is reported by config.
+// not ask for it (see package telemetry); an invalid one is reported by config.
 var tel, telErr = setupTelemetry(os.Getenv, nil)
 
 // The entry points as served: in a server span each when telemetry is on.
 var (
-	messagesEntry = tel.instrument("Messages", http.HandlerFunc(shared.ServeHTTP), messagesRoute)
-	eventEntry    = tel.instrument("IngestPubSub", http.HandlerFunc(shared.serveEvent), deliveryRoute)
+	messagesEntry = tel.instrument(http.HandlerFunc(shared.ServeHTTP), messagesRoute)
+	eventEntry    = tel.instrument(http.HandlerFunc(shared.serveEvent), deliveryRoute)
 )
 
 // Messages is the HTTP entry point.
@@ -207,7 +208,7 @@ func loadSettings(getenv func(string) string) (settings, error) {
 	if err != nil {
 		return settings{}, err
 	}
-	if _, err := loadTelemetrySettings(getenv); err != nil {
+	if err := telemetry.Check(getenv); err != nil {
 		return settings{}, err
 	}
 	s := settings{db: db, maxContentBytes: DefaultMaxContentBytes, maxBodyBytes: DefaultMaxBodyBytes, log: logOpts, getenv: snapshotEnv(getenv, onceReadVars)}
@@ -258,7 +259,7 @@ type service struct {
 	project projectID
 	// replayDB is Replay's own store: least privilege (see replay.go).
 	replayDB lazyStore
-	tel      *telemetry // nil when telemetry is off
+	tel      *instruments // nil when telemetry is off
 }
 
 // newService is a service whose settings are read through getenv on first

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"example.com/pscmessages/cmd/logging"
+	"example.com/pscmessages/cmd/telemetry"
 	"example.com/pscmessages/store"
 )
 
@@ -67,9 +68,9 @@ func (f *Service) Close() {
 // answered 500 with X-Google-Status: crash, and CLOUD_RUN_TIMEOUT_SECONDS,
 // when set, bounds the request's context.
 func (f *Service) Handler(target string) (http.Handler, error) {
-	runnerOwnsSignals.Store(true)
-	messages := tel.instrument("Messages", http.HandlerFunc(f.svc.ServeHTTP), messagesRoute)
-	events := tel.instrument("IngestPubSub", http.HandlerFunc(f.svc.serveEvent), deliveryRoute)
+	telemetry.RunnerOwnsSignals()
+	messages := tel.instrument(http.HandlerFunc(f.svc.ServeHTTP), messagesRoute)
+	events := tel.instrument(http.HandlerFunc(f.svc.serveEvent), deliveryRoute)
 	fns := map[string]http.Handler{"Messages": messages, "IngestPubSub": events}
 	timeout := f.cfg.timeout
 	if err := CheckTarget(target); err != nil {

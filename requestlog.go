@@ -13,13 +13,14 @@ import (
 	"cloud.google.com/go/compute/metadata"
 
 	"example.com/pscmessages/cmd/logging"
+	"example.com/pscmessages/cmd/telemetry"
 	"example.com/pscmessages/store"
 )
 
 // requestLog is the logger for one request, correlated with its trace.
 func (s *service) requestLog(r *http.Request) *slog.Logger {
 	traceID, spanID, sampled := traceFromHeaders(r.Header.Get("traceparent"), r.Header.Get("X-Cloud-Trace-Context"))
-	traceID, spanID, sampled = localSpan(r.Context(), traceID, spanID, sampled)
+	traceID, spanID, sampled = telemetry.LocalSpan(r.Context(), traceID, spanID, sampled)
 	return s.withTrace(traceID, spanID, sampled).With("method", r.Method, "path", r.URL.Path)
 }
 

@@ -109,7 +109,7 @@ func sigtermChild() int {
 		fmt.Fprintln(os.Stderr, "telemetry is off:", telErr)
 		return 2
 	}
-	_, span := tel.tracer.Start(context.Background(), sigtermProbeSpan)
+	_, span := tel.Tracer.Start(context.Background(), sigtermProbeSpan)
 	span.End()
 	fmt.Println("ready")
 	select {} // until SIGTERM, whose handler flushes and exits

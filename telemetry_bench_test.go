@@ -14,8 +14,9 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"example.com/pscmessages/cmd/telemetry"
 )
 
 // BenchmarkPostTelemetry is the function's own CPU per POST with telemetry
@@ -67,13 +68,13 @@ func BenchmarkPostTelemetry(b *testing.B) {
 // asks (nil: off) exporting to sink.
 func benchHandler(b *testing.B, sink string, env map[string]string) http.Handler {
 	b.Helper()
-	var t *telemetry
+	var t *instruments
 	if env != nil {
 		exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpointURL(sink+"/v1/traces"))
 		if err != nil {
 			b.Fatal(err)
 		}
-		if t, err = setupTelemetry(func(k string) string { return env[k] }, &exporters{spans: exp, metrics: sdkmetric.NewManualReader()}); err != nil {
+		if t, err = setupTelemetry(func(k string) string { return env[k] }, &telemetry.Exporters{Spans: exp, Metrics: sdkmetric.NewManualReader()}); err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() {
@@ -84,7 +85,7 @@ func benchHandler(b *testing.B, sink string, env map[string]string) http.Handler
 	}
 	f := newFixture(b, nil)
 	f.svc.tel = t
-	h := t.instrument("Messages", f.svc, messagesRoute)
+	h := t.instrument(f.svc, messagesRoute)
 	// The first request opens the pool and migrates: not what is measured.
 	req := httptest.NewRequest("POST", "/", strings.NewReader(`{"content":"warm-up"}`))
 	req.Header.Set("Content-Type", "application/json")
@@ -96,46 +97,9 @@ func benchHandler(b *testing.B, sink string, env map[string]string) http.Handler
 	return h
 }
 
-type tracetestNoop struct{}
-
-func (tracetestNoop) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
-func (tracetestNoop) Shutdown(context.Context) error                             { return nil }
-
 // cpuTime is the CPU this process has used, user and system.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// BenchmarkServerSpan is the server span's own cost around a handler that
-// does nothing, unsampled and sampled.
-func BenchmarkServerSpan(b *testing.B) {
-	for _, mode := range []struct {
-		name string
-		env  map[string]string
-	}{
-		{"unsampled", map[string]string{"OTEL_TRACES_SAMPLER": "always_off"}},
-		{"sampled", map[string]string{}},
-	} {
-		b.Run(mode.name, func(b *testing.B) {
-			tel, err := setupTelemetry(func(k string) string { return mode.env[k] }, &exporters{spans: tracetestNoop{}, metrics: sdkmetric.NewManualReader()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() {
-				otel.SetTracerProvider(tracenoop.NewTracerProvider())
-				otel.SetMeterProvider(metricnoop.NewMeterProvider())
-				_ = tel.shutdown()
-			})
-			h := tel.instrument("Messages", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) }), messagesRoute)
-			req := httptest.NewRequest("POST", "/", nil)
-			w := httptest.NewRecorder()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				h.ServeHTTP(w, req)
-			}
-		})
-	}
 }

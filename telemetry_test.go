@@ -20,12 +20,14 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"example.com/pscmessages/cmd/telemetry"
 )
 
 // tracedFixture is a service with the SDK installed, exporting to memory.
 type tracedFixture struct {
 	*fixture
-	tel      *telemetry
+	tel      *instruments
 	spans    *tracetest.InMemoryExporter
 	metrics  *sdkmetric.ManualReader
 	messages *httptest.Server
@@ -35,7 +37,7 @@ type tracedFixture struct {
 func newTracedFixture(t *testing.T, env map[string]string) *tracedFixture {
 	t.Helper()
 	tf := &tracedFixture{spans: tracetest.NewInMemoryExporter(), metrics: sdkmetric.NewManualReader()}
-	tel, err := setupTelemetry(func(string) string { return "" }, &exporters{spans: tf.spans, metrics: tf.metrics})
+	tel, err := setupTelemetry(func(string) string { return "" }, &telemetry.Exporters{Spans: tf.spans, Metrics: tf.metrics})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,8 +50,8 @@ func newTracedFixture(t *testing.T, env map[string]string) *tracedFixture {
 	})
 	tf.fixture = newFixture(t, env)
 	tf.svc.tel = tel
-	tf.messages = httptest.NewServer(tel.instrument("Messages", tf.svc, messagesRoute))
-	tf.events = httptest.NewServer(tel.instrument("IngestPubSub", http.HandlerFunc(tf.svc.serveEvent), deliveryRoute))
+	tf.messages = httptest.NewServer(tel.instrument(tf.svc, messagesRoute))
+	tf.events = httptest.NewServer(tel.instrument(http.HandlerFunc(tf.svc.serveEvent), deliveryRoute))
 	t.Cleanup(func() { tf.messages.Close(); tf.events.Close() })
 	return tf
 }
@@ -57,7 +59,7 @@ func newTracedFixture(t *testing.T, env map[string]string) *tracedFixture {
 // ended flushes and returns the spans ended so far.
 func (tf *tracedFixture) ended(t *testing.T) tracetest.SpanStubs {
 	t.Helper()
-	if err := tf.tel.tp.ForceFlush(context.Background()); err != nil {
+	if err := tf.tel.ForceFlush(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return tf.spans.GetSpans()
@@ -410,29 +412,6 @@ func dataPointAttrs(data metricdata.Aggregation) []attribute.Set {
 		}
 	}
 	return sets
-}
-
-// Off (no endpoint, or OTEL_SDK_DISABLED=true) nothing is installed: the
-// handlers are served unwrapped, the global providers stay the API's no-ops,
-// and a store opened then has no observer.
-func TestTelemetryOffInstallsNothing(t *testing.T) {
-	for _, env := range []map[string]string{
-		{},
-		{"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"},
-		{"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "always_on"},
-	} {
-		tel, err := setupTelemetry(func(k string) string { return env[k] }, nil)
-		if err != nil || tel != nil {
-			t.Fatalf("%v: telemetry %v, %v; want none", env, tel, err)
-		}
-		h := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
-		if got := tel.instrument("Messages", h, messagesRoute); fmt.Sprintf("%p", got) != fmt.Sprintf("%p", h) {
-			t.Fatalf("%v: the handler was wrapped", env)
-		}
-		if _, sdk := otel.GetTracerProvider().(interface{ ForceFlush(context.Context) error }); sdk {
-			t.Fatalf("%v: an SDK tracer provider is installed", env)
-		}
-	}
 }
 
 func TestTelemetryConfigErrorsNameTheVariable(t *testing.T) {

@@ -20,8 +20,8 @@ import (
 
 // Traces and metrics of the store, through the process's global
 // OpenTelemetry providers. Only when the process installed the SDK (the
-// function does so when the OTEL_* variables ask, see telemetry.go at the
-// module's root) does a Store trace and measure; otherwise it holds a nil
+// function does so when the OTEL_* variables ask, see package
+// example.com/pscmessages/cmd/telemetry) does a Store trace and measure; otherwise it holds a nil
 // observer and pays a nil check.
 //
 // Every statement is a span (pgx's QueryTracer, BatchTracer and

@@ -22,7 +22,7 @@ func cbJudgeTelemetry(name string, env, subs map[string]string, fail func(string
 	if err != nil || u.Scheme != "https" || u.Hostname() != "telemetry.googleapis.com" {
 		fail("%s: OTEL_EXPORTER_OTLP_ENDPOINT=%q; want https://telemetry.googleapis.com", name, env["OTEL_EXPORTER_OTLP_ENDPOINT"])
 	}
-	// Over gRPC the exporter refreshes the account's token (telemetry.go).
+	// Over gRPC the exporter refreshes the account's token (cmd/telemetry/setup.go).
 	if env["OTEL_EXPORTER_OTLP_PROTOCOL"] != "grpc" {
 		fail("%s: OTEL_EXPORTER_OTLP_PROTOCOL=%q; want grpc", name, env["OTEL_EXPORTER_OTLP_PROTOCOL"])
 	}

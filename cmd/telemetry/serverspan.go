@@ -1,4 +1,4 @@
-package function
+package telemetry
 
 import (
 	"context"
@@ -30,10 +30,11 @@ import (
 // the same on every request behind Cloud Run's front end: every attribute
 // is encoded and sent again with every sampled span.
 
-// instrument wraps one entry point in an HTTP server span and the
-// request-duration metric, both labelled with the route of route(r). Off, h
-// is returned as it is.
-func (t *telemetry) instrument(_ string, h http.Handler, route func(*http.Request) string) http.Handler {
+// Instrument wraps one entry point in an HTTP server span and the
+// request-duration metric, both labelled with the route of route(r), which
+// must be one of a fixed set of templates. Off (t nil), h is returned as it
+// is.
+func (t *Telemetry) Instrument(h http.Handler, route func(*http.Request) string) http.Handler {
 	if t == nil {
 		return h
 	}
@@ -42,7 +43,7 @@ func (t *telemetry) instrument(_ string, h http.Handler, route func(*http.Reques
 }
 
 type serverSpans struct {
-	t     *telemetry
+	t     *Telemetry
 	next  http.Handler
 	route func(*http.Request) string
 	mu    sync.RWMutex
@@ -64,7 +65,7 @@ func (s *serverSpans) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The span's parent is the caller's alone: starting from a context
 	// without the server's values spares the SDK and the sampler a walk
 	// along them.
-	_, span := s.t.tracer.Start(remoteParent(r.Header), s.name(key), serverKind)
+	_, span := s.t.Tracer.Start(remoteParent(r.Header), s.name(key), serverKind)
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("http.request.method", key.method), attribute.String("http.route", key.route))
 	}
@@ -81,7 +82,7 @@ func (s *serverSpans) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		span.End()
-		s.t.meters.requestDuration.Record(context.Background(), time.Since(start).Seconds(), s.attrs(key))
+		s.t.requestDuration.Record(context.Background(), time.Since(start).Seconds(), s.attrs(key))
 	}()
 	s.next.ServeHTTP(sw, r.WithContext(trace.ContextWithSpan(r.Context(), span)))
 }
