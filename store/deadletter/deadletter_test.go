@@ -5,41 +5,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"fmt"
-	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store"
 	"example.com/pscmessages/store/deadletter"
 	"example.com/pscmessages/store/grants"
-	"example.com/pscmessages/store/localpg"
 )
-
-var cluster *localpg.Cluster
-
-func TestMain(m *testing.M) {
-	var err error
-	cluster, err = localpg.Start(context.Background(), localpg.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	cluster.Destroy()
-	os.Exit(code)
-}
-
-// testContext bounds what a test waits for the database, so that a lock
-// nobody releases fails the test within seconds.
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
 
 // operatorConn migrates a fresh database, keeps dead letters there as the
 // functions do, and connects as a role granted exactly OperatorPrivileges.

@@ -1,63 +1,13 @@
 package migrations_test
 
 import (
-	"context"
 	"fmt"
-	"os"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/migrations"
 )
-
-var cluster *localpg.Cluster
-
-func TestMain(m *testing.M) {
-	var err error
-	cluster, err = localpg.Start(context.Background(), localpg.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	cluster.Destroy()
-	os.Exit(code)
-}
-
-var dbSeq atomic.Int64
-
-// testContext bounds what a test waits for the database, so that a lock
-// nobody releases fails the test within seconds.
-func testContext(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func connect(t *testing.T, url string) *pgx.Conn {
-	t.Helper()
-	conn, err := pgx.Connect(testContext(t), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
-}
-
-func queryInt(t *testing.T, url, sql string) int {
-	t.Helper()
-	var n int
-	if err := connect(t, url).QueryRow(testContext(t), sql).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return n
-}
 
 // TestEachMigrationCommitsOnItsOwn: every migration is its own transaction.
 // A later migration that fails (here 006, whose index cannot be built on a

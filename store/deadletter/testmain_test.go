@@ -1,0 +1,35 @@
+package deadletter_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"example.com/pscmessages/store/localpg"
+)
+
+var cluster *localpg.Cluster
+
+// One throwaway cluster serves every test of the package; each test makes
+// its own database in it.
+func TestMain(m *testing.M) {
+	var err error
+	cluster, err = localpg.Start(context.Background(), localpg.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	cluster.Destroy()
+	os.Exit(code)
+}
+
+// testContext bounds what a test waits for the database, so that a lock
+// nobody releases fails the test within seconds.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
