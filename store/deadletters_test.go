@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store"
-	"example.com/pscmessages/store/migrations"
 )
 
 func connect(t testing.TB, url string) *pgx.Conn {
@@ -132,9 +131,7 @@ func TestDeadLetterMigrationKeepsDedupe(t *testing.T) {
 	}
 	url := cluster.SuperuserURL(name)
 	conn := connect(t, url)
-	if err := migrations.ApplyTo(ctx, conn, 3); err != nil {
-		t.Fatal(err)
-	}
+	migrateTo(t, conn, 3)
 	if _, err := conn.Exec(ctx, `INSERT INTO dead_letters (event_id, event_source, reason, payload) VALUES
 		('1', '//pubsub/é', 'old', 'payload'), (NULL, NULL, 'no id', 'x'), (NULL, NULL, 'no id', 'x')`); err != nil {
 		t.Fatal(err)

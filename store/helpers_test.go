@@ -3,13 +3,16 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/tern/v2/migrate"
 
 	"example.com/pscmessages/store"
+	"example.com/pscmessages/store/migrations"
 )
 
 // openStoreWith opens a store on a fresh database with cfg adjusted by
@@ -159,4 +162,22 @@ func queueBehindPlug(t *testing.T, st *store.Store, url string, n int, fn func(i
 	}
 	done.Wait()
 	return p.added
+}
+
+// migrateTo applies the migrations up to version v with tern itself, as a
+// build of that version left the schema, for tests of what a later
+// migration does to the data an older schema holds.
+func migrateTo(t testing.TB, conn *pgx.Conn, v int32) {
+	t.Helper()
+	ctx := testContext(t)
+	m, err := migrate.NewMigrator(ctx, conn, migrations.VersionTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.LoadMigrations(os.DirFS("migrations")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.MigrateTo(ctx, v); err != nil {
+		t.Fatal(err)
+	}
 }

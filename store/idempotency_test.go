@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"example.com/pscmessages/store"
-	"example.com/pscmessages/store/migrations"
 )
 
 // TestKeyReusedForOtherContent: the same key with other
@@ -144,9 +143,7 @@ func TestKeysStoredBeforeTheUpgrade(t *testing.T) {
 	}
 	url := cluster.SuperuserURL(name)
 	conn := connect(t, url)
-	if err := migrations.ApplyTo(ctx, conn, 3); err != nil {
-		t.Fatal(err)
-	}
+	migrateTo(t, conn, 3)
 	var want int64
 	if err := conn.QueryRow(ctx, "INSERT INTO messages (content, idempotency_key) VALUES ('old', 'http:before') RETURNING id").Scan(&want); err != nil {
 		t.Fatal(err)

@@ -64,13 +64,6 @@ func Apply(ctx context.Context, conn *pgx.Conn, report func(Step)) error {
 	return migrateTo(ctx, conn, -1, migrateOptions{report: report})
 }
 
-// ApplyTo is [Apply] up to version v and no further, for tests of a
-// migration's effect on data written by an older schema. It never migrates
-// down.
-func ApplyTo(ctx context.Context, conn *pgx.Conn, v int32) error {
-	return migrateTo(ctx, conn, v, migrateOptions{})
-}
-
 // ApplyInline is what a cold start with DB_MIGRATE=true applies: [Apply],
 // except that it refuses, with an error wrapping [ErrOffline] before it
 // takes the lock, a pending migration whose tables exceed [InlineBytes].
