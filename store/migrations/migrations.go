@@ -86,16 +86,15 @@ type Step struct {
 	Took       time.Duration
 }
 
-// InlineBytes is the most a migration marked "-- scans: TABLE" may
-// have to read (pg_total_relation_size of its tables together) to be applied
-// by a cold start with DB_MIGRATE=true: 64 MiB, a rewrite of about 300,000
-// short messages, which takes a second or two even on a busy machine, far
-// inside the 30 s a cold start may take to open the pool. A larger one is
-// left to `go run ./cmd/pscmessages migrate` (see MIGRATIONS.md): under the
-// cold start's deadline it would be cancelled and rolled back on every
-// attempt, each time after holding its locks for the whole deadline. A
-// variable for tests.
-var InlineBytes int64 = 64 << 20
+// InlineBytes is the most a migration marked "-- scans: TABLE" may have to
+// read (pg_total_relation_size of its tables together) to be applied by a
+// cold start with DB_MIGRATE=true: 64 MiB, a rewrite that ends far inside
+// the deadline a cold start has to open the pool (store/MIGRATIONS.md says
+// how long it takes). A larger one is left to `go run ./cmd/pscmessages
+// migrate`: under the cold start's deadline it would be cancelled and
+// rolled back on every attempt, each time after holding its locks for the
+// whole deadline.
+const InlineBytes int64 = 64 << 20
 
 // ErrOffline marks a pending migration that scans tables too large for a
 // cold start to migrate; see [InlineBytes]. Retrying does not help: an
