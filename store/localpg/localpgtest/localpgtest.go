@@ -26,7 +26,30 @@ var template struct {
 // Run runs the tests (m.Run) with one localpg.Template shared by every Start
 // of the test binary, and removes it afterwards: a TestMain calls
 // os.Exit(localpgtest.Run(m)). Without it, each Start runs initdb.
+//
+// Unless TMPDIR is set, Run also points TMPDIR at a private folder in a RAM
+// file system (/dev/shm on Linux, when it has room) for the duration:
+// clusters, their templates, t.TempDir and the children tests start then
+// write no disk. Throwaway clusters run with fsync off and are deleted
+// after the test, so a disk buys them nothing, while writing their files
+// through a disk file system's page cache was much of the tests' CPU.
 func Run(m *testing.M) int {
+	if os.Getenv("TMPDIR") == "" {
+		if parent := ramParent(); parent != "" {
+			if dir, err := os.MkdirTemp(parent, "pscmessages-test-"); err == nil {
+				if os.Geteuid() == 0 {
+					// The server then runs as OS user postgres, which must
+					// pass through, as through /tmp, without listing it.
+					os.Chmod(dir, 0o711)
+				}
+				os.Setenv("TMPDIR", dir)
+				defer func() {
+					os.Unsetenv("TMPDIR")
+					os.RemoveAll(dir)
+				}()
+			}
+		}
+	}
 	template.Lock()
 	template.enabled = true
 	template.Unlock()
