@@ -9,39 +9,6 @@ import (
 	"time"
 )
 
-// TestExpiredDeliveryIsNotAcked: a delivery whose context
-// ends while its row waits to be written is not acknowledged, nor
-// dead-lettered; its redelivery stores it exactly once.
-func TestExpiredDeliveryIsNotAcked(t *testing.T) {
-	f := newFixture(t, map[string]string{"DB_QUERY_TIMEOUT": "1m"})
-	testMigrated(t, f)
-	release := holdLock(t, f.url, "messages")
-	e := pubsubEvent(t, "expired-1", MessagePublishedType, []byte("expired delivery"))
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- f.svc.Ingest(ctx, e) }()
-	awaitLockWait(t, f.url)
-	cancel()
-	select {
-	case err := <-errc:
-		if err == nil {
-			t.Fatal("a delivery whose context ended before its row was written was acknowledged")
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("Ingest did not return after its context ended")
-	}
-	release()
-	if n := countRows(t, f.url, "SELECT count(*) FROM dead_letters"); n != 0 {
-		t.Fatalf("an expired delivery of a valid message left %d dead letters", n)
-	}
-	if err := f.svc.Ingest(context.Background(), e); err != nil {
-		t.Fatalf("redelivery: %v", err)
-	}
-	if n := countRows(t, f.url, "SELECT count(*) FROM messages WHERE content = 'expired delivery'"); n != 1 {
-		t.Fatalf("%d rows after the redelivery, want 1", n)
-	}
-}
-
 // TestExpiredRequestIsNotAnsweredStored, over HTTP: a POST or a
 // delivery whose request context ends while its row waits to be written is
 // not answered 2xx, whatever the handler writes for a caller that left; its

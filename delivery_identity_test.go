@@ -348,11 +348,12 @@ func TestDedupeIsPerTopic(t *testing.T) {
 		name    string
 		deliver func(t *testing.T, id, content, topicOrSub string)
 	}{
-		{"decoded CloudEvent", func(t *testing.T, id, content, topic string) {
-			e := pubsubEvent(t, id, MessagePublishedType, []byte(content))
-			e.SetSource("//pubsub.googleapis.com/" + topic)
-			if err := f.svc.Ingest(context.Background(), e); err != nil {
-				t.Fatal(err)
+		{"structured-mode delivery", func(t *testing.T, id, content, topic string) {
+			body, _ := json.Marshal(map[string]any{"specversion": "1.0", "id": id, "source": "//pubsub.googleapis.com/" + topic,
+				"type": MessagePublishedType, "data": json.RawMessage(pushBody(id, []byte(content), nil, "projects/p/subscriptions/s"))})
+			r := do(t, "POST", events+"/", string(body), map[string]string{"Content-Type": "application/cloudevents+json"})
+			if r.status/100 != 2 {
+				t.Fatalf("%d %s", r.status, r.body)
 			}
 		}},
 		{"binary-mode delivery", func(t *testing.T, id, content, topic string) {

@@ -1,7 +1,6 @@
 package function
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
 	"net/http"
@@ -45,8 +44,11 @@ func TestFrameworkEventFormats(t *testing.T) {
 	}
 }
 
-func TestIngestContentForms(t *testing.T) {
+// TestMessageContentForms: a message's data is stored as its "content"
+// field when it is a JSON object that has one, else as the text it is.
+func TestMessageContentForms(t *testing.T) {
 	f := newFixture(t, nil)
+	base := ingestServer(t, f)
 	cases := []struct{ data, want string }{
 		{`{"content": "json content"}`, "json content"},
 		{`plain text`, "plain text"},
@@ -55,8 +57,9 @@ func TestIngestContentForms(t *testing.T) {
 		{"héllo ✓", "héllo ✓"},
 	}
 	for i, tc := range cases {
-		if err := f.svc.Ingest(context.Background(), pubsubEvent(t, fmt.Sprint("form-", i), MessagePublishedType, []byte(tc.data))); err != nil {
-			t.Fatalf("%q: %v", tc.data, err)
+		id := fmt.Sprint("form-", i)
+		if r := do(t, "POST", base+"/", eventBody(id, []byte(tc.data), ""), ceHeaders(id, testSource)); r.status != http.StatusNoContent {
+			t.Fatalf("%q: %d %s", tc.data, r.status, r.body)
 		}
 	}
 	got := listContents(t, f.srv.URL)

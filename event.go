@@ -14,8 +14,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/cloudevents/sdk-go/v2/event"
-
 	"example.com/pscmessages/cmd/logging"
 	"example.com/pscmessages/store"
 )
@@ -48,22 +46,9 @@ func (s *service) serveEvent(w http.ResponseWriter, r *http.Request) {
 		s.refuseOversized(w, r, d, cfg)
 		return
 	}
-	m, data, poison := eventFromDelivery(r, d)
-	kept := keptPayload{payload: d.body}
-	ctx, m, endSpan := s.consume(r.Context(), m, data, unwrappedAttrs(r))
-	switch {
-	case poison != nil:
-		err = s.deadLetter(ctx, m, poison.reason, kept)
-	case isUnwrapped(r):
-		msg, p := unwrappedMessage(r, data)
-		if p != nil {
-			err = s.deadLetter(ctx, m, p.reason, wrappedPayload(msg, r.Header.Get(headerSubscription)))
-			break
-		}
-		err = s.ingestMessage(ctx, m, msg, func() keptPayload { return wrappedPayload(msg, r.Header.Get(headerSubscription)) })
-	default:
-		err = s.ingest(ctx, m, data, kept)
-	}
+	dec := decodeDelivery(r, d.body, cfg.maxContentBytes)
+	ctx, m, endSpan := s.consume(r.Context(), dec.meta, dec.data, unwrappedAttrs(r))
+	err = s.storeDecoded(ctx, m, dec)
 	endSpan(err)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -128,29 +113,69 @@ type eventMeta struct {
 	traceparent     string
 }
 
+// decoded is what one delivery says before the database is involved: the
+// event's identity, and either the message's content under its
+// deduplication key or why it can never be stored.
+type decoded struct {
+	meta eventMeta
+	// data is the messagePublished payload, whose attributes the consumer
+	// span reads; for an unwrapped push it is the message data itself.
+	data         []byte
+	content, key string
+	poison       *poisonError
+	// kept is what a dead letter of this delivery keeps.
+	kept func() keptPayload
+}
+
+// decodeDelivery is the one decoding of a delivery, for serveEvent and
+// Replay alike: a CloudEvent in binary or structured mode, a Pub/Sub push
+// body (no ce-* headers) or an unwrapped push (the message data as body),
+// whose body, at most deliveryLimit bytes, was read whole. Content is at
+// most maxContent bytes; anything else is poison, with its reason.
+func decodeDelivery(r *http.Request, body []byte, maxContent int) decoded {
+	m, data, poison := eventFromDelivery(r, body)
+	dec := decoded{meta: m, data: data, poison: poison, kept: func() keptPayload { return keptPayload{payload: body} }}
+	if poison != nil {
+		return dec
+	}
+	if !isUnwrapped(r) {
+		dec.content, dec.key, dec.poison = decodeMessage(m, data, maxContent)
+		return dec
+	}
+	msg, poison := unwrappedMessage(r, data)
+	sub := r.Header.Get(headerSubscription)
+	dec.kept = func() keptPayload { return wrappedPayload(msg, sub) }
+	if poison == nil {
+		dec.content, dec.key, dec.poison = decodePubsub(m, msg, maxContent)
+	} else {
+		dec.poison = poison
+	}
+	return dec
+}
+
 // eventFromDelivery decodes a CloudEvent in binary or structured mode, or a
 // legacy Pub/Sub push body (no ce-* headers), into its identity and its data
 // (the messagePublished payload). It does not copy the body: data is a slice
 // of it, or of what structured mode decoded. A delivery that is none of these
-// returns a poison reason. d must not be oversized.
-func eventFromDelivery(r *http.Request, d *delivery) (eventMeta, []byte, *poisonError) {
+// returns a poison reason.
+func eventFromDelivery(r *http.Request, body []byte) (eventMeta, []byte, *poisonError) {
 	h := r.Header
 	m := eventMeta{id: h.Get("ce-id"), source: h.Get("ce-source"), typ: h.Get("ce-type"), traceparent: h.Get("traceparent")}
 	mt, _, _ := mime.ParseMediaType(h.Get("Content-Type"))
 	switch {
 	case isUnwrapped(r):
-		return unwrappedEvent(r, d.body)
+		return unwrappedEvent(r, body)
 	case mt == "application/cloudevents-batch+json":
 		return m, nil, &poisonError{"batched CloudEvents are not supported"}
 	case mt == "application/cloudevents+json":
-		return structuredEvent(d.body)
+		return structuredEvent(body)
 	case h.Get("ce-specversion") != "" || h.Get("ce-id") != "":
 		if v := h.Get("ce-specversion"); v != "1.0" && v != "0.3" {
 			return m, nil, &poisonError{fmt.Sprintf("unsupported CloudEvents specversion %q (ce-specversion): want 1.0", v)}
 		}
-		return m, d.body, checkIdentity(m)
+		return m, body, checkIdentity(m)
 	}
-	return legacyPushEvent(r, d.body)
+	return legacyPushEvent(r, body)
 }
 
 // checkIdentity requires what a CloudEvent must have to be deduplicated.
@@ -265,99 +290,43 @@ type keptPayload struct {
 	payload []byte
 }
 
-// Ingest stores the message of one messagePublished event. A message that can
-// never be stored is kept in the dead-letter table and acknowledged; a
-// transient failure returns an error so the platform delivers it again. A
-// redelivery of a stored message (same topic, message id and publish time)
-// stores nothing.
-func (s *service) Ingest(ctx context.Context, e event.Event) error {
-	m := eventMeta{id: e.ID(), source: e.Source(), typ: e.Type()}
-	m.traceparent, _ = e.Extensions()["traceparent"].(string)
-	ctx, m, endSpan := s.consume(ctx, m, e.Data(), nil)
-	var err error
-	if p := checkIdentity(m); p != nil {
-		err = s.deadLetter(ctx, m, p.reason, keptPayload{payload: e.Data()})
-	} else {
-		err = s.ingest(ctx, m, e.Data(), keptPayload{payload: e.Data()})
-	}
-	endSpan(err)
-	return err
-}
-
-// ingest stores the message in data (a messagePublished payload), or keeps
-// the event as a dead letter when it can never be stored.
-func (s *service) ingest(ctx context.Context, m eventMeta, data []byte, kept keptPayload) error {
-	return s.storeDecoded(ctx, m, func(maxContent int) (string, string, error) {
-		return decodeMessage(m, data, maxContent)
-	}, func() keptPayload { return kept })
-}
-
-// ingestMessage stores a message that arrived without the push wrapper.
-func (s *service) ingestMessage(ctx context.Context, m eventMeta, msg PubsubMessage, kept func() keptPayload) error {
-	return s.storeDecoded(ctx, m, func(maxContent int) (string, string, error) {
-		return decodePubsub(m, msg, maxContent)
-	}, kept)
-}
-
-// storeDecoded finds the configuration and the store, then decodes and
-// stores (storeOrKeep).
-func (s *service) storeDecoded(ctx context.Context, m eventMeta, decode func(maxContent int) (content, key string, err error), kept func() keptPayload) error {
-	log := s.metaLog(m)
-	cfg, err := s.config()
-	if err != nil {
-		return fmt.Errorf("invalid configuration: %w", err)
-	}
-	st, err := s.db.get(ctx)
-	if err != nil {
-		log.Warn("event not stored: database unavailable; it will be redelivered", "error", causeText(err))
-		return fmt.Errorf("database unavailable: %w", err)
-	}
-	content, key, err := decode(cfg.maxContentBytes)
-	return storeOrKeep(ctx, st, log, m, content, key, err, kept)
-}
-
-// storeOrKeep is the one step every ingest path ends in (a push delivery,
+// storeDecoded is the one step every ingest path ends in (a push delivery,
 // wrapped or not, an Eventarc event, a pulled message): it adds the decoded
-// content under key through the store's group commit, or keeps the event in
-// dead_letters when decoding (decodeErr) or the store says it can never be
+// content under its key through the store's group commit, or keeps the
+// delivery in dead_letters when decoding or the store says it can never be
 // stored. It returns nil once the message is stored or kept, and an error
 // when it failed for a transient reason and must be delivered again.
-func storeOrKeep(ctx context.Context, st *store.Store, log *slog.Logger, m eventMeta, content, key string, decodeErr error, kept func() keptPayload) error {
-	err := decodeErr
-	var added store.Added
-	if err == nil {
-		added, err = st.Add(ctx, content, key)
-		switch {
-		case errors.Is(err, store.ErrKeyReused):
-			err = &poisonError{"the message id was already stored with different content"}
-		case errors.Is(err, store.ErrInvalid):
-			err = &poisonError{"the message cannot be stored: " + err.Error()}
-		}
-	}
-	var poison *poisonError
-	if errors.As(err, &poison) {
-		return keepDeadLetter(ctx, st, log, m, poison.reason, kept())
-	}
-	if err != nil {
-		log.Warn("event not stored; it will be redelivered", "error", logging.OneLine(err.Error()))
-		return err
-	}
-	if added.AlreadyStored {
-		noteOutcome(ctx, "duplicate", "")
-		log.Debug("redelivered event already stored", "message_id", added.ID)
-	}
-	return nil
-}
-
-// deadLetter keeps an event that is poison before its data is even looked at.
-func (s *service) deadLetter(ctx context.Context, m eventMeta, reason string, kept keptPayload) error {
+func (s *service) storeDecoded(ctx context.Context, m eventMeta, dec decoded) error {
 	log := s.metaLog(m)
 	st, err := s.db.get(ctx)
 	if err != nil {
-		log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", causeText(err), "reason", reason)
+		if dec.poison != nil {
+			log.Warn("poison event not kept: database unavailable; it will be redelivered", "error", causeText(err), "reason", dec.poison.reason)
+		} else {
+			log.Warn("event not stored: database unavailable; it will be redelivered", "error", causeText(err))
+		}
 		return fmt.Errorf("database unavailable: %w", err)
 	}
-	return keepDeadLetter(ctx, st, log, m, reason, kept)
+	poison := dec.poison
+	if poison == nil {
+		added, err := st.Add(ctx, dec.content, dec.key)
+		switch {
+		case errors.Is(err, store.ErrKeyReused):
+			poison = &poisonError{"the message id was already stored with different content"}
+		case errors.Is(err, store.ErrInvalid):
+			poison = &poisonError{"the message cannot be stored: " + err.Error()}
+		case err != nil:
+			log.Warn("event not stored; it will be redelivered", "error", logging.OneLine(err.Error()))
+			return err
+		case added.AlreadyStored:
+			noteOutcome(ctx, "duplicate", "")
+			log.Debug("redelivered event already stored", "message_id", added.ID)
+		}
+	}
+	if poison != nil {
+		return keepDeadLetter(ctx, st, log, m, poison.reason, dec.kept())
+	}
+	return nil
 }
 
 func keepDeadLetter(ctx context.Context, st *store.Store, log *slog.Logger, m eventMeta, reason string, kept keptPayload) error {
@@ -399,11 +368,6 @@ const (
 	maxSourceBytes    = 512
 )
 
-// decodeEvent is decodeMessage for an event decoded by sdk-go.
-func decodeEvent(e event.Event, maxContent int) (content, key string, err error) {
-	return decodeMessage(eventMeta{id: e.ID(), source: e.Source(), typ: e.Type()}, e.Data(), maxContent)
-}
-
 // decodeMessage returns the content and the deduplication key of an event, or a
 // *poisonError when it can never be stored.
 //
@@ -417,7 +381,7 @@ func decodeEvent(e event.Event, maxContent int) (content, key string, err error)
 // also the key of every message stored before the time was added; see
 // cmd/pscmessages/DEADLETTERS.md (Redeliveries) for what that means for an
 // upgrade.
-func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string, err error) {
+func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string, poison *poisonError) {
 	if m.typ != MessagePublishedType {
 		return "", "", &poisonError{fmt.Sprintf("event type %q is not %s", logText(m.typ), MessagePublishedType)}
 	}
@@ -431,7 +395,7 @@ func decodeMessage(m eventMeta, raw []byte, maxContent int) (content, key string
 // decodePubsub is decodeMessage for a message already taken out of its
 // envelope; every path that delivers a message ends here, so a message gets
 // the same content and key however it arrived.
-func decodePubsub(m eventMeta, msg PubsubMessage, maxContent int) (content, key string, err error) {
+func decodePubsub(m eventMeta, msg PubsubMessage, maxContent int) (content, key string, poison *poisonError) {
 	data := msg.Data
 	switch {
 	case len(data) == 0:
@@ -563,7 +527,14 @@ func (f *Service) StorePubSubMessage(ctx context.Context, topic string, msg Pubs
 func (s *service) storePulled(ctx context.Context, topic string, msg PubsubMessage) error {
 	m := eventMeta{id: msg.MessageID, source: "//pubsub.googleapis.com/" + topic, typ: MessagePublishedType, traceparent: msg.Attributes["googclient_traceparent"]}
 	ctx, m, endSpan := s.consume(ctx, m, nil, msg.Attributes)
-	err := s.ingestMessage(ctx, m, msg, func() keptPayload { return wrappedPayload(msg, "") })
+	cfg, err := s.config()
+	if err == nil {
+		dec := decoded{meta: m, kept: func() keptPayload { return wrappedPayload(msg, "") }}
+		dec.content, dec.key, dec.poison = decodePubsub(m, msg, cfg.maxContentBytes)
+		err = s.storeDecoded(ctx, m, dec)
+	} else {
+		err = fmt.Errorf("invalid configuration: %w", err)
+	}
 	endSpan(err)
 	return err
 }

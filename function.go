@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
-	"github.com/cloudevents/sdk-go/v2/event"
 
 	"example.com/pscmessages/cmd/logging"
 	"example.com/pscmessages/cmd/telemetry"
@@ -62,10 +61,6 @@ var (
 
 // Messages is the HTTP entry point.
 func Messages(w http.ResponseWriter, r *http.Request) { messagesEntry.ServeHTTP(w, r) }
-
-// IngestPubSub stores the message of one Pub/Sub messagePublished CloudEvent,
-// for callers that already hold a decoded event.
-func IngestPubSub(ctx context.Context, e event.Event) error { return shared.Ingest(ctx, e) }
 
 // serveEvent is the deployed IngestPubSub entry point: one HTTP delivery of a
 // CloudEvent (binary or structured mode) or a legacy Pub/Sub push body.

@@ -1,12 +1,17 @@
 package function
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
-	"github.com/cloudevents/sdk-go/v2/event"
+	"example.com/pscmessages/store"
 )
 
 func FuzzDecodeContent(f *testing.F) {
@@ -28,27 +33,75 @@ func FuzzDecodeContent(f *testing.F) {
 	})
 }
 
-func FuzzDecodeEvent(f *testing.F) {
-	f.Add([]byte(`{"content":"a"}`), MessagePublishedType)
-	f.Add([]byte("plain"), MessagePublishedType)
-	f.Add([]byte{0xff}, MessagePublishedType)
-	f.Add([]byte(`{"content":5}`), "other.type")
-	f.Fuzz(func(t *testing.T, data []byte, typ string) {
-		e := event.New()
-		e.SetID("1")
-		e.SetSource("//pubsub.googleapis.com/projects/p/topics/t")
-		e.SetType(typ)
-		_ = e.SetData("application/json", MessagePublishedData{Message: PubsubMessage{Data: data, MessageID: "1"}})
-		content, key, err := decodeEvent(e, 64)
+// FuzzDecodeDelivery sends deliveries (path, headers, body) through what
+// serveEvent does with one before the database: readDelivery within a limit,
+// then decodeDelivery, or for a delivery over the limit oversizedMeta and
+// oversizedReason. The limit is readDelivery's argument; a small one here
+// reaches the streaming of an oversized delivery as often as the decoding.
+// Whatever arrives is a poison reason or a message with its deduplication
+// key, its content within MAX_CONTENT_BYTES, and never a panic.
+func FuzzDecodeDelivery(f *testing.F) {
+	const maxContent, limit = 64, 512
+	for _, name := range []string{"pubsub_binary.json", "pubsub_structured.json", "pubsub_legacy_push.json"} {
+		fx := loadEventFixture(f, name)
+		h := fx.Headers
+		f.Add(fx.Path, h["Content-Type"], h["ce-specversion"], h["ce-id"], h["ce-source"], h["ce-type"], "", "", "", []byte(fx.Body))
+	}
+	ce := ceHeaders("7", testSource)
+	f.Add("/", ce["Content-Type"], "1.0", "7", testSource, MessagePublishedType, "", "", "", []byte(eventBody("7", []byte(`{"content":"a"}`), "2026-11-30T12:00:00.123Z")))
+	f.Add("/", ce["Content-Type"], "1.0", "7", testSource, "other.type", "", "", "", []byte(eventBody("7", []byte{0xff}, "")))
+	f.Add(pushPath, "", "", "", "", "", "8", "2026-11-30T12:00:00.123456789Z", "projects/p/subscriptions/s", []byte("plain words"))
+	f.Add("/", "", "", "", "", "", "9", "not a time", "", []byte(`{"content":5}`))
+	f.Add("/", "application/cloudevents+json", "", "", "", "", "", "", "",
+		[]byte(`{"specversion":"1.0","id":"1","source":"//s","type":"`+MessagePublishedType+`","data_base64":"eyJtZXNzYWdlIjp7ImRhdGEiOiJZUT09IiwibWVzc2FnZUlkIjoiMSJ9fQ=="}`))
+	f.Add("/", "application/cloudevents-batch+json", "", "", "", "", "", "", "", []byte(`[]`))
+	f.Add("/", "application/json", "", "", "", "", "", "", "", []byte(pushBody("10", bytes.Repeat([]byte("x"), limit), nil, "projects/p/subscriptions/s")))
+	cfg := settings{maxContentBytes: maxContent, maxBodyBytes: minBodyBytes(maxContent)}
+	svc := buildService(func() (settings, error) { return cfg, nil }, slog.New(slog.DiscardHandler), envOf(nil))
+	f.Fuzz(func(t *testing.T, path, contentType, specversion, id, source, typ, pushID, publishTime, subscription string, body []byte) {
+		r := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))
+		r.URL.Path = path
+		for k, v := range map[string]string{"Content-Type": contentType, "ce-specversion": specversion, "ce-id": id, "ce-source": source, "ce-type": typ,
+			headerMessageID: pushID, headerPublishTime: publishTime, headerSubscription: subscription} {
+			if v != "" {
+				r.Header.Set(k, v)
+			}
+		}
+		d, err := svc.readDelivery(nil, r, limit)
 		if err != nil {
-			var poison *poisonError
-			if !errors.As(err, &poison) || poison.reason == "" {
-				t.Fatalf("decodeEvent error %v is not a poison reason", err)
+			t.Fatalf("reading a delivery from memory: %v", err)
+		}
+		defer d.release()
+		if d.oversized {
+			oversizedMeta(r, d)
+			if d.body != nil || d.size <= limit || d.size != int64(len(body)) || oversizedReason(d, cfg) == "" {
+				t.Fatalf("oversized delivery of %d bytes: held %d, size %d, reason %q", len(body), len(d.body), d.size, oversizedReason(d, cfg))
 			}
 			return
 		}
-		if content == "" || len(content) > 64 || strings.ContainsRune(content, 0) || key == "" {
-			t.Fatalf("decodeEvent accepted %q (key %q)", content, key)
+		if int64(len(d.body)) > limit || !bytes.Equal(d.body, body) {
+			t.Fatalf("a delivery of %d bytes within the limit read as %d bytes", len(body), len(d.body))
+		}
+		dec := decodeDelivery(r, d.body, maxContent)
+		kept := dec.kept()
+		if dec.poison != nil {
+			if dec.poison.reason == "" {
+				t.Fatal("poison without a reason")
+			}
+			if !isUnwrapped(r) && !bytes.Equal(kept.payload, body) {
+				t.Fatalf("dead letter keeps %q of the delivery %q", kept.payload, body)
+			}
+			return
+		}
+		c := dec.content
+		if strings.TrimSpace(c) == "" || len(c) > maxContent || strings.IndexByte(c, 0) >= 0 || !utf8.ValidString(c) {
+			t.Fatalf("content %q accepted", c)
+		}
+		if !strings.HasPrefix(dec.key, "pubsub:"+dec.meta.source+"#") || len(dec.key) > store.MaxKeyBytes || dec.meta.id == "" {
+			t.Fatalf("key %q for event %q from %q", dec.key, dec.meta.id, dec.meta.source)
+		}
+		if len(kept.payload) == 0 {
+			t.Fatal("a stored message whose dead letter would keep nothing")
 		}
 	})
 }

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -194,19 +193,6 @@ func loadEventFixture(t testing.TB, name string) eventFixture {
 		t.Fatalf("%s: %v", name, err)
 	}
 	return fx
-}
-
-func pubsubEvent(t testing.TB, id, typ string, data []byte) event.Event {
-	t.Helper()
-	e := event.New()
-	e.SetID(id)
-	e.SetSource("//pubsub.googleapis.com/projects/test-project/topics/messages")
-	e.SetType(typ)
-	payload := map[string]any{"message": map[string]any{"data": base64.StdEncoding.EncodeToString(data), "messageId": id}, "subscription": "projects/test-project/subscriptions/s"}
-	if err := e.SetData("application/json", payload); err != nil {
-		t.Fatal(err)
-	}
-	return e
 }
 
 // testMigrated makes sure the fixture's schema exists and returns its URL.

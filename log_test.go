@@ -108,11 +108,11 @@ func TestTraceCorrelation(t *testing.T) {
 // would be logged and the others' ids lost.
 func TestEveryDeadLetterIsLogged(t *testing.T) {
 	f := newFixture(t, nil)
-	ctx := context.Background()
+	base := ingestServer(t, f)
 	for i := range 3 {
-		e := pubsubEvent(t, fmt.Sprintf("empty-%d", i), MessagePublishedType, nil)
-		if err := f.svc.Ingest(ctx, e); err != nil {
-			t.Fatal(err)
+		id := fmt.Sprintf("empty-%d", i)
+		if r := do(t, "POST", base+"/", eventBody(id, nil, ""), ceHeaders(id, testSource)); r.status != http.StatusNoContent {
+			t.Fatalf("%d %s", r.status, r.body)
 		}
 	}
 	logs := f.logs.String()

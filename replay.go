@@ -67,23 +67,15 @@ func (s *service) replay(ctx context.Context, d store.DeadLetter) (Replayed, err
 	if dl.oversized {
 		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, oversizedReason(dl, cfg))
 	}
-	m, data, poison := eventFromDelivery(r, dl)
-	if poison != nil {
-		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, poison.reason)
-	}
-	content, key, err := decodeMessage(m, data, cfg.maxContentBytes)
-	var p *poisonError
-	if errors.As(err, &p) {
-		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, p.reason)
-	}
-	if err != nil {
-		return Replayed{}, err
+	dec := decodeDelivery(r, dl.body, cfg.maxContentBytes)
+	if dec.poison != nil {
+		return Replayed{}, fmt.Errorf("%w: %s", ErrStillPoison, dec.poison.reason)
 	}
 	st, err := s.replayDB.get(ctx)
 	if err != nil {
 		return Replayed{}, err
 	}
-	added, err := st.Add(ctx, content, key)
+	added, err := st.Add(ctx, dec.content, dec.key)
 	switch {
 	case errors.Is(err, store.ErrKeyReused):
 		return Replayed{}, fmt.Errorf("%w: the message id was already stored with different content", ErrStillPoison)
