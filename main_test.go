@@ -45,6 +45,7 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	defer localpgtest.Setup()()
 	home, err := os.MkdirTemp("", "fn-home-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -94,7 +95,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "FAIL: functions framework:", err)
 		return 1
 	}
-	return localpgtest.Run(m)
+	return m.Run()
 }
 
 var dbSeq atomic.Int64

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"example.com/pscmessages/store/localpg"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 var cluster *localpg.Cluster
@@ -18,14 +19,17 @@ var cluster *localpg.Cluster
 // One throwaway cluster serves every test of the package; each test makes
 // its own database in it.
 func TestMain(m *testing.M) {
+	teardown := localpgtest.Setup()
 	var err error
 	cluster, err = localpg.Start(context.Background(), localpg.Options{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
+		teardown()
 		os.Exit(1)
 	}
 	code := m.Run()
 	cluster.Destroy()
+	teardown()
 	os.Exit(code)
 }
 

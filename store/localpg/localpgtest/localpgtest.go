@@ -15,25 +15,36 @@ import (
 	"example.com/pscmessages/store/localpg"
 )
 
-// template is the test binary's one initdb, made at the first Start under
-// Run and removed when Run returns.
+// template is the test binary's one initdb, made at the first Start after
+// Setup and removed by Setup's teardown.
 var template struct {
 	sync.Mutex
 	enabled bool
 	t       *localpg.Template
 }
 
-// Run runs the tests (m.Run) with one localpg.Template shared by every Start
-// of the test binary, and removes it afterwards: a TestMain calls
-// os.Exit(localpgtest.Run(m)). Without it, each Start runs initdb.
-//
-// Unless TMPDIR is set, Run also points TMPDIR at a private folder in a RAM
-// file system (/dev/shm on Linux, when it has room) for the duration:
-// clusters, their templates, t.TempDir and the children tests start then
-// write no disk. Throwaway clusters run with fsync off and are deleted
-// after the test, so a disk buys them nothing, while writing their files
-// through a disk file system's page cache was much of the tests' CPU.
+// Run runs the tests between Setup and its teardown: a TestMain with nothing
+// else to prepare calls os.Exit(localpgtest.Run(m)).
 func Run(m *testing.M) int {
+	teardown := Setup()
+	defer teardown()
+	return m.Run()
+}
+
+// Setup prepares the test binary's throwaway clusters; the returned teardown
+// undoes it once the tests ran. A TestMain that starts a cluster for the
+// whole package calls Setup first, so that this cluster benefits too.
+// Without Setup, each Start runs initdb and clusters live in TMPDIR.
+//
+// From Setup on, every Start copies one localpg.Template made at the first
+// one. And unless TMPDIR is set, Setup points TMPDIR at a private folder in
+// a RAM file system (/dev/shm on Linux, when it has room): clusters,
+// templates, t.TempDir and the children tests start then write no disk.
+// Throwaway clusters run with fsync off and are deleted after the test, so
+// a disk buys them nothing, while writing their files through a disk file
+// system's page cache was much of the tests' CPU.
+func Setup() (teardown func()) {
+	var undo []func()
 	if os.Getenv("TMPDIR") == "" {
 		if parent := ramParent(); parent != "" {
 			if dir, err := os.MkdirTemp(parent, "pscmessages-test-"); err == nil {
@@ -43,32 +54,34 @@ func Run(m *testing.M) int {
 					os.Chmod(dir, 0o711)
 				}
 				os.Setenv("TMPDIR", dir)
-				defer func() {
+				undo = append(undo, func() {
 					os.Unsetenv("TMPDIR")
 					os.RemoveAll(dir)
-				}()
+				})
 			}
 		}
 	}
 	template.Lock()
 	template.enabled = true
 	template.Unlock()
-	code := m.Run()
-	template.Lock()
-	defer template.Unlock()
-	template.enabled = false
-	if template.t != nil {
-		if err := template.t.Remove(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			code = max(code, 1)
+	return func() {
+		template.Lock()
+		template.enabled = false
+		if template.t != nil {
+			if err := template.t.Remove(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
+			template.t = nil
 		}
-		template.t = nil
+		template.Unlock()
+		for _, f := range undo {
+			f()
+		}
 	}
-	return code
 }
 
-// sharedTemplate returns Run's template, making it at the first call; nil
-// outside Run.
+// sharedTemplate returns Setup's template, making it at the first call;
+// nil outside Setup and teardown.
 func sharedTemplate(ctx context.Context, binDir string) (*localpg.Template, error) {
 	template.Lock()
 	defer template.Unlock()
