@@ -3,10 +3,10 @@
 // publishers that send in bulk: no HTTP request per message, and the store's
 // group commit turns the messages in flight into multi-row inserts.
 //
-// The contract with the store function is IngestPubSub's: nil means the
-// message is stored (now or before) or kept as a dead letter, so it is
-// acknowledged; an error means a transient failure, so it is nacked (after a
-// pause) and Pub/Sub delivers it again. A message is acknowledged only after
+// The contract with the store function is that of IngestPubSub's answers:
+// nil (its 2xx) means the message is stored (now or before) or kept as a
+// dead letter, so it is acknowledged; an error (its 5xx) means a transient
+// failure, so it is nacked (after a pause) and Pub/Sub delivers it again. A message is acknowledged only after
 // the store function returned, that is after its commit.
 //
 // Bounds (Config states each default): at most MaxOutstandingMessages
