@@ -6,7 +6,7 @@ import "example.com/pscmessages/store"
 // ("Messages" or "IngestPubSub") holds for its requests in flight when
 // concurrency of them run at once, with the default limits. The deploy's
 // drift test (cmd/pscmessages/cloudbuild_test.go) checks --memory and --concurrency
-// against it; go run ./cmd/pscmessages bench-rss measures the real peak.
+// against it; go run ./cmd/pscbench rss measures the real peak.
 //
 //   - IngestPubSub: each delivery holds at most decodeCopies times the
 //     largest delivery it decodes, and all of them together at most the

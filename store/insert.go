@@ -55,7 +55,7 @@ SELECT n, id, now(), NULL::bytea, true FROM fresh`
 // their length: then a custom plan costs what the generic one does, and after
 // five executions PostgreSQL keeps the generic plan of the prepared
 // statement. Planned afresh each time, this statement costs more to plan than
-// to run for a small batch (figures in cmd/pscmessages/BENCHMARKS.md).
+// to run for a small batch (figures in cmd/pscbench/BENCHMARKS.md).
 //
 // It returns, per input position n, the id, created_at and, for a known key,
 // the fingerprint of what it first stored. A key claimed by a transaction

@@ -39,7 +39,7 @@ const (
 
 // poolerExecMode is how statements are sent through a transaction-mode
 // pooler. pgx's modes, measured through PgBouncer 1.18 by
-// BenchmarkPoolerExecModes (cmd/pscmessages/BENCHMARKS.md, "pgx exec modes through
+// BenchmarkPoolerExecModes (cmd/pscbench/BENCHMARKS.md, "pgx exec modes through
 // PgBouncer"):
 //   - cache statement (pgx's default, used direct) prepares named
 //     statements per server session: unsafe, it fails with 42P05;

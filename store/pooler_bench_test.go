@@ -20,7 +20,7 @@ import (
 // each by 16 concurrent callers. Failed calls are counted, not fatal, so an
 // unsafe mode shows how it fails (errors/op). "direct" is pgx's default
 // (cache_statement) without a pooler. Run it several times
-// (cmd/pscmessages/BENCHMARKS.md):
+// (cmd/pscbench/BENCHMARKS.md):
 //
 //	for i in 1 2 3; do go test ./store -run '^$' -bench PoolerExecModes -benchtime 6000x; done
 func BenchmarkPoolerExecModes(b *testing.B) {

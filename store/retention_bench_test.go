@@ -19,7 +19,7 @@ import (
 // interval) (peak/bound), the largest seen in the last third of the run
 // (late-peak: no larger than peak when the table has levelled off), and rows
 // left at the end. Run it long enough for keys to expire many times over
-// (cmd/pscmessages/BENCHMARKS.md):
+// (cmd/pscbench/BENCHMARKS.md):
 //
 //	go test ./store -run '^$' -bench KeyedWritesWithExpiry -benchtime 100000x
 func BenchmarkKeyedWritesWithExpiry(b *testing.B) {

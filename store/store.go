@@ -87,8 +87,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// One writer: while its batch commits, the next batch gathers. A second
 	// writer halves the batches, and the CPU per row of a small batched
 	// INSERT is no lower than that of single INSERTs, so two writers are
-	// slower, as `go run ./cmd/pscmessages bench` shows
-	// (cmd/pscmessages/BENCHMARKS.md, "One writer").
+	// slower, as `go run ./cmd/pscbench throughput` shows
+	// (cmd/pscbench/BENCHMARKS.md, "One writer").
 	s.writer = newBatcher(s)
 	obs.observePool(pool)
 	return s, nil

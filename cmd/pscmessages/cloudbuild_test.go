@@ -1279,7 +1279,7 @@ func TestCbSplit(t *testing.T) {
 }
 
 // cbRuntimeBytes is what an idle instance holds, as
-// `go run ./cmd/pscmessages bench-rss` measures it (cmd/pscmessages/BENCHMARKS.md),
+// `go run ./cmd/pscbench rss` measures it (cmd/pscbench/BENCHMARKS.md),
 // with room to spare.
 const cbRuntimeBytes = 32 << 20
 

@@ -4,7 +4,7 @@ package main
 
 // Publish-to-committed-row through the official emulator, per ingest path.
 // Run each sub-benchmark in its own process and alternate them (see
-// BENCHMARKS.md, "Ingest paths"): the emulator's JVM warms up and the
+// cmd/pscbench/BENCHMARKS.md, "Ingest paths"): the emulator's JVM warms up and the
 // machine is shared.
 
 import (

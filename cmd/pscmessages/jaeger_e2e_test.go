@@ -14,9 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,67 +25,9 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"example.com/pscmessages/cmd/internal/jaegertest"
 )
-
-// jaegerBinaryDefault is where .ci/install builds Jaeger (go install
-// github.com/jaegertracing/jaeger/cmd/jaeger@v1.75.0 in a module of its
-// own); JAEGER_BIN names another.
-const jaegerBinaryDefault = "/root/.cache/jaeger-v1.75.0/jaeger"
-
-// Jaeger's all-in-one ports: OTLP/HTTP and the query API (and UI).
-const (
-	jaegerOTLP  = "http://127.0.0.1:4318"
-	jaegerQuery = "http://127.0.0.1:16686"
-)
-
-func jaegerBinary(t testing.TB) string {
-	t.Helper()
-	bin := os.Getenv("JAEGER_BIN")
-	if bin == "" {
-		bin = jaegerBinaryDefault
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("Jaeger is not installed at %s (set JAEGER_BIN, or build it: see the Jaeger block of .ci/install): %v", bin, err)
-	}
-	return bin
-}
-
-// startJaeger runs Jaeger with its in-memory store and waits for its API.
-func startJaeger(t testing.TB) {
-	t.Helper()
-	if resp, err := http.Get(jaegerQuery + "/api/services"); err == nil {
-		resp.Body.Close()
-		t.Fatalf("something already answers at %s; stop it (these tests start their own Jaeger)", jaegerQuery)
-	}
-	cmd := exec.Command(jaegerBinary(t), jaegerUIArgs(t)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var out psBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("jaeger output (tail):\n%s", psTail(out.String(), 3000))
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get(jaegerQuery + "/api/services")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Jaeger did not answer at %s within 60 s: %v\n%s", jaegerQuery, err, psTail(out.String(), 3000))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
 
 // jaegerSpan is a span as Jaeger's query API gives it.
 type jaegerSpan struct {
@@ -137,7 +77,7 @@ func jaegerTrace(t *testing.T, traceID string, ok func([]jaegerSpan) bool) []jae
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		spans = nil
-		resp, err := http.Get(jaegerQuery + "/api/traces/" + traceID)
+		resp, err := http.Get(jaegertest.Query + "/api/traces/" + traceID)
 		if err == nil {
 			var body struct {
 				Data []struct {
@@ -177,14 +117,14 @@ func named(n string) func(string) bool { return func(s string) bool { return s =
 // otelEnv points a runner at Jaeger, exporting each span within 100 ms.
 func otelEnv(service string) map[string]string {
 	return map[string]string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT": jaegerOTLP,
+		"OTEL_EXPORTER_OTLP_ENDPOINT": jaegertest.OTLP,
 		"OTEL_SERVICE_NAME":           service,
 		"OTEL_BSP_SCHEDULE_DELAY":     "100",
 	}
 }
 
 func TestJaegerTraces(t *testing.T) {
-	startJaeger(t)
+	jaegertest.Start(t)
 	env := newEmuEnv(t)
 
 	t.Run("POST with traceparent", func(t *testing.T) {
@@ -230,7 +170,7 @@ func TestJaegerTraces(t *testing.T) {
 
 		// The publisher: the Go client with its tracing on, exporting to Jaeger.
 		ctx := context.Background()
-		exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(jaegerOTLP+"/v1/traces"))
+		exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(jaegertest.OTLP+"/v1/traces"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -295,36 +235,11 @@ func jaegerScreenshot(t *testing.T, traceID, png string) {
 	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 		"--user-data-dir="+t.TempDir(), "--window-size=1400,900", "--virtual-time-budget=15000",
-		"--screenshot="+png, jaegerQuery+"/trace/"+traceID+"?uiEmbed=v0")
+		"--screenshot="+png, jaegertest.Query+"/trace/"+traceID+"?uiEmbed=v0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("chromium: %v\n%s", err, out)
 	}
 	if st, err := os.Stat(png); err != nil || st.Size() == 0 {
 		t.Fatalf("no screenshot at %s: %v", png, err)
 	}
-}
-
-// jaegerUIArgs serves the Jaeger UI built from jaeger-ui's sources, when
-// JAEGER_UI names the build folder: the binary built from the Go module
-// alone serves a placeholder page. Jaeger's own all-in-one configuration
-// (from the module) with the assets path laid over it.
-func jaegerUIArgs(t testing.TB) []string {
-	t.Helper()
-	ui := os.Getenv("JAEGER_UI")
-	if ui == "" {
-		return nil
-	}
-	modcache, err := exec.Command("go", "env", "GOMODCACHE").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	allInOne := filepath.Join(strings.TrimSpace(string(modcache)), "github.com/jaegertracing/jaeger@v1.75.0/cmd/jaeger/internal/all-in-one.yaml")
-	if _, err := os.Stat(allInOne); err != nil {
-		t.Fatalf("JAEGER_UI needs Jaeger's all-in-one configuration from its module (go mod download github.com/jaegertracing/jaeger@v1.75.0): %v", err)
-	}
-	override := filepath.Join(t.TempDir(), "ui.yaml")
-	if err := os.WriteFile(override, []byte("extensions:\n  jaeger_query:\n    ui:\n      assets_path: "+ui+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return []string{"--config=" + allInOne, "--config=" + override}
 }

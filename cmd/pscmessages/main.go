@@ -31,9 +31,6 @@ var commands = []command{
 	{"publish", "publish messages to a Pub/Sub topic (the emulator's, with PUBSUB_EMULATOR_HOST)", runPublish},
 	{"pull", "store a Pub/Sub subscription's messages in bulk, pulling them (no HTTP per message)", runPull},
 	{"deadletters", "list, show, replay or delete the Pub/Sub messages IngestPubSub kept in dead_letters", runDeadLetters},
-	{"bench", "measure POST/GET throughput and latency beside pgbench, cold start and idle RSS", runBench},
-	{"bench-rss", "measure the runner's peak memory under large deliveries and pages", runBenchRSS},
-	{"bench-instances", "run many function processes against one small database, direct and through PgBouncer", runBenchInstances},
 }
 
 func lookup(name string) (command, bool) {

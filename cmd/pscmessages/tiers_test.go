@@ -37,7 +37,7 @@ var cbToolMarkers = []struct {
 	{regexp.MustCompile(`\b(StartBouncer|FindPgBouncer|benchInstances)\(`), []string{"pgbouncer"}},
 	{regexp.MustCompile(`\bstartEmulator\(`), []string{"gcloud", "pubsub-emulator", "java"}},
 	{regexp.MustCompile(`exec\.(LookPath|Command)\("gcloud"`), []string{"gcloud"}},
-	{regexp.MustCompile(`\bstartJaeger\(`), []string{"jaeger"}},
+	{regexp.MustCompile(`\bjaegertest\.Start\(`), []string{"jaeger"}},
 }
 
 // cbFileTools returns the tools src starts, sorted.

@@ -1,12 +1,12 @@
 package main
 
-// `go run ./cmd/pscmessages bench-rss`: the peak resident memory of the local runner (the
+// `go run ./cmd/pscbench rss`: the peak resident memory of the local runner (the
 // functions as deployed, in their own process) under the two loads of issue 8
 // that used to exhaust it: 20 concurrent 10 MB Pub/Sub messages, and 20
 // concurrent GET /?limit=1000 over rows of 64 KB. Each load runs against a
 // fresh process, and the peak is that process's VmHWM from /proc. It measures
 // memory, not time, so a shared machine changes little; the method is in
-// cmd/BENCHMARKS.md.
+// cmd/pscbench/BENCHMARKS.md.
 
 import (
 	"bytes"
@@ -57,7 +57,7 @@ type rssConfig struct {
 func (c rssConfig) has(load string) bool { return len(c.loads) == 0 || slices.Contains(c.loads, load) }
 
 func runBenchRSS(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench-rss", flag.ContinueOnError)
+	fs := flag.NewFlagSet("rss", flag.ContinueOnError)
 	var cfg rssConfig
 	fs.IntVar(&cfg.concurrency, "c", 20, "concurrent requests of each load (`n`)")
 	fs.IntVar(&cfg.eventBytes, "event-bytes", 10<<20, "data `bytes` of each Pub/Sub message")
@@ -74,7 +74,7 @@ func runBenchRSS(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.validC, "valid-c", 8, "concurrency of the valid deliveries beside the idle senders (`n`)")
 	fs.DurationVar(&cfg.window, "window", 10*time.Second, "how long the valid deliveries of the idle load run")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages bench-rss [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscbench rss [flags]\n\n"+
 			"Builds the local runner, starts a throwaway PostgreSQL, and reports the runner's peak RSS\n"+
 			"(VmHWM) under concurrent 10 MB Pub/Sub deliveries, concurrent large GETs, concurrent large\n"+
 			"POST bodies, and idle senders beside valid deliveries.\n\n")

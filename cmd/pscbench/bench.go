@@ -76,7 +76,7 @@ func runBench(ctx context.Context, args []string) error {
 }
 
 func parseBenchFlags(args []string) (benchConfig, error) {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs := flag.NewFlagSet("throughput", flag.ContinueOnError)
 	cfg := benchConfig{}
 	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "measured `time` of each load phase (pgbench rounds it up to whole seconds)")
 	fs.DurationVar(&cfg.warmup, "warmup", time.Second, "unmeasured `time` before each HTTP load phase")
@@ -91,7 +91,7 @@ func parseBenchFlags(args []string) (benchConfig, error) {
 	fs.IntVar(&cfg.procs, "gomaxprocs", 1, "GOMAXPROCS of the bench process, function and load generator together (`n`); 1 leaves PostgreSQL a core of its own, 0 keeps Go's default")
 	fs.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of this process during each POST phase to `prefix`-post-cN.pprof")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages bench [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscbench throughput [flags]\n\n"+
 			"Starts a throwaway durable PostgreSQL, serves the Messages function on loopback, loads\n"+
 			"POST / and GET / in a closed loop and runs pgbench with the same INSERT beside it.\n\n")
 		fs.PrintDefaults()
@@ -1013,7 +1013,7 @@ type benchReport struct {
 // noisyCores is how much CPU other processes may take during a phase before
 // its numbers are flagged: well above what the kernel's own loopback work,
 // charged to other processes, shows on a quiet machine
-// (cmd/pscmessages/BENCHMARKS.md).
+// (cmd/pscbench/BENCHMARKS.md).
 const noisyCores = 0.3
 
 // targetShare is the POST rate, as a share of pgbench's, that group commit

@@ -3,15 +3,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"example.com/pscmessages/cmd/internal/jaegertest"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
 )
@@ -22,7 +26,7 @@ import (
 // round, at each concurrency, so that drift of the machine falls on all three
 // alike. It reports the median rate of each and the cost against off.
 //
-//	go test -tags e2e -run '^$' -bench BenchmarkPostTracing -benchtime 1x ./cmd/pscmessages
+//	go test -tags e2e -run '^$' -bench BenchmarkPostTracing -benchtime 1x ./cmd/pscbench
 //
 // To keep Jaeger, PostgreSQL and the load generator off the runners' core,
 // run it under taskset and name the runners' cores in
@@ -30,7 +34,7 @@ import (
 //
 //	TRACING_BENCH_RUNNER_CPUS=0 taskset -c 1 go test -tags e2e ...
 func BenchmarkPostTracing(b *testing.B) {
-	startJaeger(b)
+	jaegertest.Start(b)
 	cluster := localpgtest.Start(b, localpg.Options{Durable: true})
 	if err := cluster.CreateDatabase(context.Background(), "tracing"); err != nil {
 		b.Fatal(err)
@@ -41,18 +45,19 @@ func BenchmarkPostTracing(b *testing.B) {
 		env  map[string]string
 	}{
 		{"off", map[string]string{}},
-		{"10%", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": jaegerOTLP, "OTEL_SERVICE_NAME": "pscmessages-bench",
+		{"10%", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": jaegertest.OTLP, "OTEL_SERVICE_NAME": "pscmessages-bench",
 			"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}},
-		{"100%", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": jaegerOTLP, "OTEL_SERVICE_NAME": "pscmessages-bench"}},
+		{"100%", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": jaegertest.OTLP, "OTEL_SERVICE_NAME": "pscmessages-bench"}},
+	}
+	bin, err := buildRunner(context.Background(), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
 	}
 	bases := make([]string, len(modes))
 	pids := make([]int, len(modes))
 	for i, m := range modes {
 		m.env["DATABASE_URL"] = url
-		r := startRunner(b, runnerOptions{host: "127.0.0.1", env: m.env, unset: append([]string{"OTEL_*"}, psUnset...), cleanExit: true})
-		<-r.ready
-		bases[i] = r.base
-		pids[i] = r.cmd.Process.Pid
+		bases[i], pids[i] = startTracingRunner(b, bin, m.env)
 		if cpus := os.Getenv("TRACING_BENCH_RUNNER_CPUS"); cpus != "" {
 			if out, err := exec.Command("taskset", "-a", "-p", "-c", cpus, fmt.Sprint(pids[i])).CombinedOutput(); err != nil {
 				b.Fatalf("pinning the runner to CPUs %s: %v\n%s", cpus, err, out)
@@ -94,6 +99,54 @@ func BenchmarkPostTracing(b *testing.B) {
 		}
 	}
 	b.Log(report.String())
+}
+
+// startTracingRunner starts the runner binary with env on a free port, its
+// own telemetry settings only, and waits for its first 200; the benchmark's
+// cleanup stops it and fails on an unclean exit.
+func startTracingRunner(b *testing.B, bin string, env map[string]string) (base string, pid int) {
+	b.Helper()
+	port, err := freeLoopbackPort()
+	if err != nil {
+		b.Fatal(err)
+	}
+	base = "http://127.0.0.1:" + strconv.Itoa(port)
+	cmd := exec.Command(bin)
+	// What the test's environment says about the database, the target, the
+	// address, Pub/Sub or telemetry is not the runner's.
+	for _, kv := range os.Environ() {
+		if !slices.ContainsFunc([]string{"OTEL_", "DB_", "DATABASE_URL=", "FUNCTION_TARGET=", "PUBSUB_", "GOOGLE_CLOUD_PROJECT=", "HOST=", "PORT="},
+			func(p string) bool { return strings.HasPrefix(kv, p) }) {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "HOST=127.0.0.1", "PORT="+strconv.Itoa(port))
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	b.Cleanup(func() {
+		stopProcess(cmd, exited)
+		if !cmd.ProcessState.Success() {
+			b.Errorf("runner exited with %v\n%s", cmd.ProcessState, logs.String())
+		}
+	})
+	get := loadRequest{method: http.MethodGet, url: base + "/"}
+	client := &http.Client{Timeout: 10 * time.Second}
+	deadline := time.Now().Add(60 * time.Second)
+	for get.do(context.Background(), client) != nil {
+		if time.Now().After(deadline) {
+			b.Fatalf("no 200 from the runner within 60 s\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return base, cmd.Process.Pid
 }
 
 func median(xs []float64) float64 {

@@ -54,7 +54,7 @@ type instancesConfig struct {
 }
 
 func runBenchInstances(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench-instances", flag.ContinueOnError)
+	fs := flag.NewFlagSet("instances", flag.ContinueOnError)
 	cfg := instancesConfig{progress: os.Stderr}
 	fs.IntVar(&cfg.procs, "n", 16, "runner `processes` in the many-instance phases")
 	fs.IntVar(&cfg.conc, "c", 32, "closed-loop POST `workers`, spread round-robin over the processes")
@@ -66,7 +66,7 @@ func runBenchInstances(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.rounds, "rounds", 1, "how many times the four phases run in turn (`n`)")
 	fs.BoolVar(&cfg.markdown, "markdown", false, "also print the table as Markdown")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: go run ./cmd/pscmessages bench-instances [flags]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: go run ./cmd/pscbench instances [flags]\n\n"+
 			"Runs N function processes, each with its own pool, against one PostgreSQL whose\n"+
 			"max_connections is far below N x DB_MAX_CONNS: one process direct, N direct, then N\n"+
 			"through a transaction-mode PgBouncer, under the same POST load. Needs pgbouncer.\n\n")

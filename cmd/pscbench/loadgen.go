@@ -46,7 +46,7 @@ func (n netHTTPClient) sender(r loadRequest) (func(context.Context) error, func(
 // request prepared once, and reads the answer in its own goroutine. net/http's
 // Client runs two more goroutines per connection and hands every request
 // between them; on a 2-core machine that the function and the database share,
-// that costs the function about a third of its rate (see cmd/BENCHMARKS.md).
+// that costs the function about a third of its rate (see cmd/pscbench/BENCHMARKS.md).
 type rawClient struct{}
 
 func (rawClient) sender(r loadRequest) (func(context.Context) error, func(), error) {
