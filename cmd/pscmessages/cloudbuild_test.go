@@ -807,16 +807,16 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 	c.checkPreflight(fail)
 }
 
-// cbIsPullDeploy reports the deploy of the pull ingester: the runner built
-// from ./cmd/pscmessages, run as `pull`.
+// cbIsPullDeploy reports the deploy of the pull ingester: the command built
+// from ./cmd/pscpubsub, run as `pull`.
 func cbIsPullDeploy(g cbGcloud) bool { return strings.HasPrefix(g.flag("--args"), "pull,") }
 
 // checkPullDeploy checks what the pull ingester needs beyond what every
-// deploy does: the runner built and run as `pull` on the subscription and
+// deploy does: ./cmd/pscpubsub built and run as `pull` on the subscription and
 // topic, CPU that is never throttled, and instances always there.
 func (c *cbChecked) checkPullDeploy(g cbGcloud, fail func(string, ...any)) {
-	if g.flag("--set-build-env-vars") != "GOOGLE_BUILDABLE=./cmd/pscmessages" {
-		fail("%s: %s must build ./cmd/pscmessages (--set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscmessages)", g.step, g)
+	if g.flag("--set-build-env-vars") != "GOOGLE_BUILDABLE=./cmd/pscpubsub" {
+		fail("%s: %s must build ./cmd/pscpubsub (--set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscpubsub)", g.step, g)
 	}
 	project := cbBuiltins["PROJECT_ID"]
 	want := "pull,-subscription=projects/" + project + "/subscriptions/" + c.subs["_PULL_SUBSCRIPTION"] + ",-topic=projects/" + project + "/topics/" + c.subs["_TOPIC"]
@@ -1110,7 +1110,7 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "push to the root", yamlFrom: "--push-endpoint=$$url/projects/${PROJECT_ID}/topics/${_TOPIC}", yamlTo: "--push-endpoint=$$url/", want: "the path must name _TOPIC"},
 		{name: "ack deadline below the timeout", yamlFrom: "--ack-deadline=${_INGEST_TIMEOUT}", yamlTo: "--ack-deadline=10", want: "want the ingest function's --timeout"},
 		{name: "pull ingester throttled", yamlFrom: "          --no-cpu-throttling \\\n", yamlTo: "", want: "needs --no-cpu-throttling"},
-		{name: "pull ingester builds the function", yamlFrom: "          --set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscmessages \\\n", yamlTo: "", want: "must build ./cmd/pscmessages"},
+		{name: "pull ingester builds the function", yamlFrom: "          --set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscpubsub \\\n", yamlTo: "", want: "must build ./cmd/pscpubsub"},
 		{name: "pull ingester as the ingest function", yamlFrom: "--service-account=${_PULL_SA}@", yamlTo: "--service-account=${_INGEST_SA}@", want: "shares its service account"},
 		{name: "push create only", yamlFrom: "gcloud pubsub subscriptions update ${_PUSH_SUBSCRIPTION}", yamlTo: "gcloud pubsub subscriptions create ${_PUSH_SUBSCRIPTION}", want: "want one gcloud pubsub subscriptions update of the push subscription"},
 		{name: "trigger as a function identity", yamlFrom: "trigger_sa=${_TRIGGER_SA}@", yamlTo: "trigger_sa=${_INGEST_SA}@", want: "needs a --service-account of its own"},

@@ -360,7 +360,7 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 	}
 	for _, r := range cbRequestsFor(reqs, "POST", "/builds:submit") {
 		fn := cbStr(r.Body, "buildpackBuild", "functionTarget")
-		if fn == "" && cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOOGLE_BUILDABLE") == "./cmd/pscmessages" {
+		if fn == "" && cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOOGLE_BUILDABLE") == "./cmd/pscpubsub" {
 			fn = "Messages" // the pull ingester: the runner, built from its main package
 		}
 		if _, ok := facts.EntryPoints[fn]; !ok || cbStr(r.Body, "buildpackBuild", "baseImage") != "go"+strings.ReplaceAll(facts.GoVersion, ".", "") ||

@@ -9,23 +9,18 @@ import (
 	"testing"
 )
 
-// testingImportersAllowed are the packages outside this module that the
-// runner may link although they import package testing: pstest, the
-// in-process Pub/Sub emulator behind `serve -pubsub`, needs Google's
-// internal testutil. Nothing of this module may be among them: test
-// helpers belong in _test.go files or in packages only tests import
-// (store/localpg/localpgtest).
-var testingImportersAllowed = []string{"cloud.google.com/go/internal/testutil"}
+// linkedNowhere are packages the runner must not link: package testing
+// (which registers its flags and drags test machinery into the binary users
+// run; pstest imports it) and the Pub/Sub client with its gRPC API surface,
+// which most of a first build would otherwise be spent compiling although
+// serving over HTTP never uses it. cmd/pscpubsub links those.
+var linkedNowhere = []string{"testing", "cloud.google.com/go/pubsub/v2", "cloud.google.com/go/pubsub/v2/pstest"}
 
-// TestRunnerDoesNotLinkTestHelpers lists what the runner links and fails
-// on every package that imports testing, except the allowed ones above.
-// Linking testing registers its flags and drags test machinery into the
-// binary users run.
-func TestRunnerDoesNotLinkTestHelpers(t *testing.T) {
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to list the runner's dependencies: %v", err)
-	}
+// TestRunnerLinksNeitherTestingNorPubSub lists what `go run
+// ./cmd/pscmessages` links and fails on package testing, the Pub/Sub client
+// and every package that imports them.
+func TestRunnerLinksNeitherTestingNorPubSub(t *testing.T) {
+	goTool := goCommand(t)
 	out, err := exec.Command(goTool, "list", "-deps", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", ".").Output()
 	if err != nil {
 		t.Fatalf("go list -deps: %v", exitDetail(err))
@@ -33,13 +28,39 @@ func TestRunnerDoesNotLinkTestHelpers(t *testing.T) {
 	var bad []string
 	for line := range strings.Lines(string(out)) {
 		pkg, imports, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if slices.Contains(strings.Fields(imports), "testing") && !slices.Contains(testingImportersAllowed, pkg) {
+		if slices.Contains(linkedNowhere, pkg) {
 			bad = append(bad, pkg)
+			continue
+		}
+		for _, imp := range strings.Fields(imports) {
+			if slices.Contains(linkedNowhere, imp) {
+				bad = append(bad, pkg+" (imports "+imp+")")
+			}
 		}
 	}
 	if len(bad) > 0 {
-		t.Errorf("the runner links packages that import testing: %s; move their test helpers to _test.go files or a package only tests import", strings.Join(bad, ", "))
+		t.Errorf("the runner links %s; Pub/Sub belongs in cmd/pscpubsub, test helpers in _test.go files or packages only tests import", strings.Join(bad, ", "))
 	}
+}
+
+// TestEveryCommandBuilds: `go build ./cmd/...` builds every command (and
+// so `go install ./cmd/...` installs them), into a folder of the test's.
+func TestEveryCommandBuilds(t *testing.T) {
+	goTool := goCommand(t)
+	build := exec.Command(goTool, "build", "-o", t.TempDir(), "./cmd/...")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/...: %v\n%s", err, out)
+	}
+}
+
+func goCommand(t *testing.T) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command is needed to list and build the commands: %v", err)
+	}
+	return goTool
 }
 
 // exitDetail adds a failed command's stderr to its error.
@@ -50,13 +71,20 @@ func exitDetail(err error) string {
 	return err.Error()
 }
 
-// TestRunnerPassesSettingsDown: no command of the runner hands settings to
-// the function by changing its own environment; each reads its settings
-// once and passes them (function.ConfigFromEnv, function.New).
-func TestRunnerPassesSettingsDown(t *testing.T) {
-	files, err := filepath.Glob("*.go")
-	if err != nil {
-		t.Fatal(err)
+// TestCommandsPassSettingsDown: no command hands settings to the function by
+// changing its own environment; each reads its settings once and passes
+// them (function.ConfigFromEnv, function.New).
+func TestCommandsPassSettingsDown(t *testing.T) {
+	var files []string
+	for _, pattern := range []string{"../*/*.go", "../internal/*/*.go"} {
+		m, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, m...)
+	}
+	if len(files) == 0 {
+		t.Fatal("no source files found under cmd")
 	}
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {

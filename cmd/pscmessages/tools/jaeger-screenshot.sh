@@ -14,5 +14,5 @@ set -euo pipefail
 : "${JAEGER_UI:?set JAEGER_UI to the jaeger-ui build folder (see above)}"
 cd "$(dirname "$0")/../../.."
 out="$PWD/cmd/pscmessages/jaeger-trace.png"
-JAEGER_SCREENSHOT="$out" go test -tags e2e -count=1 -run 'TestJaegerTraces/published' ./cmd/pscmessages
+JAEGER_SCREENSHOT="$out" go test -tags e2e -count=1 -run 'TestJaegerTraces/published' ./cmd/pscpubsub
 echo "wrote $out"

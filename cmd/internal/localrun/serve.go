@@ -1,4 +1,4 @@
-package main
+package localrun
 
 import (
 	"context"
@@ -22,16 +22,23 @@ import (
 // graceful shutdown. With FUNCTION_TARGET set it serves that one function at
 // every path; without it, Messages answers at / and IngestPubSub at
 // /IngestPubSub. On SIGTERM or Ctrl-C it stops accepting, lets the requests in
-// flight finish, closes the pool, then stops the local PostgreSQL.
-func runServe(ctx context.Context, args []string) error {
+// flight finish, closes the pool, then stops the local PostgreSQL. ext, when
+// not nil, adds its flags and is started once the functions are served.
+func runServe(ctx context.Context, args []string, ext Extension) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	fresh := fs.Bool("fresh", false, "delete the local PostgreSQL data folder before starting")
-	ps := addPubSubFlags(fs)
+	line := "[serve] [-fresh]"
+	if ext != nil {
+		ext.AddFlags(fs)
+		line += " " + ext.Usage()
+	} else {
+		fs.Var(pubsubElsewhere{}, "pubsub", "Pub/Sub delivery is go run ./cmd/pscpubsub's (this runner links no Pub/Sub client)")
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages [serve] [-fresh] [-pubsub [-pubsub-concurrency N]]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/%s %s\n\n"+
 			"Serves the functions on HOST:PORT (default 127.0.0.1:8080). With no DATABASE_URL or DB_HOST\n"+
 			"it starts a local PostgreSQL from this machine's binaries, whose data folder is kept across\n"+
-			"runs (LOCAL_PGDATA, default %s; -fresh deletes it first).\n", defaultPGData())
+			"runs (LOCAL_PGDATA, default %s; -fresh deletes it first).\n", program, line, defaultPGData())
 		fs.PrintDefaults()
 	}
 	fs.Parse(args)
@@ -102,21 +109,39 @@ func runServe(ctx context.Context, args []string) error {
 	} else {
 		fmt.Printf("serving Messages at %s/ and IngestPubSub at %s/IngestPubSub\n", base, base)
 	}
-	stopPubSub, err := ps.start(ctx, base)
-	if err != nil {
-		srv.Close()
-		return err
+	stopExt := func() {}
+	if ext != nil {
+		if stopExt, err = ext.Start(ctx, base); err != nil {
+			srv.Close()
+			return err
+		}
+	} else if emu := os.Getenv("PUBSUB_EMULATOR_HOST"); emu != "" {
+		fmt.Printf("PUBSUB_EMULATOR_HOST=%s is set, but this runner does not pull Pub/Sub: go run ./cmd/pscpubsub serves the functions and delivers the topic to IngestPubSub\n", emu)
 	}
 	select {
 	case err := <-errc:
-		stopPubSub()
+		stopExt()
 		return fmt.Errorf("serving on %s: %w", addr, err)
 	case <-ctx.Done():
 	}
 	fmt.Println("shutting down: finishing the requests in flight")
-	// In-flight deliveries finish first, while the server and pool are up.
-	stopPubSub()
+	// What the extension has in flight finishes first, while the server
+	// and pool are up.
+	stopExt()
 	return drain(srv, shutdownTimeout)
+}
+
+// pubsubElsewhere is serve's -pubsub in the runner that links no Pub/Sub
+// client: setting it says which command has it.
+type pubsubElsewhere struct{}
+
+func (pubsubElsewhere) String() string   { return "" }
+func (pubsubElsewhere) IsBoolFlag() bool { return true }
+func (pubsubElsewhere) Set(v string) error {
+	if on, err := strconv.ParseBool(v); err == nil && !on {
+		return nil
+	}
+	return errors.New("Pub/Sub delivery is in go run ./cmd/pscpubsub, which serves the same functions and pulls the topic into IngestPubSub")
 }
 
 // Timeouts of the local server. Cloud Run's front end bounds what reaches a

@@ -1,4 +1,4 @@
-package main
+package localrun
 
 import (
 	"strconv"
@@ -31,13 +31,13 @@ func checkServeEnv(getenv func(string) string) error {
 	if v := strings.TrimSpace(getenv("DB_IAM_AUTH")); v != "" {
 		if b, err := strconv.ParseBool(v); err != nil || b {
 			return &store.ConfigError{Var: "DB_IAM_AUTH", Msg: "IAM database authentication needs a Cloud SQL instance, but neither DATABASE_URL nor DB_HOST is set, " +
-				"so go run ./cmd/pscmessages would start its own local PostgreSQL, which takes no IAM tokens. Unset DB_IAM_AUTH to use the local database, " +
+				"so go run ./cmd/" + program + " would start its own local PostgreSQL, which takes no IAM tokens. Unset DB_IAM_AUTH to use the local database, " +
 				"or point at the instance with DB_HOST and DB_NAME (IAM is then the default) or with DATABASE_URL=postgres://USER@HOST:5432/DATABASE?sslmode=require"}
 		}
 	}
 	for _, name := range localOnlyIgnored {
 		if getenv(name) != "" {
-			return &store.ConfigError{Var: name, Msg: "is set but DB_HOST is not, so it would be ignored: go run ./cmd/pscmessages starts its own local PostgreSQL when neither DB_HOST nor DATABASE_URL is set. " +
+			return &store.ConfigError{Var: name, Msg: "is set but DB_HOST is not, so it would be ignored: go run ./cmd/" + program + " starts its own local PostgreSQL when neither DB_HOST nor DATABASE_URL is set. " +
 				"Set DB_HOST (the database server's address) to use " + name + ", or unset " + name + " to use the local database"}
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package localrun
 
 import (
 	"context"
@@ -27,7 +27,7 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	}
 	url := db.SuperuserURL("sigterm")
 	port := psFreePort(t)
-	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve", "-pubsub=false"}, port: port,
+	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve"}, port: port,
 		host: "127.0.0.1", env: map[string]string{"DATABASE_URL": url}, unset: []string{"PUBSUB_*"}, lifetime: 2 * time.Minute})
 	t.Cleanup(func() {
 		// A runner that ignores SIGTERM would hold the test's end for the

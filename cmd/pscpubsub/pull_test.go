@@ -11,7 +11,7 @@ import (
 	"example.com/pscmessages/store/localpg"
 )
 
-// startPull starts `go run ./cmd/pscmessages pull` as a child on database
+// startPull starts `go run ./cmd/pscpubsub pull` as a child on database
 // url, pulling subscription sub of env's pstest.
 func (e *psEnv) startPull(t testing.TB, url, sub string, args ...string) *runner {
 	t.Helper()

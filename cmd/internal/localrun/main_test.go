@@ -1,4 +1,4 @@
-package main
+package localrun
 
 import (
 	"strings"
@@ -15,9 +15,9 @@ func TestHelpListsEveryCommand(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("%v: exit code %d\n%s", args, code, out)
 		}
-		for _, c := range commands {
-			if !strings.Contains(out, "  "+c.name+" ") || !strings.Contains(out, c.summary) {
-				t.Errorf("%v does not list %s:\n%s", args, c.name, out)
+		for _, c := range Commands() {
+			if !strings.Contains(out, "  "+c.Name+" ") || !strings.Contains(out, c.Summary) {
+				t.Errorf("%v does not list %s:\n%s", args, c.Name, out)
 			}
 		}
 		for _, want := range []string{"deadletters", "go install ./cmd/pscmessages"} {

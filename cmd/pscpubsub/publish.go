@@ -39,7 +39,7 @@ func publish(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	attrs := attrFlag{}
 	fs.Var(attrs, "attr", "attribute `key=value` of every message (repeatable)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages publish [-project P] [-topic T] [-attr k=v ...] [-json] [MESSAGE ...]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscpubsub publish [-project P] [-topic T] [-attr k=v ...] [-json] [MESSAGE ...]\n\n"+
 			"Publishes each MESSAGE, or with none each non-empty line of stdin, and prints its id.\n"+
 			"With PUBSUB_EMULATOR_HOST set it publishes to that emulator, otherwise to Pub/Sub with\n"+
 			"Google default credentials.\n")
@@ -94,7 +94,7 @@ func publish(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 					notFound = true
 					hint := fmt.Sprintf("gcloud pubsub topics create %s --project=%s", *topic, *project)
 					if os.Getenv("PUBSUB_EMULATOR_HOST") != "" {
-						hint = "`go run ./cmd/pscmessages -pubsub` with the same project and topic creates it in the emulator"
+						hint = "`go run ./cmd/pscpubsub` with the same project and topic creates it in the emulator"
 					}
 					fmt.Fprintf(stderr, "topic projects/%s/topics/%s does not exist: %s\n", *project, *topic, hint)
 				}

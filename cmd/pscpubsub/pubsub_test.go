@@ -3,7 +3,7 @@ package main
 // End-to-end tests of the Pub/Sub path with the real client library against
 // pstest and a real PostgreSQL.
 //
-// The function under test is the real serve path, `go run ./cmd/pscmessages -pubsub`, run
+// The function under test is the real serve path, `go run ./cmd/pscpubsub`, run
 // as a child process: this test binary re-executed into
 // TestPubSubServeProcess. A child per scenario is the only way to give each
 // its own database, because the function's shared service reads DATABASE_URL
@@ -39,6 +39,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	function "example.com/pscmessages"
+	"example.com/pscmessages/cmd/internal/localrun"
 	"example.com/pscmessages/store/localpg"
 	"example.com/pscmessages/store/localpg/localpgtest"
 )
@@ -46,7 +47,7 @@ import (
 const serveArgsEnv = "PSCMESSAGES_TEST_SERVE_ARGS"
 
 // TestPubSubServeProcess is not a test: it is the child process the tests
-// start, running runServe exactly as main does.
+// start, running serve with its Pub/Sub side exactly as main does.
 func TestPubSubServeProcess(t *testing.T) {
 	args, ok := os.LookupEnv(serveArgsEnv)
 	if !ok {
@@ -62,7 +63,7 @@ func TestPubSubServeProcess(t *testing.T) {
 		io.Copy(io.Discard, os.Stdin)
 		orphaned()
 	}()
-	if err := runServe(ctx, strings.Fields(args)); err != nil {
+	if err := localrun.Serve(&pubsubFlags{}).Run(ctx, strings.Fields(args)); err != nil {
 		fmt.Fprintln(os.Stderr, "serve:", err)
 		os.Exit(1)
 	}
@@ -97,7 +98,7 @@ func psFreePort(t testing.TB) string {
 	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 }
 
-// psStartServe starts the child (`go run ./cmd/pscmessages -pubsub`) with env on top of
+// psStartServe starts the child (`go run ./cmd/pscpubsub`) with env on top of
 // a cleaned environment and returns once it delivers Pub/Sub messages. It is
 // stopped (SIGTERM, and must exit 0) at the end of the test unless stop was
 // called.
@@ -772,7 +773,7 @@ func TestPubSubFlags(t *testing.T) {
 		target   string
 		err      string // "" means a no-op start
 	}{
-		{name: "off by default", args: nil},
+		{name: "switched off", args: []string{"-pubsub=false"}},
 		{name: "emulator but switched off", args: []string{"-pubsub=false"}, emulator: "127.0.0.1:1"},
 		{name: "emulator but Messages only", emulator: "127.0.0.1:1", target: "Messages"},
 		{name: "asked for but Messages only", args: []string{"-pubsub"}, target: "Messages", err: "does not serve IngestPubSub"},
@@ -782,11 +783,12 @@ func TestPubSubFlags(t *testing.T) {
 			t.Setenv("PUBSUB_EMULATOR_HOST", tc.emulator)
 			t.Setenv("FUNCTION_TARGET", tc.target)
 			fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-			f := addPubSubFlags(fs)
+			f := &pubsubFlags{}
+			f.AddFlags(fs)
 			if err := fs.Parse(tc.args); err != nil {
 				t.Fatal(err)
 			}
-			stop, err := f.start(context.Background(), "http://127.0.0.1:1")
+			stop, err := f.Start(context.Background(), "http://127.0.0.1:1")
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want %q", err, tc.err)

@@ -1,4 +1,4 @@
-package main
+package localrun
 
 import (
 	"context"
@@ -22,7 +22,7 @@ func TestMainProcess(t *testing.T) {
 		return
 	}
 	os.Args = append([]string{"pscmessages"}, strings.Fields(args)...)
-	main()
+	Main("pscmessages", Commands())
 	os.Exit(0)
 }
 

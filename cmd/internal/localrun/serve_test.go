@@ -1,4 +1,4 @@
-package main
+package localrun
 
 import (
 	"bytes"
@@ -25,7 +25,7 @@ import (
 // channel is closed when it prints its "serving" line.
 func startServeChild(t testing.TB, port string, env map[string]string) *runner {
 	t.Helper()
-	return startRunner(t, runnerOptions{args: []string{"-pubsub=false"}, port: port, host: "127.0.0.1", env: env,
+	return startRunner(t, runnerOptions{port: port, host: "127.0.0.1", env: env,
 		unset: []string{"PUBSUB_*"}})
 }
 

@@ -47,7 +47,7 @@ func (e *emuEnv) database(t testing.TB) string {
 	return e.cluster.SuperuserURL(name)
 }
 
-// serve starts `go run ./cmd/pscmessages -pubsub` on url, pulling topic from the emulator.
+// serve starts `go run ./cmd/pscpubsub` on url, pulling topic from the emulator.
 func (e *emuEnv) serve(t testing.TB, url, topic string) *runner {
 	t.Helper()
 	return e.serveAt(t, url, topic, e2eConcurrency)
@@ -119,7 +119,7 @@ func TestOfficialEmulatorGcloudPublish(t *testing.T) {
 	// Bytes that are not UTF-8: gcloud takes --message as text and encodes
 	// it as UTF-8 (googlecloudsdk/core/util/http_encoding.Encode), so it
 	// cannot send them; Cloud SDK 528 crashes with UnicodeEncodeError. They
-	// reach the topic from other publishers, here `go run ./cmd/pscmessages publish`.
+	// reach the topic from other publishers, here `go run ./cmd/pscpubsub publish`.
 	notUTF8 := "\xff\xfe not UTF-8"
 	if out, err := env.emu.tryGcloud("pubsub", "topics", "publish", topic, "--message="+notUTF8, "--format=value(messageIds)"); err == nil {
 		deads = append(deads, dead{strings.TrimSpace(out), "UTF-8"})

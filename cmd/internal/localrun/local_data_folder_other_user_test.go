@@ -1,6 +1,6 @@
 //go:build e2e
 
-package main
+package localrun
 
 // Planting a folder owned by another user needs root, so this test is in
 // the end-to-end tier, which CI runs as root; run as another user it fails

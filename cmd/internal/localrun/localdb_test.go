@@ -1,8 +1,8 @@
-package main
+package localrun
 
 // The local runner's own PostgreSQL: password-protected, with a psql line that
 // works, and never taken from a live runner. Each runner is this test binary
-// re-executed into TestPubSubServeProcess, running runServe as main does.
+// re-executed into TestServeProcess, running runServe as main does.
 
 import (
 	"context"

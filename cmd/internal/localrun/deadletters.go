@@ -1,4 +1,4 @@
-package main
+package localrun
 
 // `go run ./cmd/pscmessages deadletters`: what IngestPubSub kept in dead_letters, and
 // sending it again once the cause is fixed. It connects like the functions

@@ -31,7 +31,7 @@ func runPull(ctx context.Context, args []string) error {
 	streams := fs.Int("streams", pullingest.DefaultStreams, "StreamingPull streams")
 	drain := fs.Duration("drain-timeout", pullingest.DefaultDrainTimeout, "how long SIGTERM waits for messages in flight to be stored and acknowledged")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscmessages pull -subscription S [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscpubsub pull -subscription S [flags]\n\n"+
 			"Stores the messages of a Pub/Sub subscription as IngestPubSub does, pulling them in bulk\n"+
 			"(the emulator's with PUBSUB_EMULATOR_HOST, otherwise Pub/Sub with Google default credentials),\n"+
 			"into the database of DATABASE_URL or DB_*. Stops on SIGTERM or Ctrl-C after a drain.\n")

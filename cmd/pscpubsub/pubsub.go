@@ -3,7 +3,7 @@ package main
 // The Pub/Sub side of the local runner. Deployed, Eventarc pulls the topic's
 // messages and POSTs each to IngestPubSub as a binary-mode CloudEvent; a 2xx
 // answer acks it, anything else has it delivered again later. Locally,
-// `go run ./cmd/pscmessages -pubsub` does the same against an emulator, so the function
+// `go run ./cmd/pscpubsub` does the same against an emulator, so the function
 // sees on one machine exactly the requests it sees deployed. The Pub/Sub
 // client library lives here and in tests only: the function's package never
 // imports it.
@@ -122,38 +122,45 @@ func pubsubProject() string {
 
 func pubsubTopic() string { return envOr("PUBSUB_TOPIC", defaultPubSubTopic) }
 
-// pubsubFlags are the serve flags of the Pub/Sub side.
+// pubsubFlags are serve's Pub/Sub side, a localrun.Extension: its flags, and
+// the delivery it starts once the functions are served.
 type pubsubFlags struct {
 	fs          *flag.FlagSet
 	enabled     *bool
 	concurrency *int
 }
 
-// addPubSubFlags registers -pubsub and -pubsub-concurrency on fs.
-func addPubSubFlags(fs *flag.FlagSet) *pubsubFlags {
-	return &pubsubFlags{
-		fs: fs,
-		enabled: fs.Bool("pubsub", false, "also deliver a Pub/Sub topic's messages to IngestPubSub as Eventarc does, from the\n"+
-			"emulator at PUBSUB_EMULATOR_HOST (when set, this is on unless -pubsub=false) or from one started in-process"),
-		concurrency: fs.Int("pubsub-concurrency", 8, "Pub/Sub messages delivered at once"),
-	}
+// Summary is serve's line in `help`.
+func (f *pubsubFlags) Summary() string {
+	return "serve Messages and IngestPubSub on HOST:PORT and deliver a Pub/Sub topic to IngestPubSub (the default command)"
 }
 
-// start starts the Pub/Sub side if it is asked for, explicitly or by
-// PUBSUB_EMULATOR_HOST, once the functions are served at base. The returned
-// func stops it; it is a no-op when nothing was started.
-func (f *pubsubFlags) start(ctx context.Context, base string) (stop func(), err error) {
+// Usage is serve's usage line past the common flags.
+func (f *pubsubFlags) Usage() string { return "[-pubsub=false] [-pubsub-concurrency N]" }
+
+// AddFlags registers -pubsub and -pubsub-concurrency on fs.
+func (f *pubsubFlags) AddFlags(fs *flag.FlagSet) {
+	f.fs = fs
+	f.enabled = fs.Bool("pubsub", true, "deliver a Pub/Sub topic's messages to IngestPubSub as Eventarc does, from the emulator\n"+
+		"at PUBSUB_EMULATOR_HOST or, when it is unset, from one started in-process (pstest)")
+	f.concurrency = fs.Int("pubsub-concurrency", 8, "Pub/Sub messages delivered at once")
+}
+
+// Start starts the Pub/Sub side unless -pubsub=false, once the functions
+// are served at base. The returned func stops it; it is a no-op when
+// nothing was started.
+func (f *pubsubFlags) Start(ctx context.Context, base string) (stop func(), err error) {
 	explicit := false
 	f.fs.Visit(func(fl *flag.Flag) { explicit = explicit || fl.Name == "pubsub" })
 	emulator := os.Getenv("PUBSUB_EMULATOR_HOST")
-	if !*f.enabled && (explicit || emulator == "") {
+	if !*f.enabled {
 		return func() {}, nil
 	}
 	target := os.Getenv("FUNCTION_TARGET")
 	endpoint, err := ingestEndpoint(base, target)
 	if err != nil {
 		if !explicit {
-			fmt.Printf("not pulling Pub/Sub although PUBSUB_EMULATOR_HOST is set: %v\n", err)
+			fmt.Printf("not pulling Pub/Sub: %v\n", err)
 			return func() {}, nil
 		}
 		return nil, err

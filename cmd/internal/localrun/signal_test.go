@@ -1,4 +1,4 @@
-package main
+package localrun
 
 import (
 	"context"
@@ -37,7 +37,7 @@ func TestSecondInterruptStopsAtOnce(t *testing.T) {
 	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 	l.Close()
 
-	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve", "-pubsub=false"}, port: port,
+	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve"}, port: port,
 		host: "127.0.0.1", env: map[string]string{"DATABASE_URL": db.SuperuserURL("sigint")}, unset: []string{"PUBSUB_*"}})
 	cmd, exited := r.cmd, r.exited
 	base := "http://127.0.0.1:" + port
@@ -120,7 +120,7 @@ func waitUntil(t *testing.T, exited <-chan struct{}, what string, cond func() bo
 func TestSecondInterruptStopsTheLocalPostgres(t *testing.T) {
 	dir := localDataDir(t)
 	t.Cleanup(func() { stopLeftServer(t, dir) })
-	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve", "-pubsub=false"},
+	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve"},
 		host: "127.0.0.1", env: map[string]string{"LOCAL_PGDATA": dir}, unset: []string{"PUBSUB_*", "PG*", "LOCAL_PGDATA"}})
 	select {
 	case <-r.ready:
