@@ -186,6 +186,19 @@ func (e *emulator) stop(t testing.TB) {
 	e.cmd = nil
 }
 
+// kill9 kills the emulator's whole group with SIGKILL, as a crash or an
+// OOM kill would: nothing of it shuts down in order.
+func (e *emulator) kill9(t testing.TB) {
+	t.Helper()
+	if e.cmd == nil {
+		return
+	}
+	syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL)
+	<-e.exited
+	e.unwatch()
+	e.cmd = nil
+}
+
 // restart stops the emulator and starts a fresh one on the same address.
 func (e *emulator) restart(t testing.TB) {
 	t.Helper()

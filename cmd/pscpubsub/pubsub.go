@@ -27,7 +27,9 @@ package main
 // finish and acks or nacks each by its answer; only then do the HTTP server
 // and the pool stop. Messages the client had prefetched but not started are
 // nacked; pstest can strand a few in a closed stream, and those come back
-// when their lease (leaseExtension) runs out.
+// when their lease (leaseExtension) runs out. Once no delivery is in flight,
+// the client gets ackFlushTimeout to send the last acks and nacks: an
+// emulator that is gone never takes them, and its messages come back later.
 //
 // Emulators number their message ids afresh when they start (pstest m0, m1,
 // ...; the official emulator 1, 2, ...), while the local database is kept.
@@ -60,6 +62,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
@@ -333,13 +336,66 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	return func() {
 		once.Do(func() {
 			cancel()
-			<-done // Receive returns once every callback has acked or nacked
-			client.Close()
+			// Receive returns once every callback has acked or nacked and
+			// the library has sent those acks and nacks.
+			if !awaitReceive(done, b.deliveriesInFlight, ackFlushTimeout) {
+				cfg.Log.Warn("Pub/Sub did not take the last acknowledgements in time (is the emulator gone?); "+
+					"those messages will be delivered again, and the function recognises the ones it stored",
+					"wait", ackFlushTimeout.String())
+			}
+			closeWithin(client.Close, ackFlushTimeout)
 			if fake != nil {
 				fake.Close()
 			}
 		})
 	}, nil
+}
+
+// ackFlushTimeout is how long a stopping runner waits, once no delivery is in
+// flight, for the client to send the last acks and nacks. A live emulator
+// takes them in milliseconds; one that is gone never does, and the client
+// retries them (and reopens its streams) for over a minute, longer than
+// the runner may take to stop.
+const ackFlushTimeout = 5 * time.Second
+
+// awaitReceive waits for done (Receive returned). While deliveries are in
+// flight it waits for them, each bounded by deliveryTimeout; once none is, it
+// waits at most grace more. It reports whether Receive returned.
+func awaitReceive(done <-chan struct{}, inFlight func() int64, grace time.Duration) bool {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var idleSince time.Time
+	for {
+		select {
+		case <-done:
+			return true
+		case <-tick.C:
+		}
+		if inFlight() > 0 {
+			idleSince = time.Time{}
+			continue
+		}
+		if idleSince.IsZero() {
+			idleSince = time.Now()
+		}
+		if time.Since(idleSince) >= grace {
+			return false
+		}
+	}
+}
+
+// closeWithin runs close, waiting for it at most d: closing a client whose
+// server is gone must not hold the shutdown either.
+func closeWithin(closeClient func() error, d time.Duration) {
+	closed := make(chan struct{})
+	go func() {
+		closeClient()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(d):
+	}
 }
 
 // emulatorOptions connect a client to an emulator at addr, as the library
@@ -468,13 +524,19 @@ type bridge struct {
 	timeout      time.Duration
 	nackDelay    time.Duration
 	log          *slog.Logger
+	inFlight     atomic.Int64 // deliveries being made or waiting to nack
 }
+
+// deliveriesInFlight is how many callbacks have not returned.
+func (b *bridge) deliveriesInFlight() int64 { return b.inFlight.Load() }
 
 // handle is the Receive callback: ack only what the function answered 2xx
 // for, that is what it stored (or kept as a dead letter); nack the rest after
 // a pause. ctx ends at shutdown, which cuts the pause short but never the
 // delivery itself.
 func (b *bridge) handle(ctx context.Context, m *pubsub.Message) {
+	b.inFlight.Add(1)
+	defer b.inFlight.Add(-1)
 	retryAfter, err := b.deliver(ctx, m)
 	if err == nil {
 		m.Ack()
