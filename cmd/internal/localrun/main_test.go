@@ -41,3 +41,13 @@ func TestHelpListsEveryCommand(t *testing.T) {
 		t.Errorf("an unknown command: exit %d\n%s", code, stderr)
 	}
 }
+
+// TestRunnerPointsPubSubToItsCommand: the runner that links no Pub/Sub client
+// answers -pubsub by naming the command that has it, before starting
+// anything.
+func TestRunnerPointsPubSubToItsCommand(t *testing.T) {
+	_, stderr, code := runMain(t, nil, "-pubsub")
+	if code != 2 || !strings.Contains(stderr, "go run ./cmd/pscpubsub") {
+		t.Errorf("-pubsub: exit %d, want 2 and a pointer to go run ./cmd/pscpubsub:\n%s", code, stderr)
+	}
+}
