@@ -11,7 +11,6 @@ import (
 	"example.com/pscmessages/store"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -109,23 +108,24 @@ func (s *service) consume(ctx context.Context, m eventMeta, data []byte, attrs m
 		links = append(links, trace.Link{SpanContext: server, Attributes: []attribute.KeyValue{attribute.String("pscmessages.link", "http.server")}})
 	}
 	topic := topicName(m.source)
-	spanAttrs := []attribute.KeyValue{
-		attribute.String("messaging.system", "gcp_pubsub"),
-		attribute.String("messaging.operation.type", "process"),
-		attribute.String("messaging.operation.name", "process"),
-		attribute.String("messaging.destination.name", topic),
-		attribute.String("messaging.message.id", logText(cmpOr(msg.Message.MessageID, m.id))),
-		attribute.String("cloudevents.event_id", logText(m.id)),
-		attribute.String("cloudevents.event_type", logText(m.typ)),
+	ctx, span := t.Tracer.Start(parent, "process "+topic, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...))
+	if span.IsRecording() { // an unsampled delivery pays for none of them
+		span.SetAttributes(
+			attribute.String("messaging.system", "gcp_pubsub"),
+			attribute.String("messaging.operation.type", "process"),
+			attribute.String("messaging.operation.name", "process"),
+			attribute.String("messaging.destination.name", topic),
+			attribute.String("messaging.message.id", logText(cmpOr(msg.Message.MessageID, m.id))),
+			attribute.String("cloudevents.event_id", logText(m.id)),
+			attribute.String("cloudevents.event_type", logText(m.typ)),
+		)
+		if sub := msg.Subscription; sub != "" {
+			span.SetAttributes(attribute.String("messaging.destination.subscription.name", logText(sub[strings.LastIndexByte(sub, '/')+1:])))
+		}
+		if k := msg.Message.OrderingKey; k != "" {
+			span.SetAttributes(attribute.String("messaging.gcp_pubsub.message.ordering_key", logText(k)))
+		}
 	}
-	if sub := msg.Subscription; sub != "" {
-		spanAttrs = append(spanAttrs, attribute.String("messaging.destination.subscription.name", logText(sub[strings.LastIndexByte(sub, '/')+1:])))
-	}
-	if k := msg.Message.OrderingKey; k != "" {
-		spanAttrs = append(spanAttrs, attribute.String("messaging.gcp_pubsub.message.ordering_key", logText(k)))
-	}
-	ctx, span := t.Tracer.Start(parent, "process "+topic,
-		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...), trace.WithAttributes(spanAttrs...))
 	if sc := span.SpanContext(); sc.IsValid() {
 		m.traceparent = "00-" + sc.TraceID().String() + "-" + sc.SpanID().String() + "-" + sc.TraceFlags().String()
 	}
@@ -139,12 +139,10 @@ func (s *service) consume(ctx context.Context, m eventMeta, data []byte, attrs m
 		case kind == "":
 			kind = "stored"
 		}
-		metricAttrs := []attribute.KeyValue{attribute.String("outcome", kind)}
-		if o.reason != "" {
-			metricAttrs = append(metricAttrs, attribute.String("reason", o.reason))
+		t.deliveries.Add(context.Background(), 1, t.deliveryAttrs(kind, o.reason))
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("pscmessages.outcome", kind))
 		}
-		t.deliveries.Add(context.Background(), 1, metric.WithAttributes(metricAttrs...))
-		span.SetAttributes(attribute.String("pscmessages.outcome", kind))
 		span.End()
 	}
 }

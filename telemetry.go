@@ -4,7 +4,9 @@ import (
 	"context"
 	"net/http"
 	"strings"
+	"sync"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
 	"example.com/pscmessages/cmd/telemetry"
@@ -32,10 +34,34 @@ func setupTelemetry(getenv func(string) string, ex *telemetry.Exporters) (*instr
 type instruments struct {
 	*telemetry.Telemetry
 	deliveries metric.Int64Counter
+
+	mu       sync.RWMutex
+	outcomes map[[2]string]metric.AddOption // by outcome and reason
+}
+
+// deliveryAttrs is the attribute set of a delivery's outcome and
+// dead-letter reason, made once: both come from fixed lists.
+func (i *instruments) deliveryAttrs(outcome, reason string) metric.AddOption {
+	key := [2]string{outcome, reason}
+	i.mu.RLock()
+	o, ok := i.outcomes[key]
+	i.mu.RUnlock()
+	if ok {
+		return o
+	}
+	kvs := []attribute.KeyValue{attribute.String("outcome", outcome)}
+	if reason != "" {
+		kvs = append(kvs, attribute.String("reason", reason))
+	}
+	o = metric.WithAttributeSet(attribute.NewSet(kvs...))
+	i.mu.Lock()
+	i.outcomes[key] = o
+	i.mu.Unlock()
+	return o
 }
 
 func newInstruments(t *telemetry.Telemetry) (*instruments, error) {
-	ms := instruments{Telemetry: t}
+	ms := instruments{Telemetry: t, outcomes: map[[2]string]metric.AddOption{}}
 	m := t.Meter
 	var err error
 	ms.deliveries, err = m.Int64Counter("pscmessages.deliveries",
