@@ -2,6 +2,7 @@ package function
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -54,6 +55,8 @@ func FuzzDecodeDelivery(f *testing.F) {
 	f.Add("/", "", "", "", "", "", "9", "not a time", "", []byte(`{"content":5}`))
 	f.Add("/", "application/cloudevents+json", "", "", "", "", "", "", "",
 		[]byte(`{"specversion":"1.0","id":"1","source":"//s","type":"`+MessagePublishedType+`","data_base64":"eyJtZXNzYWdlIjp7ImRhdGEiOiJZUT09IiwibWVzc2FnZUlkIjoiMSJ9fQ=="}`))
+	// Binary mode whose data has a "specversion" of its own: its dead letter replays in binary mode.
+	f.Add("/", "application/json", "1.0", "11", testSource, MessagePublishedType, "", "", "", []byte(`{"specversion":"1.0","message":{"data":"YQ==","messageId":"11"}}`))
 	f.Add("/", "application/cloudevents-batch+json", "", "", "", "", "", "", "", []byte(`[]`))
 	f.Add("/", "application/json", "", "", "", "", "", "", "", []byte(pushBody("10", bytes.Repeat([]byte("x"), limit), nil, "projects/p/subscriptions/s")))
 	cfg := settings{maxContentBytes: maxContent, maxBodyBytes: minBodyBytes(maxContent)}
@@ -100,8 +103,14 @@ func FuzzDecodeDelivery(f *testing.F) {
 		if !strings.HasPrefix(dec.key, "pubsub:"+dec.meta.source+"#") || len(dec.key) > store.MaxKeyBytes || dec.meta.id == "" {
 			t.Fatalf("key %q for event %q from %q", dec.key, dec.meta.id, dec.meta.source)
 		}
-		if len(kept.payload) == 0 {
-			t.Fatal("a stored message whose dead letter would keep nothing")
+		// Kept as a dead letter (when the store refuses it), it replays
+		// as the message it was.
+		rr, err := replayRequest(context.Background(), store.DeadLetter{EventID: dec.meta.id, EventSource: dec.meta.source, EventType: dec.meta.typ, Payload: kept.payload})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again := decodeDelivery(rr, kept.payload, maxContent); again.poison != nil || again.content != c || again.key != dec.key {
+			t.Fatalf("its dead letter %q replays as content %q, key %q, poison %v; want %q, %q", kept.payload, again.content, again.key, again.poison, c, dec.key)
 		}
 	})
 }

@@ -43,21 +43,9 @@ func (s *service) replay(ctx context.Context, d store.DeadLetter) (Replayed, err
 	if err != nil {
 		return Replayed{}, err
 	}
-	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "/", bytes.NewReader(d.Payload))
+	r, err := replayRequest(ctx, d)
 	if err != nil {
 		return Replayed{}, err
-	}
-	var probe struct {
-		SpecVersion string `json:"specversion"`
-	}
-	if json.Unmarshal(d.Payload, &probe) == nil && probe.SpecVersion != "" {
-		r.Header.Set("Content-Type", "application/cloudevents+json")
-	} else {
-		r.Header.Set("Content-Type", "application/json")
-		r.Header.Set("ce-specversion", "1.0")
-		r.Header.Set("ce-id", d.EventID)
-		r.Header.Set("ce-source", d.EventSource)
-		r.Header.Set("ce-type", d.EventType)
 	}
 	dl, err := s.readDelivery(nil, r, deliveryLimit(cfg))
 	if err != nil {
@@ -85,6 +73,35 @@ func (s *service) replay(ctx context.Context, d store.DeadLetter) (Replayed, err
 		return Replayed{}, err
 	}
 	return Replayed{MessageID: added.ID, AlreadyStored: added.AlreadyStored}, nil
+}
+
+// replayRequest is the delivery that replays d: a structured-mode body as it
+// came, or else a binary-mode CloudEvent with the kept id, source and type.
+// A body is taken for a structured CloudEvent only when it names the dead
+// letter's own id, source and type: the data of a binary-mode event or a push
+// body may carry a "specversion" member of its own.
+func replayRequest(ctx context.Context, d store.DeadLetter) (*http.Request, error) {
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, "/", bytes.NewReader(d.Payload))
+	if err != nil {
+		return nil, err
+	}
+	var probe struct {
+		SpecVersion string `json:"specversion"`
+		ID          string `json:"id"`
+		Source      string `json:"source"`
+		Type        string `json:"type"`
+	}
+	if json.Unmarshal(d.Payload, &probe) == nil && probe.SpecVersion != "" &&
+		probe.ID == d.EventID && probe.Source == d.EventSource && probe.Type == d.EventType {
+		r.Header.Set("Content-Type", "application/cloudevents+json")
+	} else {
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("ce-specversion", "1.0")
+		r.Header.Set("ce-id", d.EventID)
+		r.Header.Set("ce-source", d.EventSource)
+		r.Header.Set("ce-type", d.EventType)
+	}
+	return r, nil
 }
 
 // openReplayStore opens Replay's store: the process's configuration with
