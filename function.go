@@ -91,6 +91,10 @@ func (c Config) WithDatabaseURL(url string) Config {
 // the same database as the function (an operator's connection).
 func (c Config) Database() store.Config { return c.s.db }
 
+// Edits reports whether Messages serves PUT, PATCH and DELETE
+// /messages/{id} (HTTP_ROUTES=all), so that a runner can say so at start.
+func (c Config) Edits() bool { return c.s.routes.edits }
+
 // Check reads the files the configuration names (DB_ROOT_CERT) and parses
 // the connection settings as opening the pool will, without touching the
 // network, so that a runner stops at start on what would fail every request.

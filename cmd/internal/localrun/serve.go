@@ -104,6 +104,9 @@ func runServe(ctx context.Context, args []string, ext Extension) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	base := "http://" + ln.Addr().String()
+	if target == "" || target == "Messages" {
+		fmt.Println(editsLine(cfg.Edits()))
+	}
 	if target != "" {
 		fmt.Printf("serving %s at %s/\n", target, base)
 	} else {
@@ -337,4 +340,14 @@ func conninfoValue(v string) string {
 // shellQuote quotes s as one word for a POSIX shell.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// editsLine says at start whether Messages lets callers change and remove
+// messages, so that whoever runs it sees which contract they are serving
+// before the first 405 (or the first unwanted DELETE) surprises them.
+func editsLine(edits bool) string {
+	if edits {
+		return "edits on: PUT, PATCH and DELETE /messages/{id} change and remove messages (HTTP_ROUTES=all)"
+	}
+	return "edits off: PUT, PATCH and DELETE /messages/{id} answer 405 (HTTP_ROUTES=all serves them)"
 }
