@@ -246,7 +246,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	topic := "projects/" + cfg.Project + "/topics/" + cfg.Topic
 	subName := "projects/" + cfg.Project + "/subscriptions/" + cfg.Subscription
 	sctx, cancelSetup := context.WithTimeout(ctx, emulatorSetupTimeout)
-	epoch, _, err := ensureSubscription(sctx, client, topic, subName, rewind)
+	epoch, _, err := ensureSubscription(sctx, client, topic, subName, rewind, nil)
 	cancelSetup()
 	if err != nil {
 		client.Close()
@@ -296,7 +296,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 		defer syncMu.Unlock()
 		sctx, cancel := context.WithTimeout(rctx, emulatorSetupTimeout)
 		defer cancel()
-		epoch, created, err := ensureSubscription(sctx, client, topic, subName, rewind)
+		epoch, created, err := ensureSubscription(sctx, client, topic, subName, rewind, func(epoch string) { b.setPrefix(idPrefix(epoch)) })
 		if err != nil {
 			cfg.Log.Error("recreating the topic and subscription failed; retrying", "error", err)
 			return false
@@ -426,14 +426,19 @@ func emulatorOptions(addr string) []option.ClientOption {
 //
 // rewind is only for the official emulator: pstest's Seek to a time breaks
 // its delivery (a nil message), and pstest does not restart on its own.
-func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, rewind bool) (epoch string, created bool, err error) {
+//
+// useEpoch, when not nil, is told the subscription's epoch before the
+// subscription exists under it: a subscription created here starts
+// delivering at once, and a message it delivers must already carry its
+// epoch, or the rewind delivers it again under another id.
+func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, rewind bool, useEpoch func(epoch string)) (epoch string, created bool, err error) {
 	before := time.Now().Add(-time.Minute) // nothing was published to a topic before it existed
 	_, err = c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic, MessageRetentionDuration: durationpb.New(topicRetention)})
 	createdTopic := err == nil
 	if err != nil && status.Code(err) != codes.AlreadyExists {
 		return "", false, fmt.Errorf("creating topic %s: %w", topic, err)
 	}
-	epoch, created, err = createSubscription(ctx, c, topic, sub)
+	epoch, created, err = createSubscription(ctx, c, topic, sub, useEpoch)
 	if err != nil && createdTopic {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), emulatorDialTimeout)
 		defer cancel()
@@ -459,9 +464,12 @@ const topicRetention = 10 * time.Minute
 // createSubscription is ensureSubscription's second half, retried every
 // 100 ms until ctx ends (an emulator that has just come back may refuse it
 // for a moment).
-func createSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) (epoch string, created bool, err error) {
+func createSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, useEpoch func(string)) (epoch string, created bool, err error) {
+	if useEpoch == nil {
+		useEpoch = func(string) {}
+	}
 	for {
-		epoch, created, err = tryCreateSubscription(ctx, c, topic, sub)
+		epoch, created, err = tryCreateSubscription(ctx, c, topic, sub, useEpoch)
 		if err == nil || ctx.Err() != nil || status.Code(err) == codes.InvalidArgument {
 			return epoch, created, err
 		}
@@ -473,8 +481,9 @@ func createSubscription(ctx context.Context, c *pubsub.Client, topic, sub string
 	}
 }
 
-func tryCreateSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) (epoch string, created bool, err error) {
+func tryCreateSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, useEpoch func(string)) (epoch string, created bool, err error) {
 	epoch = newEpoch()
+	useEpoch(epoch)
 	_, err = c.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
 		Name:               sub,
 		Topic:              topic,
@@ -495,6 +504,7 @@ func tryCreateSubscription(ctx context.Context, c *pubsub.Client, topic, sub str
 		if got.Topic != topic {
 			return "", false, fmt.Errorf("subscription %s exists but is attached to %s, not %s; set PUBSUB_SUBSCRIPTION", sub, got.Topic, topic)
 		}
+		useEpoch(got.Labels[epochLabel])
 		return got.Labels[epochLabel], false, nil
 	}
 	if err != nil {
