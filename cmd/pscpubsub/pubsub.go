@@ -246,7 +246,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	topic := "projects/" + cfg.Project + "/topics/" + cfg.Topic
 	subName := "projects/" + cfg.Project + "/subscriptions/" + cfg.Subscription
 	sctx, cancelSetup := context.WithTimeout(ctx, emulatorSetupTimeout)
-	epoch, _, err := ensureSubscription(sctx, client, topic, subName, rewind, nil)
+	epoch, _, err := ensureSubscription(sctx, client, topic, subName, rewind)
 	cancelSetup()
 	if err != nil {
 		client.Close()
@@ -296,7 +296,16 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 		defer syncMu.Unlock()
 		sctx, cancel := context.WithTimeout(rctx, emulatorSetupTimeout)
 		defer cancel()
-		epoch, created, err := ensureSubscription(sctx, client, topic, subName, rewind, func(epoch string) { b.setPrefix(idPrefix(epoch)) })
+		// A subscription created here delivers at once, and its rewind
+		// delivers the same messages again: every one of them must carry
+		// the epoch of the subscription it came from, or it is stored
+		// twice under two ids. Deliveries wait for it.
+		b.mu.Lock()
+		epoch, created, err := ensureSubscription(sctx, client, topic, subName, rewind)
+		if err == nil {
+			b.idPrefix = idPrefix(epoch)
+		}
+		b.mu.Unlock()
 		if err != nil {
 			cfg.Log.Error("recreating the topic and subscription failed; retrying", "error", err)
 			return false
@@ -305,7 +314,6 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 			cfg.Log.Warn("the emulator had lost the subscription (restarted?): recreated it; new message ids are qualified by its new epoch",
 				"subscription", subName, "pubsub_emulator_host", addr, "epoch", epoch)
 		}
-		b.setPrefix(idPrefix(epoch))
 		return true
 	}
 	if fake == nil {
@@ -426,19 +434,14 @@ func emulatorOptions(addr string) []option.ClientOption {
 //
 // rewind is only for the official emulator: pstest's Seek to a time breaks
 // its delivery (a nil message), and pstest does not restart on its own.
-//
-// useEpoch, when not nil, is told the subscription's epoch before the
-// subscription exists under it: a subscription created here starts
-// delivering at once, and a message it delivers must already carry its
-// epoch, or the rewind delivers it again under another id.
-func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, rewind bool, useEpoch func(epoch string)) (epoch string, created bool, err error) {
+func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, rewind bool) (epoch string, created bool, err error) {
 	before := time.Now().Add(-time.Minute) // nothing was published to a topic before it existed
 	_, err = c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic, MessageRetentionDuration: durationpb.New(topicRetention)})
 	createdTopic := err == nil
 	if err != nil && status.Code(err) != codes.AlreadyExists {
 		return "", false, fmt.Errorf("creating topic %s: %w", topic, err)
 	}
-	epoch, created, err = createSubscription(ctx, c, topic, sub, useEpoch)
+	epoch, created, err = createSubscription(ctx, c, topic, sub)
 	if err != nil && createdTopic {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), emulatorDialTimeout)
 		defer cancel()
@@ -464,12 +467,9 @@ const topicRetention = 10 * time.Minute
 // createSubscription is ensureSubscription's second half, retried every
 // 100 ms until ctx ends (an emulator that has just come back may refuse it
 // for a moment).
-func createSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, useEpoch func(string)) (epoch string, created bool, err error) {
-	if useEpoch == nil {
-		useEpoch = func(string) {}
-	}
+func createSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) (epoch string, created bool, err error) {
 	for {
-		epoch, created, err = tryCreateSubscription(ctx, c, topic, sub, useEpoch)
+		epoch, created, err = tryCreateSubscription(ctx, c, topic, sub)
 		if err == nil || ctx.Err() != nil || status.Code(err) == codes.InvalidArgument {
 			return epoch, created, err
 		}
@@ -481,9 +481,8 @@ func createSubscription(ctx context.Context, c *pubsub.Client, topic, sub string
 	}
 }
 
-func tryCreateSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, useEpoch func(string)) (epoch string, created bool, err error) {
+func tryCreateSubscription(ctx context.Context, c *pubsub.Client, topic, sub string) (epoch string, created bool, err error) {
 	epoch = newEpoch()
-	useEpoch(epoch)
 	_, err = c.SubscriptionAdminClient.CreateSubscription(ctx, &pubsubpb.Subscription{
 		Name:               sub,
 		Topic:              topic,
@@ -504,7 +503,6 @@ func tryCreateSubscription(ctx context.Context, c *pubsub.Client, topic, sub str
 		if got.Topic != topic {
 			return "", false, fmt.Errorf("subscription %s exists but is attached to %s, not %s; set PUBSUB_SUBSCRIPTION", sub, got.Topic, topic)
 		}
-		useEpoch(got.Labels[epochLabel])
 		return got.Labels[epochLabel], false, nil
 	}
 	if err != nil {
@@ -528,8 +526,8 @@ type bridge struct {
 	subscription string // projects/P/subscriptions/S
 	source       string // ce-source: //pubsub.googleapis.com/projects/P/topics/T
 	endpoint     string
-	mu           sync.Mutex
-	idPrefix     string // qualifies an emulator's message ids; see idPrefix()
+	mu           sync.Mutex // held by a resync, so deliveries wait for their subscription's epoch
+	idPrefix     string     // qualifies an emulator's message ids; see idPrefix()
 	client       *http.Client
 	timeout      time.Duration
 	nackDelay    time.Duration
@@ -570,14 +568,6 @@ func (b *bridge) prefix() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.idPrefix
-}
-
-// setPrefix changes the prefix of later deliveries; a restarted emulator
-// starts a new epoch.
-func (b *bridge) setPrefix(p string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.idPrefix = p
 }
 
 // pushMessage is the Pub/Sub message in Eventarc's event data. Eventarc
