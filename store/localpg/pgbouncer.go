@@ -163,9 +163,7 @@ func (b *Bouncer) Start(ctx context.Context) error {
 	cmd := exec.Command(b.opts.Binary, filepath.Join(b.dir, "pgbouncer.ini"))
 	cmd.Dir = "/"
 	cmd.Env = serverEnv()
-	// Pdeathsig: a test binary killed by its -timeout takes its pooler with
-	// it instead of leaving it listening.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: b.cred, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = poolerProcAttr(b.cred)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("localpg: starting pgbouncer: %w", err)
 	}
