@@ -94,15 +94,22 @@ var cbSampleSubstitutions = map[string]string{"_DB_HOST": "10.20.0.5"}
 func cbReadFacts(t *testing.T) cbFacts {
 	t.Helper()
 	sources := map[string][]byte{}
-	files, err := filepath.Glob("../../store/*.go")
+	// Every package of this module the deployed function links (the root
+	// package and what it imports: store/..., cmd/telemetry, cmd/logging),
+	// wherever a variable is read.
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", "../..").Output()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("go list -deps of the function: %v", err)
 	}
-	root, err := filepath.Glob("../../*.go")
-	if err != nil {
-		t.Fatal(err)
+	var files []string
+	for _, dir := range strings.Fields(string(out)) {
+		m, err := filepath.Glob(filepath.Join(dir, "*.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, m...)
 	}
-	for _, f := range append(files, root...) {
+	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
 		}
