@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -40,6 +41,13 @@ var (
 func TestMain(m *testing.M) {
 	if os.Getenv(sigtermChildEnv) != "" {
 		os.Exit(sigtermChild())
+	}
+	// A fuzz worker runs only the fuzz targets, which need no database; the
+	// coordinator starts workers again and again, and a cluster for each
+	// would take most of a short -fuzztime.
+	flag.Parse()
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		os.Exit(m.Run())
 	}
 	os.Exit(run(m))
 }
