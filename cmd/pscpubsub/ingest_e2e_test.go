@@ -179,6 +179,11 @@ func TestPullIngesterUnderLoad(t *testing.T) {
 	wg.Wait()
 	emuPublish(t, c, emuTopic(env, topic), poison)
 	psWaitFor(t, 120*time.Second, "the first half stored", func() bool { return psStoredRows(t, url) >= n/2 })
+	// The poison too, before the restart below could lose it: the test
+	// sends again only what the restart lost of the second half.
+	psWaitFor(t, 120*time.Second, "the poison kept", func() bool {
+		return psQueryInt(t, url, "SELECT count(*) FROM dead_letters") >= len(poison)
+	})
 
 	// Phase 2: the emulator restarts while the second half streams in.
 	wg.Add(1)
