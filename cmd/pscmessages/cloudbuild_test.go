@@ -814,19 +814,25 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 	c.checkPreflight(fail)
 }
 
-// cbIsPullDeploy reports the deploy of the pull ingester: the command built
-// from ./cmd/pscpubsub, run as `pull`.
-func cbIsPullDeploy(g cbGcloud) bool { return strings.HasPrefix(g.flag("--args"), "pull,") }
+// cbIsPullDeploy reports the deploy of the pull ingester: the one deploy of
+// a command rather than a function (no --function).
+func cbIsPullDeploy(g cbGcloud) bool { return g.flag("--function") == "" }
+
+// cbPullBuildable is the main package the pull ingester is built from: the
+// ingester alone, whose binary links neither pstest nor package testing
+// (cmd/pscpull's links_test.go), unlike cmd/pscpubsub's local bridge.
+const cbPullBuildable = "./cmd/pscpull"
 
 // checkPullDeploy checks what the pull ingester needs beyond what every
-// deploy does: ./cmd/pscpubsub built and run as `pull` on the subscription and
-// topic, CPU that is never throttled, and instances always there.
+// deploy does: cbPullBuildable built and run with flags only on the
+// subscription and topic, CPU that is never throttled, and instances always
+// there.
 func (c *cbChecked) checkPullDeploy(g cbGcloud, fail func(string, ...any)) {
-	if g.flag("--set-build-env-vars") != "GOOGLE_BUILDABLE=./cmd/pscpubsub" {
-		fail("%s: %s must build ./cmd/pscpubsub (--set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscpubsub)", g.step, g)
+	if g.flag("--set-build-env-vars") != "GOOGLE_BUILDABLE="+cbPullBuildable {
+		fail("%s: %s must build %s (--set-build-env-vars=GOOGLE_BUILDABLE=%s)", g.step, g, cbPullBuildable, cbPullBuildable)
 	}
 	project := cbBuiltins["PROJECT_ID"]
-	want := "pull,-subscription=projects/" + project + "/subscriptions/" + c.subs["_PULL_SUBSCRIPTION"] + ",-topic=projects/" + project + "/topics/" + c.subs["_TOPIC"]
+	want := "-subscription=projects/" + project + "/subscriptions/" + c.subs["_PULL_SUBSCRIPTION"] + ",-topic=projects/" + project + "/topics/" + c.subs["_TOPIC"]
 	if g.flag("--args") != want {
 		fail("%s: --args=%q, want %q", g.step, g.flag("--args"), want)
 	}
@@ -1117,7 +1123,9 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "push to the root", yamlFrom: "--push-endpoint=$$url/projects/${PROJECT_ID}/topics/${_TOPIC}", yamlTo: "--push-endpoint=$$url/", want: "the path must name _TOPIC"},
 		{name: "ack deadline below the timeout", yamlFrom: "--ack-deadline=${_INGEST_TIMEOUT}", yamlTo: "--ack-deadline=10", want: "want the ingest function's --timeout"},
 		{name: "pull ingester throttled", yamlFrom: "          --no-cpu-throttling \\\n", yamlTo: "", want: "needs --no-cpu-throttling"},
-		{name: "pull ingester builds the function", yamlFrom: "          --set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscpubsub \\\n", yamlTo: "", want: "must build ./cmd/pscpubsub"},
+		{name: "pull ingester builds the function", yamlFrom: "          --set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscpull \\\n", yamlTo: "", want: "must build ./cmd/pscpull"},
+		{name: "pull ingester built with the local bridge", yamlFrom: "GOOGLE_BUILDABLE=./cmd/pscpull \\", yamlTo: "GOOGLE_BUILDABLE=./cmd/pscpubsub \\", want: "must build ./cmd/pscpull"},
+		{name: "pull ingester given a command word", yamlFrom: "--args=-subscription=", yamlTo: "--args=pull,-subscription=", want: `--args="pull,-subscription=`},
 		{name: "pull ingester as the ingest function", yamlFrom: "--service-account=${_PULL_SA}@", yamlTo: "--service-account=${_INGEST_SA}@", want: "shares its service account"},
 		{name: "push create only", yamlFrom: "gcloud pubsub subscriptions update ${_PUSH_SUBSCRIPTION}", yamlTo: "gcloud pubsub subscriptions create ${_PUSH_SUBSCRIPTION}", want: "want one gcloud pubsub subscriptions update of the push subscription"},
 		{name: "trigger as a function identity", yamlFrom: "trigger_sa=${_TRIGGER_SA}@", yamlTo: "trigger_sa=${_INGEST_SA}@", want: "needs a --service-account of its own"},

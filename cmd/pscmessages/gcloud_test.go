@@ -169,7 +169,7 @@ func TestCloudBuildGcloud(t *testing.T) {
 					t.Logf("requests of the %s run:\n%s", branch, fakeDump(reqs))
 					return
 				}
-				if (name == "defaults" || name == "eventarc trigger") && branch == "create" {
+				if (name == "defaults" || name == "eventarc trigger" || name == "pull ingester") && branch == "create" {
 					cbJudgeCatchesDrift(t, facts, c.subs, steps, reqs)
 				}
 			}
@@ -221,7 +221,9 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 	var pullService map[string]any
 	for _, r := range cbRequestsFor(reqs, method, "/apis/serving.knative.dev/v1/namespaces/"+project+"/services") {
 		if containers, _ := cbDig(r.Body, "spec", "template", "spec", "containers").([]any); len(containers) == 1 {
-			if args, _ := cbDig(containers[0], "args").([]any); len(args) > 0 && args[0] == "pull" {
+			// Functions take no arguments: a service with some runs the
+			// pull ingester's command.
+			if args, _ := cbDig(containers[0], "args").([]any); len(args) > 0 {
 				pullService = r.Body
 				continue
 			}
@@ -328,9 +330,27 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 		tmpl := cbDig(pullService, "spec", "template")
 		ann := func(k string) string { return cbStr(tmpl, "metadata", "annotations", k) }
 		sa := cbStr(tmpl, "spec", "serviceAccountName")
+		var args []string
+		if containers, _ := cbDig(tmpl, "spec", "containers").([]any); len(containers) == 1 {
+			as, _ := cbDig(containers[0], "args").([]any)
+			for _, a := range as {
+				args = append(args, fmt.Sprint(a))
+			}
+		}
+		wantArgs := []string{"-subscription=projects/" + project + "/subscriptions/" + subs["_PULL_SUBSCRIPTION"], "-topic=projects/" + project + "/topics/" + subs["_TOPIC"]}
+		builds := 0
+		for _, r := range cbRequestsFor(reqs, "POST", "/builds:submit") {
+			if cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOOGLE_BUILDABLE") == cbPullBuildable {
+				builds++
+			}
+		}
 		switch {
 		case pullService == nil:
-			fail("_PULL_INGESTER=true deployed no service running `pull`")
+			fail("_PULL_INGESTER=true deployed no service running the pull ingester")
+		case !slices.Equal(args, wantArgs):
+			fail("pull ingester: container args %q, want %q (cmd/pscpull takes flags only)", args, wantArgs)
+		case builds != 1:
+			fail("pull ingester: %d builds of GOOGLE_BUILDABLE=%s, want 1", builds, cbPullBuildable)
 		case !strings.EqualFold(ann("run.googleapis.com/cpu-throttling"), "false"):
 			fail("pull ingester: cpu-throttling %q; a throttled instance pulls nothing", ann("run.googleapis.com/cpu-throttling"))
 		case ann("autoscaling.knative.dev/minScale") != subs["_PULL_INSTANCES"] || ann("autoscaling.knative.dev/maxScale") != subs["_PULL_INSTANCES"]:
@@ -360,12 +380,14 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 	}
 	for _, r := range cbRequestsFor(reqs, "POST", "/builds:submit") {
 		fn := cbStr(r.Body, "buildpackBuild", "functionTarget")
-		if fn == "" && cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOOGLE_BUILDABLE") == "./cmd/pscpubsub" {
-			fn = "Messages" // the pull ingester: the runner, built from its main package
+		_, ok := facts.EntryPoints[fn]
+		if fn == "" {
+			// The pull ingester: a command, built from its main package.
+			ok = cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOOGLE_BUILDABLE") == cbPullBuildable
 		}
-		if _, ok := facts.EntryPoints[fn]; !ok || cbStr(r.Body, "buildpackBuild", "baseImage") != "go"+strings.ReplaceAll(facts.GoVersion, ".", "") ||
+		if !ok || cbStr(r.Body, "buildpackBuild", "baseImage") != "go"+strings.ReplaceAll(facts.GoVersion, ".", "") ||
 			cbStr(r.Body, "serviceAccount") != "projects/"+project+"/serviceAccounts/"+email(subs["_SOURCE_BUILD_SA"]) {
-			fail("build request %s: want an entry point, base image go%s and the builder account", r.Raw, facts.GoVersion)
+			fail("build request %s: want an entry point (or GOOGLE_BUILDABLE=%s), base image go%s and the builder account", r.Raw, cbPullBuildable, facts.GoVersion)
 		}
 	}
 
@@ -574,7 +596,9 @@ func cbJudgeCatchesDrift(t *testing.T, facts cbFacts, subs map[string]string, st
 	t.Helper()
 	tests := []struct {
 		name, path, from, to, want string
-		kind                       string // the _PUBSUB_TRIGGER it applies to; "" for both
+		// kind is the _PUBSUB_TRIGGER a case applies to ("" for both), or
+		// "pull" for the pull ingester's sample, which runs only its steps.
+		kind string
 	}{
 		{"all traffic through the VPC", "/services", `"private-ranges-only"`, `"all-traffic"`, "VPC egress", ""},
 		{"another subnet", "/services", `\"subnetwork\": \"` + subs["_SUBNET"] + `\"`, `\"subnetwork\": \"other\"`, "network interfaces", ""},
@@ -595,9 +619,11 @@ func cbJudgeCatchesDrift(t *testing.T, facts cbFacts, subs map[string]string, st
 		{"no retry policy", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `"minimumBackoff": "` + subs["_PUSH_MIN_BACKOFF"] + `"`, `"minimumBackoff": "0s"`, "retry policy", "direct"},
 		{"no push dead-letter topic", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `"deadLetterTopic": "projects/my-project/topics/` + subs["_DEAD_LETTER_TOPIC"], `"deadLetterTopic": "projects/my-project/topics/other`, "dead-letter policy", "direct"},
 		{"trigger invokes too", ":setIamPolicy", `"serviceAccount:` + subs["_PUSH_SA"] + `@`, `"serviceAccount:` + subs["_TRIGGER_SA"] + `@my-project.iam.gserviceaccount.com", "serviceAccount:` + subs["_PUSH_SA"] + `@`, "want only the delivering account", "direct"},
+		{"pull ingester built with the local bridge", "/builds:submit", `"GOOGLE_BUILDABLE": "./cmd/pscpull"`, `"GOOGLE_BUILDABLE": "./cmd/pscpubsub"`, "GOOGLE_BUILDABLE=./cmd/pscpull", "pull"},
+		{"pull ingester given a command word", "/services", `"-subscription=`, `"pull", "-subscription=`, "cmd/pscpull takes flags only", "pull"},
 	}
 	for _, tt := range tests {
-		if tt.kind != "" && tt.kind != subs["_PUBSUB_TRIGGER"] {
+		if pull := subs["_PULL_INGESTER"] == "true"; pull != (tt.kind == "pull") || !pull && tt.kind != "" && tt.kind != subs["_PUBSUB_TRIGGER"] {
 			continue
 		}
 		edited := make([]fakeRequest, len(reqs))

@@ -13,7 +13,8 @@ import (
 // (which registers its flags and drags test machinery into the binary users
 // run; pstest imports it) and the Pub/Sub client with its gRPC API surface,
 // which most of a first build would otherwise be spent compiling although
-// serving over HTTP never uses it. cmd/pscpubsub links those.
+// serving over HTTP never uses it. cmd/pscpubsub links those (cmd/pscpull
+// the client alone).
 var linkedNowhere = []string{"testing", "cloud.google.com/go/pubsub/v2", "cloud.google.com/go/pubsub/v2/pstest"}
 
 // TestRunnerLinksNeitherTestingNorPubSub lists what `go run

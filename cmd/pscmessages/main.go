@@ -5,8 +5,9 @@
 // (or `COMMAND -h`) shows one's flags. `go install ./cmd/pscmessages` installs it as a
 // binary.
 //
-// It links only what serving over HTTP needs: Pub/Sub delivery, publishing
-// and the pull ingester are go run ./cmd/pscpubsub, the benchmarks go run ./cmd/pscbench.
+// It links only what serving over HTTP needs: Pub/Sub delivery and publishing
+// are go run ./cmd/pscpubsub, the pull ingester go run ./cmd/pscpull, the
+// benchmarks go run ./cmd/pscbench.
 package main
 
 import "example.com/pscmessages/cmd/internal/localrun"

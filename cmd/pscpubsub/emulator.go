@@ -5,66 +5,23 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
-	"cloud.google.com/go/pubsub/v2"
-	vkit "cloud.google.com/go/pubsub/v2/apiv1"
-	"github.com/googleapis/gax-go/v2"
-	"google.golang.org/grpc/codes"
+	"example.com/pscmessages/cmd/internal/pubsubclient"
 )
 
-const (
-	// emulatorDialTimeout bounds the check that something listens at
-	// PUBSUB_EMULATOR_HOST. Without it the client library retries an
-	// unreachable emulator for its whole 60 s RPC timeout.
-	emulatorDialTimeout = 3 * time.Second
-	// emulatorSetupTimeout bounds creating the topic and subscription, for
-	// an address that accepts connections but does not answer Pub/Sub.
-	emulatorSetupTimeout = 15 * time.Second
-	// emulatorWatchInterval is how often the runner checks that the
-	// emulator still listens, so that an outage is reported while it lasts.
-	emulatorWatchInterval = 2 * time.Second
-	// emulatorReconnectMax caps the pull stream's reconnect backoff (the
-	// library's is 60 s). While an emulator restarts, the stream retries
-	// with growing pauses; with the library's cap, a restarted emulator's
-	// messages waited up to a minute, and so did Ctrl-C, which waits for the
-	// pause to end.
-	emulatorReconnectMax = 2 * time.Second
-)
-
-// runnerClientConfig is the runner's client configuration: the library's
-// retry of StreamingPull, on the same codes, with emulatorReconnectMax.
-func runnerClientConfig() *pubsub.ClientConfig {
-	return &pubsub.ClientConfig{SubscriptionAdminCallOptions: &vkit.SubscriptionAdminCallOptions{
-		StreamingPull: []gax.CallOption{gax.WithRetry(func() gax.Retryer {
-			return gax.OnCodes([]codes.Code{codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal, codes.Unavailable},
-				gax.Backoff{Initial: 100 * time.Millisecond, Max: emulatorReconnectMax, Multiplier: 2})
-		})},
-	}}
-}
-
-// checkEmulator returns an error naming PUBSUB_EMULATOR_HOST when nothing
-// accepts connections at addr within emulatorDialTimeout.
-func checkEmulator(ctx context.Context, addr string) error {
-	d := net.Dialer{Timeout: emulatorDialTimeout}
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return emulatorError(addr, err)
-	}
-	c.Close()
-	return nil
-}
+// emulatorWatchInterval is how often the runner checks that the emulator
+// still listens, so that an outage is reported while it lasts.
+const emulatorWatchInterval = 2 * time.Second
 
 // officialEmulator reports whether addr is the official emulator, which
 // answers plain HTTP (its REST API, the one gcloud uses) beside gRPC; pstest
 // answers gRPC only.
 func officialEmulator(ctx context.Context, addr string) bool {
-	ctx, cancel := context.WithTimeout(ctx, emulatorDialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, pubsubclient.DialTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 	if err != nil {
@@ -76,16 +33,6 @@ func officialEmulator(ctx context.Context, addr string) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
-}
-
-// emulatorError says which variable points where, and what to do about it.
-func emulatorError(addr string, err error) error {
-	port := addr
-	if _, p, splitErr := net.SplitHostPort(addr); splitErr == nil {
-		port = p
-	}
-	return fmt.Errorf("PUBSUB_EMULATOR_HOST=%s: no Pub/Sub emulator answers there (%v); start one with "+
-		"`gcloud beta emulators pubsub start --host-port=127.0.0.1:%s`, or unset PUBSUB_EMULATOR_HOST", addr, err, port)
 }
 
 // watchEmulator logs when the emulator at addr stops accepting connections
@@ -105,7 +52,7 @@ func watchEmulator(ctx context.Context, addr string, log *slog.Logger, lost func
 			return
 		case <-t.C:
 		}
-		err := checkEmulator(ctx, addr)
+		err := pubsubclient.CheckEmulator(ctx, addr)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -119,7 +66,7 @@ func watchEmulator(ctx context.Context, addr string, log *slog.Logger, lost func
 			down, pending = false, true
 			log.Warn("the Pub/Sub emulator at PUBSUB_EMULATOR_HOST=" + addr + " answers again; checking the topic and subscription, which a restarted emulator has lost")
 		case !pending:
-			cctx, cancel := context.WithTimeout(ctx, emulatorDialTimeout)
+			cctx, cancel := context.WithTimeout(ctx, pubsubclient.DialTimeout)
 			pending = lost(cctx)
 			cancel()
 		}

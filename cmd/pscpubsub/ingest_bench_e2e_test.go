@@ -82,7 +82,7 @@ func BenchmarkIngestEmulator(b *testing.B) {
 	b.Run("pull", func(b *testing.B) {
 		topic, sub := newTopic(b)
 		url := env.database(b)
-		p := startRunner(b, runnerOptions{process: "TestMainProcess", args: []string{"pull", "-subscription", sub, "-topic", topic},
+		p := startRunner(b, runnerOptions{program: pscpullBinary(b), args: []string{"-subscription", sub, "-topic", topic},
 			env:   map[string]string{"DATABASE_URL": url, "PUBSUB_EMULATOR_HOST": emu.Addr, "PUBSUB_PROJECT_ID": emu.Project},
 			unset: psUnset, cleanExit: true})
 		// The first message creates the schema; wait for it outside the clock.

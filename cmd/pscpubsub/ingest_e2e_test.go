@@ -152,7 +152,7 @@ func TestPullIngesterUnderLoad(t *testing.T) {
 	}
 	setup()
 	startPull := func() *runner {
-		return startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"pull", "-subscription", sub, "-topic", topic},
+		return startRunner(t, runnerOptions{program: pscpullBinary(t), args: []string{"-subscription", sub, "-topic", topic},
 			env:   map[string]string{"DATABASE_URL": url, "PUBSUB_EMULATOR_HOST": env.emu.Addr, "PUBSUB_PROJECT_ID": env.emu.Project},
 			unset: psUnset})
 	}

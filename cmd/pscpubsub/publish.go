@@ -15,6 +15,8 @@ import (
 	"cloud.google.com/go/pubsub/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"example.com/pscmessages/cmd/internal/pubsubclient"
 )
 
 // runPublish publishes messages to a Pub/Sub topic: to the real service with
@@ -33,7 +35,7 @@ const maxMessageLine = 10 << 20
 func publish(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	project := fs.String("project", pubsubProject(), "project `id`; PUBSUB_PROJECT_ID or GOOGLE_CLOUD_PROJECT sets the default")
+	project := fs.String("project", pubsubclient.Project(), "project `id`; PUBSUB_PROJECT_ID or GOOGLE_CLOUD_PROJECT sets the default")
 	topic := fs.String("topic", pubsubTopic(), "topic `id`; PUBSUB_TOPIC sets the default")
 	asJSON := fs.Bool("json", false, `send each message as {"content": MESSAGE}`)
 	attrs := attrFlag{}
@@ -55,7 +57,7 @@ func publish(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	if addr := os.Getenv("PUBSUB_EMULATOR_HOST"); addr != "" {
 		// The library would retry an address where nothing listens for a
 		// minute per message before saying so.
-		if err := checkEmulator(ctx, addr); err != nil {
+		if err := pubsubclient.CheckEmulator(ctx, addr); err != nil {
 			return err
 		}
 	}

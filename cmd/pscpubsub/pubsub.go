@@ -45,7 +45,7 @@ package main
 // again the runner recreates its topic and subscription (a restarted emulator
 // has lost them), rewinding the subscription so that nothing published
 // between the two is lost (see ensureSubscription). PUBSUB_EMULATOR_HOST where nothing listens stops
-// the runner and the publish command within emulatorDialTimeout, naming the
+// the runner and the publish command within pubsubclient.DialTimeout, naming the
 // variable.
 
 import (
@@ -77,14 +77,12 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	function "example.com/pscmessages"
+	"example.com/pscmessages/cmd/internal/pubsubclient"
 )
 
-// Defaults shared by the runner and the publish command, so that both find
-// the same topic without flags.
-const (
-	defaultPubSubProject = "local-project"
-	defaultPubSubTopic   = "messages"
-)
+// defaultPubSubTopic is the topic of the runner and of the publish command
+// without flags, so that the one delivers what the other publishes.
+const defaultPubSubTopic = "messages"
 
 const (
 	// subscriptionAckDeadline is the subscription's, used by plain Pull;
@@ -112,17 +110,7 @@ const (
 	maxPullStreams = 32
 )
 
-// pubsubProject and pubsubTopic read the environment the gcloud emulator and
-// Cloud Run set, falling back to the local defaults.
-func pubsubProject() string {
-	for _, name := range []string{"PUBSUB_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"} {
-		if v := os.Getenv(name); v != "" {
-			return v
-		}
-	}
-	return defaultPubSubProject
-}
-
+// pubsubTopic reads PUBSUB_TOPIC, falling back to defaultPubSubTopic.
 func pubsubTopic() string { return envOr("PUBSUB_TOPIC", defaultPubSubTopic) }
 
 // pubsubFlags are serve's Pub/Sub side, a localrun.Extension: its flags, and
@@ -172,7 +160,7 @@ func (f *pubsubFlags) Start(ctx context.Context, base string) (stop func(), err 
 		return nil, errors.New("-pubsub-concurrency must be at least 1")
 	}
 	return startPubSub(ctx, pubsubConfig{
-		Project:     pubsubProject(),
+		Project:     pubsubclient.Project(),
 		Topic:       pubsubTopic(),
 		Endpoint:    endpoint,
 		Concurrency: *f.concurrency,
@@ -235,23 +223,23 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 			}
 		}()
 		addr = fake.Addr
-	} else if err := checkEmulator(ctx, addr); err != nil {
+	} else if err := pubsubclient.CheckEmulator(ctx, addr); err != nil {
 		return nil, err
 	}
 	rewind := fake == nil && officialEmulator(ctx, addr)
-	client, err := pubsub.NewClientWithConfig(ctx, cfg.Project, runnerClientConfig(), emulatorOptions(addr)...)
+	client, err := pubsub.NewClientWithConfig(ctx, cfg.Project, pubsubclient.Config(), emulatorOptions(addr)...)
 	if err != nil {
 		return nil, fmt.Errorf("pubsub client: %w", err)
 	}
 	topic := "projects/" + cfg.Project + "/topics/" + cfg.Topic
 	subName := "projects/" + cfg.Project + "/subscriptions/" + cfg.Subscription
-	sctx, cancelSetup := context.WithTimeout(ctx, emulatorSetupTimeout)
+	sctx, cancelSetup := context.WithTimeout(ctx, pubsubclient.SetupTimeout)
 	epoch, _, err := ensureSubscription(sctx, client, topic, subName, rewind)
 	cancelSetup()
 	if err != nil {
 		client.Close()
 		if cfg.Emulator != "" && sctx.Err() != nil {
-			err = fmt.Errorf("PUBSUB_EMULATOR_HOST=%s accepts connections but did not create the topic and subscription within %v: %w", addr, emulatorSetupTimeout, err)
+			err = fmt.Errorf("PUBSUB_EMULATOR_HOST=%s accepts connections but did not create the topic and subscription within %v: %w", addr, pubsubclient.SetupTimeout, err)
 		}
 		return nil, err
 	}
@@ -294,7 +282,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	resync := func() bool {
 		syncMu.Lock()
 		defer syncMu.Unlock()
-		sctx, cancel := context.WithTimeout(rctx, emulatorSetupTimeout)
+		sctx, cancel := context.WithTimeout(rctx, pubsubclient.SetupTimeout)
 		defer cancel()
 		// A subscription created here delivers at once, and its rewind
 		// delivers the same messages again: every one of them must carry
@@ -443,7 +431,7 @@ func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string
 	}
 	epoch, created, err = createSubscription(ctx, c, topic, sub)
 	if err != nil && createdTopic {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), emulatorDialTimeout)
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pubsubclient.DialTimeout)
 		defer cancel()
 		if derr := c.TopicAdminClient.DeleteTopic(dctx, &pubsubpb.DeleteTopicRequest{Topic: topic}); derr != nil {
 			err = fmt.Errorf("%w; and deleting the topic again, so that nothing is published to it meanwhile, failed: %v", err, derr)

@@ -2,7 +2,8 @@ package main
 
 // One way to start the local runner as a child of this test binary, for every
 // test that needs a real process (its own environment, signals, exit codes):
-// the child is TestPubSubServeProcess (runServe) or TestMainProcess (main).
+// the child is TestPubSubServeProcess (runServe) or TestMainProcess (main),
+// or a command built for the test (the pull ingester, see pscpull_test.go).
 
 import (
 	"bufio"
@@ -27,6 +28,9 @@ type runnerOptions struct {
 	// with args through serveArgsEnv) when empty, or "TestMainProcess" (main,
 	// through mainArgsEnv).
 	process string
+	// program, when set, is a built command the child runs instead of this
+	// test binary, with args as its arguments; process is then unused.
+	program string
 	args    []string
 	port    string            // PORT; a free port when empty
 	host    string            // HOST; unset when empty
@@ -102,6 +106,10 @@ func startRunner(t testing.TB, o runnerOptions) *runner {
 	}
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^"+process+"$")
 	cmd.Env = append(runnerEnv(o.unset...), argsEnv+"="+strings.Join(o.args, " "), "PORT="+o.port)
+	if o.program != "" {
+		cmd = exec.CommandContext(ctx, o.program, o.args...)
+		cmd.Env = append(runnerEnv(o.unset...), "PORT="+o.port)
+	}
 	if o.host != "" {
 		cmd.Env = append(cmd.Env, "HOST="+o.host)
 	}

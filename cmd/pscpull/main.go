@@ -1,29 +1,58 @@
+// Command pscpull is the pull ingester, the bulk ingest path that
+// cloudbuild.yaml deploys as a Cloud Run service: it stores the messages of
+// a Pub/Sub subscription as IngestPubSub does, pulling them with the client
+// library's streaming pull (no HTTP request per message). It is a thin
+// wiring of cmd/internal/pullingest to the function's own decoding and
+// store, and a command of its own so that the deployed binary links neither
+// the local Pub/Sub bridge's pstest nor, through it, package testing
+// (links_test.go pins that).
+//
+//	go run ./cmd/pscpull -subscription S [-topic T] [flags]
 package main
-
-// The pull subcommand: the bulk ingest path, a thin wiring of
-// cmd/internal/pullingest to the functions' own decoding and store.
 
 import (
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 
 	function "example.com/pscmessages"
+	"example.com/pscmessages/cmd/internal/pubsubclient"
 	"example.com/pscmessages/cmd/internal/pullingest"
 )
 
-func runPull(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("pull", flag.ContinueOnError)
-	project := fs.String("project", pubsubProject(), "project `id` of the subscription; PUBSUB_PROJECT_ID or GOOGLE_CLOUD_PROJECT sets the default")
+func main() {
+	// The first Ctrl-C or SIGTERM ends the context, and the ingester drains;
+	// stop then restores the default action, so a second one ends the
+	// process at once (what it held, Pub/Sub delivers again).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "pscpull: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args (flags only; usage and flag errors go to stderr) and
+// ingests until ctx ends and the drain is over.
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pscpull", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	project := fs.String("project", pubsubclient.Project(), "project `id` of the subscription; PUBSUB_PROJECT_ID or GOOGLE_CLOUD_PROJECT sets the default")
 	subID := fs.String("subscription", os.Getenv("PUBSUB_SUBSCRIPTION"), "subscription `id` or projects/P/subscriptions/S (required; PUBSUB_SUBSCRIPTION sets the default)")
 	topic := fs.String("topic", "", "the subscription's topic, `id` or projects/P/topics/T; when empty it is read from the subscription (needs pubsub.subscriptions.get)")
 	maxMsgs := fs.Int("max-outstanding-messages", pullingest.DefaultMaxOutstandingMessages, "messages received and not yet acknowledged, at most")
@@ -31,7 +60,7 @@ func runPull(ctx context.Context, args []string) error {
 	streams := fs.Int("streams", pullingest.DefaultStreams, "StreamingPull streams")
 	drain := fs.Duration("drain-timeout", pullingest.DefaultDrainTimeout, "how long SIGTERM waits for messages in flight to be stored and acknowledged")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscpubsub pull -subscription S [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "usage: go run ./cmd/pscpull -subscription S [flags]   (or a binary: go install ./cmd/pscpull)\n\n"+
 			"Stores the messages of a Pub/Sub subscription as IngestPubSub does, pulling them in bulk\n"+
 			"(the emulator's with PUBSUB_EMULATOR_HOST, otherwise Pub/Sub with Google default credentials),\n"+
 			"into the database of DATABASE_URL or DB_*. Stops on SIGTERM or Ctrl-C after a drain.\n")
@@ -42,6 +71,9 @@ func runPull(ctx context.Context, args []string) error {
 			return nil
 		}
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q: pscpull takes flags only (go run ./cmd/pscpull -subscription S)", fs.Args())
 	}
 	if *subID == "" {
 		return errors.New("-subscription is required")
@@ -57,11 +89,11 @@ func runPull(ctx context.Context, args []string) error {
 	}
 	log := cfg.Logger(os.Stderr).With("component", "pull")
 	if addr := os.Getenv("PUBSUB_EMULATOR_HOST"); addr != "" {
-		if err := checkEmulator(ctx, addr); err != nil {
+		if err := pubsubclient.CheckEmulator(ctx, addr); err != nil {
 			return err
 		}
 	}
-	client, err := pubsub.NewClientWithConfig(ctx, *project, runnerClientConfig())
+	client, err := pubsub.NewClientWithConfig(ctx, *project, pubsubclient.Config())
 	if err != nil {
 		return fmt.Errorf("pubsub client: %w", err)
 	}
@@ -71,7 +103,7 @@ func runPull(ctx context.Context, args []string) error {
 	if *topic != "" {
 		topicName = fullName(*project, "topics", *topic)
 	} else {
-		gctx, cancel := context.WithTimeout(ctx, emulatorSetupTimeout)
+		gctx, cancel := context.WithTimeout(ctx, pubsubclient.SetupTimeout)
 		s, err := client.SubscriptionAdminClient.GetSubscription(gctx, &pubsubpb.GetSubscriptionRequest{Subscription: subName})
 		cancel()
 		if err != nil {
