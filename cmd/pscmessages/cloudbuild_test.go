@@ -28,6 +28,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"gopkg.in/yaml.v3"
@@ -91,21 +92,47 @@ var cbSampleSubstitutions = map[string]string{"_DB_HOST": "10.20.0.5"}
 
 // ---- facts from the code ----
 
+// cbReadFacts returns the facts of the code, read once per test binary: each
+// read lists the module's packages and runs .ci/tools, and many tests check
+// many variants. Each caller gets its own copy to change.
 func cbReadFacts(t *testing.T) cbFacts {
 	t.Helper()
+	cbFactsOnce.Do(func() { cbFactsRead, cbFactsErr = cbReadFactsNow() })
+	if cbFactsErr != nil {
+		t.Fatal(cbFactsErr)
+	}
+	return cbFactsRead.clone()
+}
+
+var (
+	cbFactsOnce sync.Once
+	cbFactsRead cbFacts
+	cbFactsErr  error
+)
+
+// clone copies what a test may change.
+func (f cbFacts) clone() cbFacts {
+	f.EntryPoints = cbClone(f.EntryPoints)
+	f.EnvVars = cbClone(f.EnvVars)
+	f.Tiers = cbClone(f.Tiers)
+	f.TestFiles = slices.Clone(f.TestFiles)
+	return f
+}
+
+func cbReadFactsNow() (cbFacts, error) {
 	sources := map[string][]byte{}
 	// Every package of this module the deployed function links (the root
 	// package and what it imports: store/..., cmd/telemetry, cmd/logging),
 	// wherever a variable is read.
 	out, err := exec.Command("go", "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", "../..").Output()
 	if err != nil {
-		t.Fatalf("go list -deps of the function: %v", err)
+		return cbFacts{}, fmt.Errorf("go list -deps of the function: %v", err)
 	}
 	var files []string
 	for _, dir := range strings.Fields(string(out)) {
 		m, err := filepath.Glob(filepath.Join(dir, "*.go"))
 		if err != nil {
-			t.Fatal(err)
+			return cbFacts{}, err
 		}
 		files = append(files, m...)
 	}
@@ -115,20 +142,22 @@ func cbReadFacts(t *testing.T) cbFacts {
 		}
 		b, err := os.ReadFile(f)
 		if err != nil {
-			t.Fatal(err)
+			return cbFacts{}, err
 		}
 		sources[f] = b
 	}
 	goMod, err := os.ReadFile("../../go.mod")
 	if err != nil {
-		t.Fatal(err)
+		return cbFacts{}, err
 	}
 	facts, err := cbCodeFacts(sources, goMod)
 	if err != nil {
-		t.Fatal(err)
+		return cbFacts{}, err
 	}
-	cbReadTiers(t, &facts)
-	return facts
+	if err := cbReadTiers(&facts); err != nil {
+		return cbFacts{}, err
+	}
+	return facts, nil
 }
 
 var cbEnvName = regexp.MustCompile(`^[A-Z][A-Z0-9_]*$`)
@@ -619,8 +648,8 @@ func cbCheck(yamlText []byte, facts cbFacts, overrides map[string]string) (*cbCh
 	}
 	for _, st := range cfg.Steps {
 		if script, ok := c.scripts[st.ID]; ok {
-			if out, err := exec.Command("bash", "-n", "-c", script).CombinedOutput(); err != nil {
-				fail("step %s: bash rejects the script: %s", st.ID, bytes.TrimSpace(out))
+			if msg := cbBashSyntax(script); msg != "" {
+				fail("step %s: bash rejects the script: %s", st.ID, msg)
 			}
 		}
 	}
@@ -632,6 +661,33 @@ func cbCheck(yamlText []byte, facts cbFacts, overrides map[string]string) (*cbCh
 	c.checkSecurity(facts, fail)
 	return c, errs
 }
+
+// cbBashSyntax is what bash -n says against script ("" when it parses),
+// asked once per distinct script: the drift cases check the same steps again
+// and again, and each start of bash costs more than the rest of a check.
+func cbBashSyntax(script string) string {
+	cbSyntax.Lock()
+	msg, ok := cbSyntax.seen[script]
+	cbSyntax.Unlock()
+	if ok {
+		return msg
+	}
+	if out, err := exec.Command("bash", "-n", "-c", script).CombinedOutput(); err != nil {
+		msg = string(bytes.TrimSpace(out))
+		if msg == "" {
+			msg = err.Error()
+		}
+	}
+	cbSyntax.Lock()
+	cbSyntax.seen[script] = msg
+	cbSyntax.Unlock()
+	return msg
+}
+
+var cbSyntax = struct {
+	sync.Mutex
+	seen map[string]string
+}{seen: map[string]string{}}
 
 // cbDependencies returns, for each step, every step it waits for directly or
 // not: no waitFor means all the steps before it, "-" means none.
@@ -1189,11 +1245,7 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 				}
 				y = strings.Replace(y, tt.yamlFrom, tt.yamlTo, 1)
 			}
-			f := facts
-			f.EntryPoints = cbClone(facts.EntryPoints)
-			f.EnvVars = cbClone(facts.EnvVars)
-			f.Tiers = cbClone(facts.Tiers)
-			f.TestFiles = slices.Clone(facts.TestFiles)
+			f := facts.clone()
 			if tt.mutateCode != nil {
 				tt.mutateCode(&f)
 			}

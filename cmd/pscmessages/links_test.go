@@ -44,17 +44,6 @@ func TestRunnerLinksNeitherTestingNorPubSub(t *testing.T) {
 	}
 }
 
-// TestEveryCommandBuilds: `go build ./cmd/...` builds every command (and
-// so `go install ./cmd/...` installs them), into a folder of the test's.
-func TestEveryCommandBuilds(t *testing.T) {
-	goTool := goCommand(t)
-	build := exec.Command(goTool, "build", "-o", t.TempDir(), "./cmd/...")
-	build.Dir = "../.."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/...: %v\n%s", err, out)
-	}
-}
-
 func goCommand(t *testing.T) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")

@@ -8,6 +8,7 @@ package main
 // the tier it installed, no more and no fewer.
 
 import (
+	"fmt"
 	"go/build/constraint"
 	"io/fs"
 	"os"
@@ -68,22 +69,27 @@ func cbBuildConstraint(src string) (constraint.Expr, error) {
 
 // cbReadTiers reads the tiers from .ci/tools, the test files of the module
 // and .ci/run into facts.
-func cbReadTiers(t *testing.T, facts *cbFacts) {
-	t.Helper()
-	tools := func(args ...string) []string {
+func cbReadTiers(facts *cbFacts) error {
+	tools := func(args ...string) ([]string, error) {
 		out, err := exec.Command("bash", append([]string{"../../.ci/tools"}, args...)...).Output()
 		if err != nil {
-			t.Fatalf(".ci/tools %v: %v", args, err)
+			return nil, fmt.Errorf(".ci/tools %v: %v", args, err)
 		}
-		return strings.Fields(string(out))
+		return strings.Fields(string(out)), nil
 	}
 	facts.Tiers = map[string][]string{}
-	for _, tier := range tools("-tiers") {
-		facts.Tiers[tier] = tools("-needs", tier)
+	tiers, err := tools("-tiers")
+	if err != nil {
+		return err
+	}
+	for _, tier := range tiers {
+		if facts.Tiers[tier], err = tools("-needs", tier); err != nil {
+			return err
+		}
 	}
 	run, err := os.ReadFile("../../.ci/run")
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	facts.CIRun = string(run)
 	err = filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
@@ -107,9 +113,7 @@ func cbReadTiers(t *testing.T, facts *cbFacts) {
 		facts.TestFiles = append(facts.TestFiles, cbTestFile{Path: strings.TrimPrefix(path, "../../"), Constraint: expr, Tools: cbFileTools(string(b))})
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	return err
 }
 
 // cbTierTag is the build tag that turns a tier on; the default tier has none.
