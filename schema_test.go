@@ -48,7 +48,7 @@ func TestMigrationsOffRefusesBehindSchema(t *testing.T) {
 // start, and answer 503 for ever.
 func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 	ctx := context.Background()
-	url := testDB(t)
+	url := emptyDB(t)
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +130,7 @@ func TestColdStartLeavesLargeMigrationToMigrate(t *testing.T) {
 // created and filled it is migrated in place; its rows, a NULL content among
 // them, list and read as before, beside new ones.
 func TestTutorialTableKeepsRows(t *testing.T) {
-	url := testDB(t)
+	url := emptyDB(t)
 	// The table exactly as the Flask app created and filled it.
 	execSQL(t, url, "CREATE TABLE messages (id SERIAL PRIMARY KEY, content TEXT)")
 	execSQL(t, url, "INSERT INTO messages (content) VALUES ('from flask'), (NULL), ('another')")
@@ -151,7 +151,7 @@ func TestTutorialTableKeepsRows(t *testing.T) {
 // each with concurrent first requests, migrate it once to the current
 // version and store every message.
 func TestConcurrentColdStarts(t *testing.T) {
-	url := testDB(t)
+	url := emptyDB(t)
 	const instances = 8
 	var wg sync.WaitGroup
 	for i := range instances {

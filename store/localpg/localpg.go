@@ -329,7 +329,15 @@ func (c *Cluster) Exec(ctx context.Context, sql string, args ...any) error {
 
 // CreateDatabase creates database name, owned by the superuser.
 func (c *Cluster) CreateDatabase(ctx context.Context, name string) error {
-	return c.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	return c.CopyDatabase(ctx, name, "template1")
+}
+
+// CopyDatabase creates database name as a copy of database template, which
+// nobody may be connected to. The files are copied as they are, not written
+// through the WAL: a throwaway cluster has nothing to recover, and the
+// copy costs the server a fraction of the CPU.
+func (c *Cluster) CopyDatabase(ctx context.Context, name, template string) error {
+	return c.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE "+pgx.Identifier{template}.Sanitize()+" STRATEGY FILE_COPY")
 }
 
 // initdb creates the cluster unless Dir already holds one, in which case it
