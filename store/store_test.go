@@ -20,18 +20,7 @@ import (
 var cluster *localpg.Cluster
 
 func TestMain(m *testing.M) {
-	teardown := localpgtest.Setup()
-	var err error
-	cluster, err = localpg.Start(context.Background(), localpg.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
-		teardown()
-		os.Exit(1)
-	}
-	code := m.Run()
-	cluster.Destroy()
-	teardown()
-	os.Exit(code)
+	os.Exit(localpgtest.RunWithCluster(m, localpg.Options{}, &cluster))
 }
 
 var dbSeq atomic.Int64

@@ -2,7 +2,6 @@ package deadletter_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -16,18 +15,7 @@ var cluster *localpg.Cluster
 // One throwaway cluster serves every test of the package; each test makes
 // its own database in it.
 func TestMain(m *testing.M) {
-	teardown := localpgtest.Setup()
-	var err error
-	cluster, err = localpg.Start(context.Background(), localpg.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
-		teardown()
-		os.Exit(1)
-	}
-	code := m.Run()
-	cluster.Destroy()
-	teardown()
-	os.Exit(code)
+	os.Exit(localpgtest.RunWithCluster(m, localpg.Options{}, &cluster))
 }
 
 // testContext bounds what a test waits for the database, so that a lock

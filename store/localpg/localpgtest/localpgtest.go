@@ -31,6 +31,28 @@ func Run(m *testing.M) int {
 	return m.Run()
 }
 
+// RunWithCluster runs the tests beside one cluster that they share, started
+// with opts after Setup and stored in *c: a TestMain whose tests share a
+// cluster calls os.Exit(localpgtest.RunWithCluster(m, opts, &cluster)).
+// When the cluster cannot start, no test runs and the binary fails: a
+// database test that skipped would pass silently.
+func RunWithCluster(m *testing.M, opts localpg.Options, c **localpg.Cluster) int {
+	teardown := Setup()
+	defer teardown()
+	cluster, err := localpg.Start(context.Background(), opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
+		return 1
+	}
+	defer func() {
+		if err := cluster.Destroy(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+	}()
+	*c = cluster
+	return m.Run()
+}
+
 // Setup prepares the test binary's throwaway clusters; the returned teardown
 // undoes it once the tests ran. A TestMain that starts a cluster for the
 // whole package calls Setup first, so that this cluster benefits too.
