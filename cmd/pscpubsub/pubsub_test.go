@@ -310,7 +310,7 @@ func TestPubSubEndToEnd(t *testing.T) {
 	t.Run("every message stored once", func(t *testing.T) {
 		url := env.database(t)
 		env.serve(t, url, "many", nil, "-pubsub-concurrency", e2eConcurrency)
-		const n = 500
+		const n = 200
 		payloads, want := psContents("many", n)
 		ids := env.publishAll(t, "many", payloads)
 		psWaitFor(t, 30*time.Second, fmt.Sprintf("%d rows", n), func() bool {
@@ -339,7 +339,7 @@ func TestPubSubEndToEnd(t *testing.T) {
 	t.Run("shutdown mid-stream acks only what is stored", func(t *testing.T) {
 		url := env.database(t)
 		first := env.serve(t, url, "restart", nil, "-pubsub-concurrency", e2eConcurrency)
-		const n, before = 300, 50
+		const n, before = 150, 30
 		payloads, want := psContents("restart", n)
 		ids := env.publishAll(t, "restart", payloads[:before])
 		psWaitFor(t, 30*time.Second, "the first part stored", func() bool {

@@ -52,7 +52,7 @@ func TestPullStoresEachMessageOnce(t *testing.T) {
 	url := cluster.SuperuserURL("pull")
 
 	// Alternately plain text and {"content": ...}, the two forms stored.
-	const n = 500
+	const n = 200
 	var payloads [][]byte
 	for i := range n {
 		text := fmt.Sprintf("pulled-%04d", i)
