@@ -191,7 +191,7 @@ func TestTextLogEscapesControls(t *testing.T) {
 // its other lines), not by the process's global one.
 func TestKeyCleanupFailureLogsThroughService(t *testing.T) {
 	f := newFixture(t, map[string]string{"LOG_FORMAT": "json"})
-	if r := do(t, "GET", f.srv.URL+"/", "", nil); r.status != http.StatusOK { // migrates
+	if r := do(t, "GET", f.srv.URL+"/", "", nil); r.status != http.StatusOK { // opens the pool
 		t.Fatalf("GET: %d %s", r.status, r.body)
 	}
 	ctx := context.Background()

@@ -134,8 +134,8 @@ func makeMigratedTemplate(ctx context.Context) error {
 	return nil
 }
 
-// newDatabase creates a database at the latest schema, with no rows, and
-// returns a superuser URL for it.
+// newDatabase creates a database at the latest schema, with no messages,
+// and returns a superuser URL for it.
 func newDatabase(ctx context.Context, prefix string) (string, error) {
 	name := fmt.Sprintf("%s_%d_%d", prefix, os.Getpid(), dbSeq.Add(1))
 	if err := cluster.CopyDatabase(ctx, name, migratedTemplate); err != nil {

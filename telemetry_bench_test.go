@@ -86,7 +86,7 @@ func benchHandler(b *testing.B, sink string, env map[string]string) http.Handler
 	f := newFixture(b, nil)
 	f.svc.tel = t
 	h := t.instrument(f.svc, messagesRoute)
-	// The first request opens the pool and migrates: not what is measured.
+	// The first request opens the pool: not what is measured.
 	req := httptest.NewRequest("POST", "/", strings.NewReader(`{"content":"warm-up"}`))
 	req.Header.Set("Content-Type", "application/json")
 	w := httptest.NewRecorder()

@@ -439,7 +439,7 @@ func TestTelemetryConfigErrorsNameTheVariable(t *testing.T) {
 
 func TestReplayIsASpanWithItsOutcome(t *testing.T) {
 	tf := newTracedFixture(t, nil)
-	postContent(t, tf.messages.URL, "migrates the schema")
+	postContent(t, tf.messages.URL, "opens the pool")
 	payload, _ := json.Marshal(map[string]any{"message": map[string]any{
 		"data": base64.StdEncoding.EncodeToString([]byte("replayed")), "messageId": "r1", "publishTime": "2026-12-06T04:00:00Z"}})
 	d := store.DeadLetter{EventID: "r1", EventSource: "//pubsub.googleapis.com/projects/p/topics/orders", EventType: MessagePublishedType, Payload: payload}

@@ -110,12 +110,21 @@ var (
 	cbFactsErr  error
 )
 
-// clone copies what a test may change.
+// clone copies every map and slice, so that nothing a test changes reaches
+// the facts other tests read. A Constraint is shared: it is a parsed
+// expression that tests replace, never edit.
 func (f cbFacts) clone() cbFacts {
 	f.EntryPoints = cbClone(f.EntryPoints)
 	f.EnvVars = cbClone(f.EnvVars)
-	f.Tiers = cbClone(f.Tiers)
+	tiers := f.Tiers
+	f.Tiers = make(map[string][]string, len(tiers))
+	for k, v := range tiers {
+		f.Tiers[k] = slices.Clip(slices.Clone(v))
+	}
 	f.TestFiles = slices.Clone(f.TestFiles)
+	for i := range f.TestFiles {
+		f.TestFiles[i].Tools = slices.Clip(slices.Clone(f.TestFiles[i].Tools))
+	}
 	return f
 }
 
@@ -672,7 +681,13 @@ func cbBashSyntax(script string) string {
 	if ok {
 		return msg
 	}
-	if out, err := exec.Command("bash", "-n", "-c", script).CombinedOutput(); err != nil {
+	out, err := exec.Command("bash", "-n", "-c", script).CombinedOutput()
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		// bash did not run: say so, and ask again next time.
+		return "bash -n did not run: " + err.Error()
+	}
+	if err != nil {
 		msg = string(bytes.TrimSpace(out))
 		if msg == "" {
 			msg = err.Error()

@@ -77,7 +77,7 @@ func TestPullStoresEachMessageOnce(t *testing.T) {
 
 	p := startChild(t, map[string]string{"DATABASE_URL": url, "PUBSUB_EMULATOR_HOST": fake.Addr, "PUBSUB_PROJECT_ID": testProject},
 		"-subscription", "bulk-pull")
-	waitFor(t, 60*time.Second, "500 messages and 2 dead letters", func() bool {
+	waitFor(t, 60*time.Second, fmt.Sprintf("%d messages and 2 dead letters", n), func() bool {
 		return queryInt(t, url, "SELECT count(*) FROM pg_tables WHERE tablename IN ('messages', 'dead_letters')") == 2 &&
 			queryInt(t, url, "SELECT count(*) FROM messages") == n && queryInt(t, url, "SELECT count(*) FROM dead_letters") == 2
 	})

@@ -9,10 +9,10 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-// ReconnectMax caps the pull stream's reconnect backoff (the library's is
-// 60 s). While an emulator restarts, the stream retries with growing pauses;
-// with the library's cap, a restarted emulator's messages waited up to a
-// minute, and so did Ctrl-C, which waits for the pause to end.
+// ReconnectMax caps the pull stream's reconnect backoff below the library's
+// own cap. While an emulator restarts, the stream retries with growing
+// pauses; under the library's cap a restarted emulator's messages would wait
+// out the last pause, and so would Ctrl-C, which waits for it to end.
 const ReconnectMax = 2 * time.Second
 
 // Config is the commands' client configuration: the library's retry of
