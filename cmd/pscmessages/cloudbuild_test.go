@@ -773,7 +773,7 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 	connections := 0
 	for _, g := range c.find("run", "deploy") {
 		fn := g.flag("--function")
-		if cbIsPullDeploy(g) {
+		if c.isPullDeploy(g) {
 			fn = "pull ingester"
 		}
 		kind, ok := facts.EntryPoints[fn]
@@ -885,9 +885,12 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 	c.checkPreflight(fail)
 }
 
-// cbIsPullDeploy reports the deploy of the pull ingester: the one deploy of
-// a command rather than a function (no --function).
-func cbIsPullDeploy(g cbGcloud) bool { return g.flag("--function") == "" }
+// isPullDeploy reports the deploy of the pull ingester, by the service it
+// names (_PULL_SERVICE), so that a function's deploy that lost --function
+// is reported as that, not as a pull ingester built wrong.
+func (c *cbChecked) isPullDeploy(g cbGcloud) bool {
+	return g.arg(2) == c.subs["_PULL_SERVICE"]
+}
 
 // cbPullBuildable is the main package the pull ingester is built from: the
 // ingester alone, whose binary links neither pstest nor package testing
@@ -1196,6 +1199,7 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "pull ingester throttled", yamlFrom: "          --no-cpu-throttling \\\n", yamlTo: "", want: "needs --no-cpu-throttling"},
 		{name: "pull ingester builds the function", yamlFrom: "          --set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscpull \\\n", yamlTo: "", want: "must build ./cmd/pscpull"},
 		{name: "pull ingester built with the local bridge", yamlFrom: "GOOGLE_BUILDABLE=./cmd/pscpull \\", yamlTo: "GOOGLE_BUILDABLE=./cmd/pscpubsub \\", want: "must build ./cmd/pscpull"},
+		{name: "function deploy without --function", yamlFrom: "          --function=IngestPubSub \\\n", yamlTo: "", want: "is not an entry point"},
 		{name: "pull ingester given a command word", yamlFrom: "--args=-subscription=", yamlTo: "--args=pull,-subscription=", want: `--args="pull,-subscription=`},
 		{name: "pull ingester as the ingest function", yamlFrom: "--service-account=${_PULL_SA}@", yamlTo: "--service-account=${_INGEST_SA}@", want: "shares its service account"},
 		{name: "push create only", yamlFrom: "gcloud pubsub subscriptions update ${_PUSH_SUBSCRIPTION}", yamlTo: "gcloud pubsub subscriptions create ${_PUSH_SUBSCRIPTION}", want: "want one gcloud pubsub subscriptions update of the push subscription"},
