@@ -2,10 +2,13 @@ package function
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -233,9 +236,22 @@ func TestOversizedPostClosesConnection(t *testing.T) {
 				// An error here is the server refusing the rest: expected.
 				conn.Write(append([]byte(head), payload...))
 			}()
-			resp := readAnswer(t, conn, time.Minute)
+			br := bufio.NewReader(conn)
+			conn.SetReadDeadline(time.Now().Add(time.Minute))
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("POST %s (chunked %v): no answer: %v", path, chunked, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
 			if resp.StatusCode != http.StatusRequestEntityTooLarge || !resp.Close {
 				t.Errorf("POST %s of %d bytes (chunked %v): %d, close %v; want 413 and the connection closed", path, len(body), chunked, resp.StatusCode, resp.Close)
+			}
+			// The server closes its end: the answer is followed by EOF (or
+			// a reset, the rest of the body being unread), not by waiting.
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("POST %s (chunked %v): after the 413, %d bytes, %v; want the connection closed", path, chunked, n, err)
 			}
 		}
 	}

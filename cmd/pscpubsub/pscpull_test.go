@@ -5,6 +5,7 @@ package main
 // or run it against the official emulator start it built.
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,8 +37,8 @@ func pscpullBinary(t testing.TB) string {
 		path := filepath.Join(pscpull.dir, "pscpull")
 		out, err := exec.Command(goTool, "build", "-o", path, "example.com/pscmessages/cmd/pscpull").CombinedOutput()
 		if err != nil {
-			pscpull.err = err
-			t.Logf("go build ./cmd/pscpull:\n%s", out)
+			// Every test that asks is told why, not only the first.
+			pscpull.err = fmt.Errorf("go build ./cmd/pscpull: %v\n%s", err, out)
 			return
 		}
 		pscpull.path = path
