@@ -4,9 +4,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
+
+	"example.com/pscmessages/cmd/internal/linkcheck"
 )
 
 // linkedNowhere are packages the runner must not link: package testing
@@ -21,23 +22,9 @@ var linkedNowhere = []string{"testing", "cloud.google.com/go/pubsub/v2", "cloud.
 // ./cmd/pscmessages` links and fails on package testing, the Pub/Sub client
 // and every package that imports them.
 func TestRunnerLinksNeitherTestingNorPubSub(t *testing.T) {
-	goTool := goCommand(t)
-	out, err := exec.Command(goTool, "list", "-deps", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", ".").Output()
+	bad, err := linkcheck.Forbidden(".", linkedNowhere)
 	if err != nil {
-		t.Fatalf("go list -deps: %v", exitDetail(err))
-	}
-	var bad []string
-	for line := range strings.Lines(string(out)) {
-		pkg, imports, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if slices.Contains(linkedNowhere, pkg) {
-			bad = append(bad, pkg)
-			continue
-		}
-		for _, imp := range strings.Fields(imports) {
-			if slices.Contains(linkedNowhere, imp) {
-				bad = append(bad, pkg+" (imports "+imp+")")
-			}
-		}
+		t.Fatal(err)
 	}
 	if len(bad) > 0 {
 		t.Errorf("the runner links %s; Pub/Sub belongs in cmd/pscpubsub, test helpers in _test.go files or packages only tests import", strings.Join(bad, ", "))
