@@ -18,10 +18,10 @@ import (
 // its server spans and request metric are labelled with.
 
 // setupTelemetry sets up the process's OpenTelemetry SDK as the environment
-// asks (see package telemetry) and the function's own instruments on it; nil
-// when telemetry is off.
-func setupTelemetry(getenv func(string) string, ex *telemetry.Exporters) (*instruments, error) {
-	t, err := telemetry.Setup(getenv, ex)
+// asks (see package telemetry; sdk nil: the one the build registered) and
+// the function's own instruments on it; nil when telemetry is off.
+func setupTelemetry(getenv func(string) string, sdk telemetry.SDK) (*instruments, error) {
+	t, err := telemetry.Setup(getenv, sdk)
 	if t == nil || err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
-	"example.com/pscmessages/cmd/telemetry"
+	"example.com/pscmessages/cmd/telemetry/otlp"
 )
 
 // BenchmarkPostTelemetry is the function's own CPU per POST with telemetry
@@ -74,7 +74,7 @@ func benchHandler(b *testing.B, sink string, env map[string]string) http.Handler
 		if err != nil {
 			b.Fatal(err)
 		}
-		if t, err = setupTelemetry(func(k string) string { return env[k] }, &telemetry.Exporters{Spans: exp, Metrics: sdkmetric.NewManualReader()}); err != nil {
+		if t, err = setupTelemetry(func(k string) string { return env[k] }, otlp.InProcess(&otlp.Exporters{Spans: exp, Metrics: sdkmetric.NewManualReader()})); err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() {

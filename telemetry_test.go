@@ -21,7 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
-	"example.com/pscmessages/cmd/telemetry"
+	"example.com/pscmessages/cmd/telemetry/otlp"
 )
 
 // tracedFixture is a service with the SDK installed, exporting to memory.
@@ -37,7 +37,7 @@ type tracedFixture struct {
 func newTracedFixture(t *testing.T, env map[string]string) *tracedFixture {
 	t.Helper()
 	tf := &tracedFixture{spans: tracetest.NewInMemoryExporter(), metrics: sdkmetric.NewManualReader()}
-	tel, err := setupTelemetry(func(string) string { return "" }, &telemetry.Exporters{Spans: tf.spans, Metrics: tf.metrics})
+	tel, err := setupTelemetry(func(string) string { return "" }, otlp.InProcess(&otlp.Exporters{Spans: tf.spans, Metrics: tf.metrics}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -55,10 +53,15 @@ type observer struct {
 	attrs     []attribute.KeyValue // of every DB span: system, namespace, server
 }
 
+// sdkProvider is what the SDK's tracer and meter providers have and the
+// API's defaults and no-ops lack; asking for it spares the store from
+// linking the SDK, which only a build with telemetry has.
+type sdkProvider interface{ ForceFlush(context.Context) error }
+
 // newObserver returns nil unless the process installed the OTel SDK.
 func newObserver(cfg *pgxpool.Config) *observer {
-	tp, ok := otel.GetTracerProvider().(*sdktrace.TracerProvider)
-	if !ok {
+	tp := otel.GetTracerProvider()
+	if _, ok := tp.(sdkProvider); !ok {
 		return nil
 	}
 	o := &observer{tracer: tp.Tracer(instrumentationName)}
@@ -73,7 +76,7 @@ func newObserver(cfg *pgxpool.Config) *observer {
 	if cc.Tracer == nil {
 		cc.Tracer = &dbTracer{o: o}
 	}
-	if mp, ok := otel.GetMeterProvider().(*sdkmetric.MeterProvider); ok {
+	if mp := otel.GetMeterProvider(); isSDK(mp) {
 		m := mp.Meter(instrumentationName)
 		o.batchRows, _ = m.Int64Histogram("pscmessages.batch.rows",
 			metric.WithDescription("Rows per group-commit batch statement"), metric.WithUnit("{row}"),
@@ -87,6 +90,11 @@ func newObserver(cfg *pgxpool.Config) *observer {
 			metric.WithDescription("Key cleanup runs by result: done (all expired keys deleted), more (stopped at its bound; the next run goes on), failed"), metric.WithUnit("{run}"))
 	}
 	return o
+}
+
+func isSDK(p any) bool {
+	_, ok := p.(sdkProvider)
+	return ok
 }
 
 // observePool registers the pool's statistics as observable instruments.

@@ -926,18 +926,19 @@ func freeLoopbackPort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// buildRunner builds this module's runner (go build -o DIR/fn ./cmd/pscmessages) for the
-// benchmarks that start it as its own process.
+// buildRunner builds this module's runner as deployed, with the
+// OpenTelemetry SDK (go build -tags otlp -o DIR/fn ./cmd/pscmessages), for
+// the benchmarks that start it as its own process.
 func buildRunner(ctx context.Context, dir string) (string, error) {
 	bin := filepath.Join(dir, "fn")
 	root, err := moduleRoot(ctx)
 	if err != nil {
 		return "", err
 	}
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/pscmessages")
+	build := exec.CommandContext(ctx, "go", "build", "-tags", "otlp", "-o", bin, "./cmd/pscmessages")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/pscmessages: %w: %s", err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("go build -tags otlp ./cmd/pscmessages: %w: %s", err, bytes.TrimSpace(out))
 	}
 	return bin, nil
 }

@@ -805,6 +805,9 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 		if !g.has("--no-allow-unauthenticated") {
 			fail("%s: %s must be deployed with --no-allow-unauthenticated unless _ALLOW_UNAUTHENTICATED says otherwise", g.step, fn)
 		}
+		if kind != "pull" && g.flag("--set-build-env-vars") != cbFunctionBuildEnv {
+			fail("%s: %s must be built with the OpenTelemetry SDK (--set-build-env-vars=%s): without it the function refuses OTEL_EXPORTER_OTLP_ENDPOINT at start", g.step, fn, cbFunctionBuildEnv)
+		}
 		if kind == "CloudEvent" && g.flag("--ingress") == "" {
 			fail("%s: %s should limit --ingress; only Eventarc calls it", g.step, fn)
 		}
@@ -891,6 +894,11 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 func (c *cbChecked) isPullDeploy(g cbGcloud) bool {
 	return g.arg(2) == c.subs["_PULL_SERVICE"]
 }
+
+// cbFunctionBuildEnv is the build environment of both functions: the otlp
+// tag links the OpenTelemetry SDK and its exporters (the root's otlp.go),
+// which a build without it leaves out.
+const cbFunctionBuildEnv = "GOFLAGS=-tags=otlp"
 
 // cbPullBuildable is the main package the pull ingester is built from: the
 // ingester alone, whose binary links neither pstest nor package testing
@@ -1199,6 +1207,7 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "pull ingester throttled", yamlFrom: "          --no-cpu-throttling \\\n", yamlTo: "", want: "needs --no-cpu-throttling"},
 		{name: "pull ingester builds the function", yamlFrom: "          --set-build-env-vars=GOOGLE_BUILDABLE=./cmd/pscpull \\\n", yamlTo: "", want: "must build ./cmd/pscpull"},
 		{name: "pull ingester built with the local bridge", yamlFrom: "GOOGLE_BUILDABLE=./cmd/pscpull \\", yamlTo: "GOOGLE_BUILDABLE=./cmd/pscpubsub \\", want: "must build ./cmd/pscpull"},
+		{name: "function built without telemetry", yamlFrom: "          --set-build-env-vars=GOFLAGS=-tags=otlp \\\n", yamlTo: "", want: "must be built with the OpenTelemetry SDK"},
 		{name: "function deploy without --function", yamlFrom: "          --function=IngestPubSub \\\n", yamlTo: "", want: "is not an entry point"},
 		{name: "pull ingester given a command word", yamlFrom: "--args=-subscription=", yamlTo: "--args=pull,-subscription=", want: `--args="pull,-subscription=`},
 		{name: "pull ingester as the ingest function", yamlFrom: "--service-account=${_PULL_SA}@", yamlTo: "--service-account=${_INGEST_SA}@", want: "shares its service account"},
@@ -1220,6 +1229,7 @@ func TestCloudBuildCheckerCatchesDrift(t *testing.T) {
 		{name: "step installs more than it tests", yamlFrom: "go test -tags pgbouncer ./...", yamlTo: "go test ./...", want: "installs the pgbouncer tier but does not run go test -tags pgbouncer ./..."},
 		{name: "step runs e2e without its tools", yamlFrom: "go test -tags pgbouncer ./...", yamlTo: "go test -tags e2e ./...", want: "without pubsub-emulator"},
 		{name: "step names an unknown tier", yamlFrom: "bash .ci/tools pgbouncer", yamlTo: "bash .ci/tools pooler", want: `installs tier "pooler", which .ci/tools does not know`},
+		{name: "deployed build not vetted", yamlFrom: "        go vet -tags otlp ./...\n", yamlTo: "", want: "go vet -tags otlp ./..."},
 		{name: "e2e files not vetted", yamlFrom: "        go vet -tags e2e ./...\n", yamlTo: "", want: "go vet -tags e2e ./..."},
 		{name: "tier loses a tool its files start", mutateCode: func(f *cbFacts) { f.Tiers["pgbouncer"] = []string{"go", "postgresql"} }, want: "starts pgbouncer but builds in the pgbouncer tier"},
 		{name: "e2e tier loses the emulator", mutateCode: func(f *cbFacts) {

@@ -385,6 +385,9 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 			// The pull ingester: a command, built from its main package.
 			ok = cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOOGLE_BUILDABLE") == cbPullBuildable
 		}
+		if goflags := cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOFLAGS"); fn != "" && "GOFLAGS="+goflags != cbFunctionBuildEnv {
+			fail("build request of %s: GOFLAGS=%q; want %s, or the function refuses OTEL_EXPORTER_OTLP_ENDPOINT at start", fn, goflags, cbFunctionBuildEnv)
+		}
 		if !ok || cbStr(r.Body, "buildpackBuild", "baseImage") != "go"+strings.ReplaceAll(facts.GoVersion, ".", "") ||
 			cbStr(r.Body, "serviceAccount") != "projects/"+project+"/serviceAccounts/"+email(subs["_SOURCE_BUILD_SA"]) {
 			fail("build request %s: want an entry point (or GOOGLE_BUILDABLE=%s), base image go%s and the builder account", r.Raw, cbPullBuildable, facts.GoVersion)
@@ -619,6 +622,7 @@ func cbJudgeCatchesDrift(t *testing.T, facts cbFacts, subs map[string]string, st
 		{"no retry policy", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `"minimumBackoff": "` + subs["_PUSH_MIN_BACKOFF"] + `"`, `"minimumBackoff": "0s"`, "retry policy", "direct"},
 		{"no push dead-letter topic", "/subscriptions/" + subs["_PUSH_SUBSCRIPTION"], `"deadLetterTopic": "projects/my-project/topics/` + subs["_DEAD_LETTER_TOPIC"], `"deadLetterTopic": "projects/my-project/topics/other`, "dead-letter policy", "direct"},
 		{"trigger invokes too", ":setIamPolicy", `"serviceAccount:` + subs["_PUSH_SA"] + `@`, `"serviceAccount:` + subs["_TRIGGER_SA"] + `@my-project.iam.gserviceaccount.com", "serviceAccount:` + subs["_PUSH_SA"] + `@`, "want only the delivering account", "direct"},
+		{"function built without telemetry", "/builds:submit", `"GOFLAGS": "-tags=otlp"`, `"GOFLAGS": "-tags=none"`, "want GOFLAGS=-tags=otlp", ""},
 		{"pull ingester built with the local bridge", "/builds:submit", `"GOOGLE_BUILDABLE": "./cmd/pscpull"`, `"GOOGLE_BUILDABLE": "./cmd/pscpubsub"`, "GOOGLE_BUILDABLE=./cmd/pscpull", "pull"},
 		{"pull ingester given a command word", "/services", `"-subscription=`, `"pull", "-subscription=`, "cmd/pscpull takes flags only", "pull"},
 	}

@@ -22,12 +22,46 @@ var linkedNowhere = []string{"testing", "cloud.google.com/go/pubsub/v2", "cloud.
 // ./cmd/pscmessages` links and fails on package testing, the Pub/Sub client
 // and every package that imports them.
 func TestRunnerLinksNeitherTestingNorPubSub(t *testing.T) {
-	bad, err := linkcheck.Forbidden(".", linkedNowhere)
+	bad, err := linkcheck.Forbidden(".", "", linkedNowhere)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(bad) > 0 {
 		t.Errorf("the runner links %s; Pub/Sub belongs in cmd/pscpubsub, test helpers in _test.go files or packages only tests import", strings.Join(bad, ", "))
+	}
+}
+
+// telemetrySDK are the packages only a build with the otlp tag links: the
+// OpenTelemetry SDK, its OTLP exporters and gRPC, most of what a first
+// `go run ./cmd/pscmessages` would otherwise compile. The deploys build
+// with the tag (cloudbuild.yaml's GOFLAGS); see package telemetry.
+var telemetrySDK = []string{
+	"go.opentelemetry.io/otel/sdk/trace",
+	"go.opentelemetry.io/otel/sdk/metric",
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp",
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc",
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp",
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc",
+	"google.golang.org/grpc",
+}
+
+// TestRunnerLinksTheTelemetrySDKOnlyWithTheOtlpTag: the runner as users
+// first run it links none of telemetrySDK; built with -tags otlp, as the
+// deployed functions are, it links all of them.
+func TestRunnerLinksTheTelemetrySDKOnlyWithTheOtlpTag(t *testing.T) {
+	bad, err := linkcheck.Forbidden(".", "", telemetrySDK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bad) > 0 {
+		t.Errorf("without -tags otlp the runner links %s; only the root's otlp.go may import package otlp", strings.Join(bad, ", "))
+	}
+	missing, err := linkcheck.Missing(".", "otlp", telemetrySDK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(missing) > 0 {
+		t.Errorf("with -tags otlp the runner (and so the deployed function) does not link %s", strings.Join(missing, ", "))
 	}
 }
 

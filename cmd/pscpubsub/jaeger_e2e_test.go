@@ -27,6 +27,9 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"example.com/pscmessages/cmd/internal/jaegertest"
+	// The runners these tests start are this test binary: it links the
+	// SDK and its OTLP exporters as `go run -tags otlp ./cmd/pscpubsub` does.
+	_ "example.com/pscmessages/cmd/telemetry/otlp"
 )
 
 // jaegerSpan is a span as Jaeger's query API gives it.

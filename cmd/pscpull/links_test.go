@@ -17,7 +17,7 @@ var linkedNowhere = []string{"testing", "cloud.google.com/go/pubsub/v2/pstest"}
 // ./cmd/pscpull` links, the binary cloudbuild.yaml deploys, and fails on
 // package testing, pstest and every package that imports them.
 func TestIngesterLinksNeitherTestingNorPstest(t *testing.T) {
-	bad, err := linkcheck.Forbidden(".", linkedNowhere)
+	bad, err := linkcheck.Forbidden(".", "", linkedNowhere)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,52 +3,46 @@ package telemetry
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/resource"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/oauth2"
-	"golang.org/x/oauth2/google"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/oauth"
 
 	"example.com/pscmessages/store"
 )
 
-// googleTelemetryHost is Google's OTLP endpoint (Cloud Trace and Cloud
+// GoogleTelemetryHost is Google's OTLP endpoint (Cloud Trace and Cloud
 // Monitoring behind the Telemetry API).
-const googleTelemetryHost = "telemetry.googleapis.com"
+const GoogleTelemetryHost = "telemetry.googleapis.com"
 
 // FlushTimeout bounds how long Shutdown waits for the last spans and
 // metrics: well inside the 10 s Cloud Run gives a SIGTERMed instance.
 const FlushTimeout = 5 * time.Second
 
-// settings is what the OTEL_* variables ask for.
-type settings struct {
-	enabled    bool
-	protocol   string // "http/protobuf" or "grpc"
-	endpoint   string // for the Google credentials decision only
-	sampler    sdktrace.Sampler
-	googleAuth bool
+// Settings is what the OTEL_* variables ask for, checked; an SDK installs
+// itself by them.
+type Settings struct {
+	Protocol    string  // "http/protobuf" (the default) or "grpc"
+	Sampler     string  // OTEL_TRACES_SAMPLER, one of the names samplerNames lists
+	Ratio       float64 // OTEL_TRACES_SAMPLER_ARG, 1 when unset
+	GoogleAuth  bool    // the endpoint is Google's: send Google credentials
+	ServiceName string  // OTEL_SERVICE_NAME, else K_SERVICE, else pscmessages
+	enabled     bool
 }
 
-func loadSettings(getenv func(string) string) (settings, error) {
-	var t settings
+// samplerNames are the OTEL_TRACES_SAMPLER values an SDK must honour; the
+// first is the default.
+var samplerNames = []string{"parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio", "always_on", "always_off", "traceidratio"}
+
+func loadSettings(getenv func(string) string) (Settings, error) {
+	t := Settings{ServiceName: serviceName(getenv)}
 	switch v := strings.ToLower(strings.TrimSpace(getenv("OTEL_SDK_DISABLED"))); v {
 	case "", "false":
 	case "true":
@@ -56,65 +50,78 @@ func loadSettings(getenv func(string) string) (settings, error) {
 	default:
 		return t, &store.ConfigError{Var: "OTEL_SDK_DISABLED", Msg: "must be true or false"}
 	}
-	t.endpoint = getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-	if t.endpoint == "" {
-		t.endpoint = getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+	endpoint := getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+	if endpoint == "" {
+		endpoint = getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
 	}
-	t.protocol = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	t.Protocol = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 	if v := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"); v != "" {
-		t.protocol = v
+		t.Protocol = v
 	}
-	switch t.protocol {
+	switch t.Protocol {
 	case "":
-		t.protocol = "http/protobuf"
+		t.Protocol = "http/protobuf"
 	case "http/protobuf", "grpc":
 	default:
 		return t, &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_PROTOCOL", Msg: "must be http/protobuf or grpc (the Go exporters send no JSON)"}
 	}
-	var err error
-	if t.sampler, err = samplerFromEnv(getenv); err != nil {
-		return t, err
+	t.Ratio = 1
+	if v := getenv("OTEL_TRACES_SAMPLER_ARG"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 || f > 1 {
+			return t, &store.ConfigError{Var: "OTEL_TRACES_SAMPLER_ARG", Msg: "must be a ratio from 0 to 1"}
+		}
+		t.Ratio = f
 	}
-	if t.endpoint == "" {
+	// A value the SDK would silently ignore is refused instead.
+	switch t.Sampler = getenv("OTEL_TRACES_SAMPLER"); {
+	case t.Sampler == "":
+		t.Sampler = samplerNames[0]
+	case !slices.Contains(samplerNames, t.Sampler):
+		return t, &store.ConfigError{Var: "OTEL_TRACES_SAMPLER", Msg: "must be one of " + strings.Join(samplerNames, ", ") + " (the first is the default)"}
+	}
+	if endpoint == "" {
 		return t, nil
 	}
-	u, err := url.Parse(t.endpoint)
+	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" {
 		return t, &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_ENDPOINT", Msg: "must be a URL such as http://127.0.0.1:4318 or https://telemetry.googleapis.com"}
 	}
-	t.googleAuth = u.Hostname() == googleTelemetryHost
+	t.GoogleAuth = u.Hostname() == GoogleTelemetryHost
 	t.enabled = true
 	return t, nil
 }
 
-// samplerFromEnv reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG as the
-// SDK would, but refuses a value it would silently ignore.
-func samplerFromEnv(getenv func(string) string) (sdktrace.Sampler, error) {
-	ratio := 1.0
-	if v := getenv("OTEL_TRACES_SAMPLER_ARG"); v != "" {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f < 0 || f > 1 {
-			return nil, &store.ConfigError{Var: "OTEL_TRACES_SAMPLER_ARG", Msg: "must be a ratio from 0 to 1"}
-		}
-		ratio = f
-	}
-	switch v := getenv("OTEL_TRACES_SAMPLER"); v {
-	case "", "parentbased_always_on":
-		return sdktrace.ParentBased(sdktrace.AlwaysSample()), nil
-	case "parentbased_always_off":
-		return sdktrace.ParentBased(sdktrace.NeverSample()), nil
-	case "parentbased_traceidratio":
-		return sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio)), nil
-	case "always_on":
-		return sdktrace.AlwaysSample(), nil
-	case "always_off":
-		return sdktrace.NeverSample(), nil
-	case "traceidratio":
-		return sdktrace.TraceIDRatioBased(ratio), nil
-	default:
-		return nil, &store.ConfigError{Var: "OTEL_TRACES_SAMPLER", Msg: "must be one of parentbased_always_on (the default), parentbased_always_off, parentbased_traceidratio, always_on, always_off, traceidratio"}
-	}
+// An SDK installs OpenTelemetry's SDK as the process's global providers,
+// exporting as s asks, and returns it through Install. Package
+// example.com/pscmessages/cmd/telemetry/otlp is the one with OTLP exporters.
+type SDK func(s Settings) (*Telemetry, error)
+
+var (
+	registeredMu sync.Mutex
+	registered   SDK
+)
+
+// Register makes sdk the one Setup installs when the environment asks for
+// telemetry. Package otlp registers itself when imported: the function's
+// package imports it only in a build with the otlp tag, so that a binary
+// built without (the local runner, by default) compiles and links neither
+// the SDK nor the exporters and their gRPC.
+func Register(sdk SDK) {
+	registeredMu.Lock()
+	defer registeredMu.Unlock()
+	registered = sdk
 }
+
+func registeredSDK() SDK {
+	registeredMu.Lock()
+	defer registeredMu.Unlock()
+	return registered
+}
+
+// errNoSDK is the setting that asks for telemetry in a build without an SDK.
+var errNoSDK = &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_ENDPOINT",
+	Msg: "asks for telemetry, but this binary was built without it: build with -tags otlp (go run -tags otlp ./cmd/pscmessages; the deploys in cloudbuild.yaml set GOFLAGS=-tags=otlp)"}
 
 // Telemetry is the process's SDK; nil when telemetry is off, and then every
 // method does nothing.
@@ -124,67 +131,53 @@ type Telemetry struct {
 	Meter  metric.Meter
 
 	requestDuration metric.Float64Histogram
-	tp              *sdktrace.TracerProvider
-	mp              *sdkmetric.MeterProvider
-}
-
-// Exporters lets tests put in-process exporters where OTLP would go.
-type Exporters struct {
-	Spans   sdktrace.SpanExporter
-	Metrics sdkmetric.Reader
+	flush, shutdown func(context.Context) error
 }
 
 // Check reports what is wrong with the OTEL_* variables, naming the
-// variable, without setting anything up.
+// variable, without setting anything up: a value out of range, or an
+// endpoint in a build that has no SDK to send to it.
 func Check(getenv func(string) string) error {
-	_, err := loadSettings(getenv)
+	ts, err := loadSettings(getenv)
+	if err == nil && ts.enabled && registeredSDK() == nil {
+		err = errNoSDK
+	}
 	return err
 }
 
-// Setup installs the SDK as the global providers when the environment asks
-// for it (or ex is given), and returns nil (nothing installed) otherwise.
-func Setup(getenv func(string) string, ex *Exporters) (*Telemetry, error) {
+// Setup installs sdk (nil: the registered one) when the environment asks
+// for telemetry, and returns nil (nothing installed) otherwise. A given sdk
+// is installed without an endpoint: tests put in-process exporters there.
+func Setup(getenv func(string) string, sdk SDK) (*Telemetry, error) {
 	ts, err := loadSettings(getenv)
-	if err != nil || (!ts.enabled && ex == nil) {
+	if err != nil || (!ts.enabled && sdk == nil) {
 		return nil, err
 	}
-	ctx := context.Background()
-	attrs := []attribute.KeyValue{semconv.ServiceName(serviceName(getenv))}
-	if ex == nil {
-		var project string
-		if ex, project, err = otlpExporters(ctx, ts); err != nil {
-			return nil, err
-		}
-		if project != "" {
-			// Google's Telemetry API files the spans under this project.
-			attrs = append(attrs, attribute.String("gcp.project_id", project))
+	if sdk == nil {
+		if sdk = registeredSDK(); sdk == nil {
+			return nil, errNoSDK
 		}
 	}
-	res, err := resource.New(ctx,
-		resource.WithAttributes(attrs...),
-		resource.WithFromEnv(), // OTEL_RESOURCE_ATTRIBUTES, and OTEL_SERVICE_NAME over the above
-		resource.WithTelemetrySDK(),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err)
-	}
-	tp := sdktrace.NewTracerProvider(
-		sdktrace.WithResource(res),
-		sdktrace.WithSampler(ts.sampler),
-		sdktrace.WithBatcher(ex.Spans),
-	)
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(ex.Metrics))
+	return sdk(ts)
+}
+
+// Install makes tp and mp the process's global providers (the store traces
+// and measures through them), with the propagators of Cloud Run's and W3C
+// trace context, and returns the function's Telemetry on them; flush
+// exports the spans ended so far, shutdown flushes and stops both.
+func Install(tp trace.TracerProvider, mp metric.MeterProvider, flush, shutdown func(context.Context) error) (*Telemetry, error) {
 	prop := propagation.NewCompositeTextMapPropagator(cloudTraceContext{}, propagation.TraceContext{}, propagation.Baggage{})
 	otel.SetTracerProvider(tp)
 	otel.SetMeterProvider(mp)
 	otel.SetTextMapPropagator(prop)
-	t := &Telemetry{Tracer: tp.Tracer(instrumentationName), Meter: mp.Meter(instrumentationName), tp: tp, mp: mp}
+	t := &Telemetry{Tracer: tp.Tracer(instrumentationName), Meter: mp.Meter(instrumentationName), flush: flush, shutdown: shutdown}
+	var err error
 	t.requestDuration, err = t.Meter.Float64Histogram("http.server.request.duration",
 		metric.WithDescription("Duration of HTTP server requests"), metric.WithUnit("s"),
 		// The HTTP semantic conventions' advised boundaries.
 		metric.WithExplicitBucketBoundaries(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10))
 	if err != nil {
-		return nil, err
+		return nil, errors.Join(err, shutdown(context.Background()))
 	}
 	return t, nil
 }
@@ -202,53 +195,6 @@ func serviceName(getenv func(string) string) string {
 	return "pscmessages"
 }
 
-// otlpExporters makes the OTLP exporters, with Google credentials for
-// Google's endpoint; project is then the credentials' project.
-func otlpExporters(ctx context.Context, ts settings) (_ *Exporters, project string, err error) {
-	var creds *google.Credentials
-	if ts.googleAuth {
-		creds, err = google.FindDefaultCredentials(ctx, "https://www.googleapis.com/auth/cloud-platform")
-		if err != nil {
-			return nil, "", &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_ENDPOINT", Msg: googleTelemetryHost + " needs Google credentials, and none were found: " + err.Error()}
-		}
-		project = creds.ProjectID
-	}
-	var ex Exporters
-	var metricExp sdkmetric.Exporter
-	if ts.protocol == "grpc" {
-		var traceOpts []otlptracegrpc.Option
-		var metricOpts []otlpmetricgrpc.Option
-		if creds != nil {
-			// The token source refreshes the token before it expires.
-			dial := grpc.WithPerRPCCredentials(oauth.TokenSource{TokenSource: creds.TokenSource})
-			traceOpts = append(traceOpts, otlptracegrpc.WithDialOption(dial))
-			metricOpts = append(metricOpts, otlpmetricgrpc.WithDialOption(dial))
-		}
-		if ex.Spans, err = otlptracegrpc.New(ctx, traceOpts...); err != nil {
-			return nil, "", err
-		}
-		if metricExp, err = otlpmetricgrpc.New(ctx, metricOpts...); err != nil {
-			return nil, "", err
-		}
-	} else {
-		var traceOpts []otlptracehttp.Option
-		var metricOpts []otlpmetrichttp.Option
-		if creds != nil {
-			client := oauth2.NewClient(ctx, creds.TokenSource)
-			traceOpts = append(traceOpts, otlptracehttp.WithHTTPClient(client))
-			metricOpts = append(metricOpts, otlpmetrichttp.WithHTTPClient(client))
-		}
-		if ex.Spans, err = otlptracehttp.New(ctx, traceOpts...); err != nil {
-			return nil, "", err
-		}
-		if metricExp, err = otlpmetrichttp.New(ctx, metricOpts...); err != nil {
-			return nil, "", err
-		}
-	}
-	ex.Metrics = sdkmetric.NewPeriodicReader(metricExp)
-	return &ex, project, nil
-}
-
 // Shutdown flushes what is buffered and stops exporting, within
 // FlushTimeout.
 func (t *Telemetry) Shutdown() error {
@@ -257,8 +203,7 @@ func (t *Telemetry) Shutdown() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), FlushTimeout)
 	defer cancel()
-	// Spans first: a metric export may wait for its interval.
-	return errors.Join(t.tp.Shutdown(ctx), t.mp.Shutdown(ctx))
+	return t.shutdown(ctx)
 }
 
 // ForceFlush exports the spans ended so far.
@@ -266,5 +211,5 @@ func (t *Telemetry) ForceFlush(ctx context.Context) error {
 	if t == nil {
 		return nil
 	}
-	return t.tp.ForceFlush(ctx)
+	return t.flush(ctx)
 }

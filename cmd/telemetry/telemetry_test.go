@@ -2,16 +2,15 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"go.opentelemetry.io/otel"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"example.com/pscmessages/store"
 )
 
 // Off (no endpoint, or OTEL_SDK_DISABLED=true) nothing is installed: the
@@ -37,39 +36,23 @@ func TestTelemetryOffInstallsNothing(t *testing.T) {
 	}
 }
 
-// BenchmarkServerSpan is the server span's own cost around a handler that
-// does nothing, unsampled and sampled.
-func BenchmarkServerSpan(b *testing.B) {
-	for _, mode := range []struct {
-		name string
-		env  map[string]string
-	}{
-		{"unsampled", map[string]string{"OTEL_TRACES_SAMPLER": "always_off"}},
-		{"sampled", map[string]string{}},
-	} {
-		b.Run(mode.name, func(b *testing.B) {
-			tel, err := Setup(func(k string) string { return mode.env[k] }, &Exporters{Spans: noopExporter{}, Metrics: sdkmetric.NewManualReader()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() {
-				otel.SetTracerProvider(tracenoop.NewTracerProvider())
-				otel.SetMeterProvider(metricnoop.NewMeterProvider())
-				_ = tel.Shutdown()
-			})
-			h := tel.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) }), func(*http.Request) string { return "/" })
-			req := httptest.NewRequest("POST", "/", nil)
-			w := httptest.NewRecorder()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				h.ServeHTTP(w, req)
-			}
-		})
+// A binary built without an SDK (the runner without the otlp tag) refuses
+// an endpoint at start, naming the variable and the tag, rather than
+// dropping what the operator asked to see.
+func TestEndpointWithoutSDKNamesTheVariableAndTheTag(t *testing.T) {
+	if registeredSDK() != nil {
+		t.Fatal("this test binary registered an SDK; package telemetry's own tests must not import package otlp")
+	}
+	getenv := func(k string) string {
+		return map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}[k]
+	}
+	for name, err := range map[string]error{"Check": Check(getenv), "Setup": func() error { _, err := Setup(getenv, nil); return err }()} {
+		var ce *store.ConfigError
+		if !errors.As(err, &ce) || ce.Var != "OTEL_EXPORTER_OTLP_ENDPOINT" || !strings.Contains(ce.Msg, "-tags otlp") {
+			t.Errorf("%s: %v; want a ConfigError naming OTEL_EXPORTER_OTLP_ENDPOINT and the otlp tag", name, err)
+		}
+	}
+	if err := Check(func(string) string { return "" }); err != nil {
+		t.Errorf("with no endpoint: %v; want no error", err)
 	}
 }
-
-type noopExporter struct{}
-
-func (noopExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
-func (noopExporter) Shutdown(context.Context) error                             { return nil }
