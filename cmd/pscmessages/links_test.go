@@ -34,7 +34,8 @@ func TestRunnerLinksNeitherTestingNorPubSub(t *testing.T) {
 // telemetrySDK are the packages only a build with the otlp tag links: the
 // OpenTelemetry SDK, its OTLP exporters and gRPC, most of what a first
 // `go run ./cmd/pscmessages` would otherwise compile. The deploys build
-// with the tag (cloudbuild.yaml's GOFLAGS); see package telemetry.
+// with the tag (cloudbuild.yaml's GOFLAGS), and the end-to-end tier with
+// e2e links them too; see package telemetry.
 var telemetrySDK = []string{
 	"go.opentelemetry.io/otel/sdk/trace",
 	"go.opentelemetry.io/otel/sdk/metric",

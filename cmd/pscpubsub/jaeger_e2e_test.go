@@ -27,9 +27,6 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"example.com/pscmessages/cmd/internal/jaegertest"
-	// The runners these tests start are this test binary: it links the
-	// SDK and its OTLP exporters as `go run -tags otlp ./cmd/pscpubsub` does.
-	_ "example.com/pscmessages/cmd/telemetry/otlp"
 )
 
 // jaegerSpan is a span as Jaeger's query API gives it.
@@ -135,7 +132,13 @@ func TestJaegerTraces(t *testing.T) {
 		serveEnv := otelEnv("pscmessages-e2e-http")
 		serveEnv["DATABASE_URL"] = env.database(t)
 		r := startRunner(t, runnerOptions{host: "127.0.0.1", env: serveEnv, unset: psUnset, cleanExit: true})
-		<-r.ready
+		select {
+		case <-r.ready:
+		case <-r.exited:
+			t.Fatalf("the runner exited: %s", r.stderr.String())
+		case <-time.After(60 * time.Second):
+			t.Fatal("the runner did not start in 60 s")
+		}
 		req, _ := http.NewRequest("POST", r.base+"/", strings.NewReader(`{"content":"traced in jaeger"}`))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")

@@ -1,5 +1,6 @@
 // Package telemetry is the function's OpenTelemetry: the SDK set up from
-// the standard OTEL_* variables, the HTTP server span and request-duration
+// the standard OTEL_* variables (by package otlp, which a build links only
+// with the otlp tag; see Register), the HTTP server span and request-duration
 // metric of every request (Instrument), the span and log correlation helpers
 // (SpanError, LocalSpan), X-Cloud-Trace-Context, and the flush on SIGTERM.
 // The function's package (the module's root) sets it up once per process

@@ -2,8 +2,8 @@
 // and metrics by OTLP: importing it registers it with package telemetry,
 // whose Setup then installs it when the OTEL_* variables ask.
 //
-// The function's package imports it only in a build with the otlp tag
-// (../../../otlp.go): the SDK, its exporters and their gRPC are most of
+// The function's package imports it only in a build with the otlp tag, or
+// the end-to-end tier's e2e (../../../otlp.go): the SDK, its exporters and their gRPC are most of
 // what the local runner would otherwise compile on its first run, and none
 // of it is used unless an endpoint is set. The deploys in cloudbuild.yaml
 // build with GOFLAGS=-tags=otlp; a build without the tag refuses an
