@@ -313,15 +313,12 @@ func listContents(t testing.TB, base string) []any {
 	return msgs
 }
 
+// countRows runs a query returning one integer, on the connection to url the
+// test keeps (localpgtest.QueryInt): tests poll through it.
 func countRows(t testing.TB, url, sql string, args ...any) int {
 	t.Helper()
-	conn, err := pgx.Connect(context.Background(), url)
+	n, err := localpgtest.QueryInt(t, url, sql, args...)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	var n int
-	if err := conn.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -230,19 +230,13 @@ func psIDPrefix(t testing.TB, client *pubsub.Client, topic string) string {
 	return idPrefix(epoch)
 }
 
-// psQueryInt runs a query returning one integer.
+// psQueryInt runs a query returning one integer, on the connection to url
+// the test keeps (localpgtest.QueryInt): tests poll through it.
 func psQueryInt(t testing.TB, url, sql string, args ...any) int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
+	n, err := localpgtest.QueryInt(t, url, sql, args...)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var n int
-	if err := conn.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
 }

@@ -12,9 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5"
+	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 const serveArgsEnv = "PSCMESSAGES_TEST_SERVE_ARGS"
@@ -78,19 +77,13 @@ func psTail(s string, n int) string {
 	return s
 }
 
-// psQueryInt runs a query returning one integer.
+// psQueryInt runs a query returning one integer, on the connection to url
+// the test keeps (localpgtest.QueryInt).
 func psQueryInt(t testing.TB, url, sql string, args ...any) int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
+	n, err := localpgtest.QueryInt(t, url, sql, args...)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	var n int
-	if err := conn.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
 	}
 	return n
 }
