@@ -118,6 +118,8 @@ type Cluster struct {
 	running bool
 	owner   *os.File      // the flocked ownerFile while we use the cluster; see lockOwner
 	logDone chan struct{} // closed once the server's output is copied to opts.Log
+
+	admin admin // Exec's connection
 }
 
 // Start creates the cluster if Dir holds none, configures it from opts and
@@ -259,6 +261,7 @@ func (c *Cluster) Destroy() error {
 		}
 	}
 	c.unlockOwner()
+	c.admin.close()
 	if c.tempDir != "" {
 		if err := os.RemoveAll(c.tempDir); err != nil {
 			return fmt.Errorf("localpg: %w", err)
@@ -314,17 +317,11 @@ func (c *Cluster) SuperuserURL(database string) string {
 }
 
 // Exec runs sql as superuser on database postgres, for setting up roles and
-// databases. Without args, sql may hold several statements.
+// databases. Without args, sql may hold several statements. It runs on the
+// cluster's administration connection (see admin), so sql must leave no
+// session state behind (SET, an open transaction).
 func (c *Cluster) Exec(ctx context.Context, sql string, args ...any) error {
-	conn, err := pgx.Connect(ctx, c.SuperuserURL("postgres"))
-	if err != nil {
-		return fmt.Errorf("localpg: %w", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		return fmt.Errorf("localpg: %w", err)
-	}
-	return nil
+	return c.admin.exec(ctx, c.SuperuserURL("postgres"), sql, args...)
 }
 
 // CreateDatabase creates database name, owned by the superuser.
