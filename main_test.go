@@ -68,7 +68,7 @@ func run(m *testing.M) int {
 	os.Unsetenv("GOOGLE_CLOUD_PROJECT")
 
 	ctx := context.Background()
-	cluster, err = localpg.Start(ctx, localpg.Options{Password: "admin-secret", TLS: true})
+	cluster, err = localpgtest.StartShared(ctx, localpg.Options{Password: "admin-secret", TLS: true})
 	if err != nil {
 		// Never skip: without PostgreSQL the suite fails, loudly.
 		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)

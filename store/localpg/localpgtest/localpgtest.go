@@ -32,14 +32,15 @@ func Run(m *testing.M) int {
 }
 
 // RunWithCluster runs the tests beside one cluster that they share, started
-// with opts after Setup and stored in *c: a TestMain whose tests share a
-// cluster calls os.Exit(localpgtest.RunWithCluster(m, opts, &cluster)).
-// When the cluster cannot start, no test runs and the binary fails: a
-// database test that skipped would pass silently.
+// with opts after Setup (so a copy of the template, as the clusters of
+// Start are) and stored in *c: a TestMain whose tests share a cluster calls
+// os.Exit(localpgtest.RunWithCluster(m, opts, &cluster)). When the cluster
+// cannot start, no test runs and the binary fails: a database test that
+// skipped would pass silently.
 func RunWithCluster(m *testing.M, opts localpg.Options, c **localpg.Cluster) int {
 	teardown := Setup()
 	defer teardown()
-	cluster, err := localpg.Start(context.Background(), opts)
+	cluster, err := StartShared(context.Background(), opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: cannot start a throwaway PostgreSQL cluster:", err)
 		return 1
@@ -118,6 +119,20 @@ func sharedTemplate(ctx context.Context, binDir string) (*localpg.Template, erro
 		template.t = t
 	}
 	return template.t, nil
+}
+
+// StartShared starts a cluster for a test binary's TestMain to share among
+// its tests, after Setup: a copy of the template unless opts names one or a
+// BinDir. The caller destroys it.
+func StartShared(ctx context.Context, opts localpg.Options) (*localpg.Cluster, error) {
+	if opts.Template == nil {
+		tmpl, err := sharedTemplate(ctx, opts.BinDir)
+		if err != nil {
+			return nil, err
+		}
+		opts.Template = tmpl
+	}
+	return localpg.Start(ctx, opts)
 }
 
 // Start starts a cluster for the duration of t and destroys it in
