@@ -6,8 +6,6 @@ import (
 
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store"
-	"example.com/pscmessages/store/localpg"
-	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestDeadLettersEscapeControls: list and show print what a publisher sent
@@ -16,11 +14,8 @@ import (
 // bytes as they are.
 func TestDeadLettersEscapeControls(t *testing.T) {
 	ctx := t.Context()
-	c := localpgtest.Start(t, localpg.Options{})
-	if err := c.CreateDatabase(ctx, "dl"); err != nil {
-		t.Fatal(err)
-	}
-	url := c.SuperuserURL("dl")
+	c, db := sharedDatabase(t, "dl")
+	url := c.SuperuserURL(db)
 	st, err := store.Open(ctx, store.Config{ConnString: url, Migrate: true})
 	if err != nil {
 		t.Fatal(err)

@@ -16,8 +16,6 @@ import (
 
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store"
-	"example.com/pscmessages/store/localpg"
-	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 func envelope(id, data string) []byte {
@@ -31,11 +29,8 @@ func envelope(id, data string) []byte {
 // whole) refused, a still-poison one kept, and delete.
 func TestDeadLettersCommand(t *testing.T) {
 	ctx := t.Context()
-	c := localpgtest.Start(t, localpg.Options{})
-	if err := c.CreateDatabase(ctx, "dl"); err != nil {
-		t.Fatal(err)
-	}
-	url := c.SuperuserURL("dl")
+	c, db := sharedDatabase(t, "dl")
+	url := c.SuperuserURL(db)
 	st, err := store.Open(ctx, store.Config{ConnString: url, Migrate: true})
 	if err != nil {
 		t.Fatal(err)

@@ -11,8 +11,6 @@ import (
 
 	function "example.com/pscmessages"
 	"example.com/pscmessages/store"
-	"example.com/pscmessages/store/localpg"
-	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestDeadLettersKeptWholeReplay: dead letters over 64 KiB are kept whole by
@@ -22,11 +20,8 @@ import (
 // MAX_CONTENT_BYTES raised (and refused, kept, by one without).
 func TestDeadLettersKeptWholeReplay(t *testing.T) {
 	ctx := t.Context()
-	c := localpgtest.Start(t, localpg.Options{})
-	if err := c.CreateDatabase(ctx, "whole"); err != nil {
-		t.Fatal(err)
-	}
-	url := c.SuperuserURL("whole")
+	c, db := sharedDatabase(t, "whole")
+	url := c.SuperuserURL(db)
 	st, err := store.Open(ctx, store.Config{ConnString: url, Migrate: true})
 	if err != nil {
 		t.Fatal(err)

@@ -4,17 +4,14 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"example.com/pscmessages/store/localpg"
-	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestServeSaysWhetherEditsAreServed: before the runner says it is serving,
 // one line says whether Messages serves PUT, PATCH and DELETE, following
 // HTTP_ROUTES; a runner serving only IngestPubSub says nothing about edits.
 func TestServeSaysWhetherEditsAreServed(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{})
-	url := c.URL("postgres", "", "postgres")
+	c, db := sharedDatabase(t, "edits")
+	url := c.URL("postgres", "", db)
 	for _, tc := range []struct {
 		name string
 		env  map[string]string

@@ -2,7 +2,6 @@ package localrun
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"example.com/pscmessages/store/localpg"
-	"example.com/pscmessages/store/localpg/localpgtest"
 	"example.com/pscmessages/store/migrations"
 )
 
@@ -31,11 +28,8 @@ func startServeChild(t testing.TB, port string, env map[string]string) *runner {
 
 func serveDatabase(t testing.TB) string {
 	t.Helper()
-	c := localpgtest.Start(t, localpg.Options{})
-	if err := c.CreateDatabase(context.Background(), "serve"); err != nil {
-		t.Fatal(err)
-	}
-	return c.SuperuserURL("serve")
+	c, db := sharedDatabase(t, "serve")
+	return c.SuperuserURL(db)
 }
 
 // takenPort holds a loopback port that accepts connections, as whatever
@@ -318,16 +312,13 @@ func TestLocalServerCutsAClientThatNeverReads(t *testing.T) {
 // to create its tables there silently.
 func TestServeNamesTheDatabaseItWillMigrate(t *testing.T) {
 	const secret = "s3cret-pw"
-	c := localpgtest.Start(t, localpg.Options{})
-	if err := c.CreateDatabase(context.Background(), "existing"); err != nil {
-		t.Fatal(err)
-	}
-	url := c.URL("postgres", secret, "existing") // trust: the password is only carried
+	c, db := sharedDatabase(t, "existing")
+	url := c.URL("postgres", secret, db) // trust: the password is only carried
 	names, err := migrations.Names()
 	if err != nil {
 		t.Fatal(err)
 	}
-	where := fmt.Sprintf(`database "existing" on 127.0.0.1:%d: `, c.Port())
+	where := fmt.Sprintf(`database %q on 127.0.0.1:%d: `, db, c.Port())
 	for i, want := range []string{
 		where + "no schema of ours yet; the functions' first request creates their tables there with migrations " + strings.Join(names, ", ") + " (DB_MIGRATE=false turns that off)",
 		where + fmt.Sprintf("schema at version %d, no migrations to apply", len(names)),

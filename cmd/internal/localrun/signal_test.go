@@ -1,7 +1,6 @@
 package localrun
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -13,9 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"example.com/pscmessages/store/localpg"
-	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // The child is TestMainProcess (startup_test.go): main itself, signal
@@ -26,10 +22,7 @@ import (
 // process at once by the signal's default action, not be swallowed by
 // signal.NotifyContext until main returns.
 func TestSecondInterruptStopsAtOnce(t *testing.T) {
-	db := localpgtest.Start(t, localpg.Options{})
-	if err := db.CreateDatabase(context.Background(), "sigint"); err != nil {
-		t.Fatal(err)
-	}
+	db, name := sharedDatabase(t, "sigint")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +31,7 @@ func TestSecondInterruptStopsAtOnce(t *testing.T) {
 	l.Close()
 
 	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve"}, port: port,
-		host: "127.0.0.1", env: map[string]string{"DATABASE_URL": db.SuperuserURL("sigint")}, unset: []string{"PUBSUB_*"}})
+		host: "127.0.0.1", env: map[string]string{"DATABASE_URL": db.SuperuserURL(name)}, unset: []string{"PUBSUB_*"}})
 	cmd, exited := r.cmd, r.exited
 	base := "http://127.0.0.1:" + port
 	waitUntil(t, exited, "the server to answer", func() bool {

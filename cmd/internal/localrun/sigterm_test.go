@@ -1,16 +1,12 @@
 package localrun
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/http"
 	"syscall"
 	"testing"
 	"time"
-
-	"example.com/pscmessages/store/localpg"
-	"example.com/pscmessages/store/localpg/localpgtest"
 )
 
 // TestSIGTERMDrainsAndExitsZero: SIGTERM, which Cloud Run and most process
@@ -21,11 +17,8 @@ import (
 // default action, the request would be cut; ignoring it, the listener would
 // stay open: either fails here within seconds.
 func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
-	db := localpgtest.Start(t, localpg.Options{})
-	if err := db.CreateDatabase(context.Background(), "sigterm"); err != nil {
-		t.Fatal(err)
-	}
-	url := db.SuperuserURL("sigterm")
+	db, name := sharedDatabase(t, "sigterm")
+	url := db.SuperuserURL(name)
 	port := psFreePort(t)
 	r := startRunner(t, runnerOptions{process: "TestMainProcess", args: []string{"serve"}, port: port,
 		host: "127.0.0.1", env: map[string]string{"DATABASE_URL": url}, unset: []string{"PUBSUB_*"}, lifetime: 2 * time.Minute})
