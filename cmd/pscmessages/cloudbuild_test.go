@@ -806,7 +806,7 @@ func (c *cbChecked) checkDeploys(facts cbFacts, fail func(string, ...any)) {
 			fail("%s: %s must be deployed with --no-allow-unauthenticated unless _ALLOW_UNAUTHENTICATED says otherwise", g.step, fn)
 		}
 		if kind != "pull" && g.flag("--set-build-env-vars") != cbFunctionBuildEnv {
-			fail("%s: %s must be built with the OpenTelemetry SDK (--set-build-env-vars=%s): without it the function refuses OTEL_EXPORTER_OTLP_ENDPOINT at start", g.step, fn, cbFunctionBuildEnv)
+			fail("%s: %s must be built with the OpenTelemetry SDK (--set-build-env-vars=%s): without it the deployed function answers every request 500 when OTEL_EXPORTER_OTLP_ENDPOINT is set", g.step, fn, cbFunctionBuildEnv)
 		}
 		if kind == "CloudEvent" && g.flag("--ingress") == "" {
 			fail("%s: %s should limit --ingress; only Eventarc calls it", g.step, fn)

@@ -386,7 +386,7 @@ func cbJudgeRequests(facts cbFacts, subs map[string]string, branch string, steps
 			ok = cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOOGLE_BUILDABLE") == cbPullBuildable
 		}
 		if goflags := cbStr(r.Body, "buildpackBuild", "environmentVariables", "GOFLAGS"); fn != "" && "GOFLAGS="+goflags != cbFunctionBuildEnv {
-			fail("build request of %s: GOFLAGS=%q; want %s, or the function refuses OTEL_EXPORTER_OTLP_ENDPOINT at start", fn, goflags, cbFunctionBuildEnv)
+			fail("build request of %s: GOFLAGS=%q; want %s, or the deployed function answers every request 500 when OTEL_EXPORTER_OTLP_ENDPOINT is set", fn, goflags, cbFunctionBuildEnv)
 		}
 		if !ok || cbStr(r.Body, "buildpackBuild", "baseImage") != "go"+strings.ReplaceAll(facts.GoVersion, ".", "") ||
 			cbStr(r.Body, "serviceAccount") != "projects/"+project+"/serviceAccounts/"+email(subs["_SOURCE_BUILD_SA"]) {

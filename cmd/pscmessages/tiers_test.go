@@ -240,8 +240,9 @@ func cbCheckTierRun(who string, r cbTierRun, facts cbFacts, wantTier string, wan
 	if wantTests != nil && !slices.Equal(r.tests, wantTests) {
 		fail("%s runs go test ./... with tags %q; want %q", who, r.tests, wantTests)
 	}
-	// otlp is the deployed functions' build (the OpenTelemetry SDK linked
-	// in), whose one file no test binary compiles.
+	// otlp is the deployed functions' tag set (the OpenTelemetry SDK linked
+	// in): vetted on its own so that it keeps compiling should otlp.go's
+	// build line ever part from the e2e tier's.
 	if !slices.Contains(r.vets, "") || !slices.Contains(r.vets, "e2e") || !slices.Contains(r.vets, "otlp") {
 		fail("%s must run go vet ./..., go vet -tags e2e ./... and go vet -tags otlp ./... (vets %q)", who, r.vets)
 	}

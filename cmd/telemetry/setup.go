@@ -35,6 +35,7 @@ type Settings struct {
 	GoogleAuth  bool    // the endpoint is Google's: send Google credentials
 	ServiceName string  // OTEL_SERVICE_NAME, else K_SERVICE, else pscmessages
 	enabled     bool
+	endpointVar string // the variable the endpoint came from
 }
 
 // samplerNames are the OTEL_TRACES_SAMPLER values an SDK must honour; the
@@ -50,9 +51,11 @@ func loadSettings(getenv func(string) string) (Settings, error) {
 	default:
 		return t, &store.ConfigError{Var: "OTEL_SDK_DISABLED", Msg: "must be true or false"}
 	}
-	endpoint := getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+	t.endpointVar = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+	endpoint := getenv(t.endpointVar)
 	if endpoint == "" {
-		endpoint = getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+		t.endpointVar = "OTEL_EXPORTER_OTLP_ENDPOINT"
+		endpoint = getenv(t.endpointVar)
 	}
 	t.Protocol = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 	if v := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"); v != "" {
@@ -85,7 +88,7 @@ func loadSettings(getenv func(string) string) (Settings, error) {
 	}
 	u, err := url.Parse(endpoint)
 	if err != nil || u.Host == "" {
-		return t, &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_ENDPOINT", Msg: "must be a URL such as http://127.0.0.1:4318 or https://telemetry.googleapis.com"}
+		return t, &store.ConfigError{Var: t.endpointVar, Msg: "must be a URL such as http://127.0.0.1:4318 or https://telemetry.googleapis.com"}
 	}
 	t.GoogleAuth = u.Hostname() == GoogleTelemetryHost
 	t.enabled = true
@@ -120,8 +123,10 @@ func registeredSDK() SDK {
 }
 
 // errNoSDK is the setting that asks for telemetry in a build without an SDK.
-var errNoSDK = &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_ENDPOINT",
-	Msg: "asks for telemetry, but this binary was built without it: build with -tags otlp (go run -tags otlp ./cmd/pscmessages; the deploys in cloudbuild.yaml set GOFLAGS=-tags=otlp)"}
+func errNoSDK(s Settings) error {
+	return &store.ConfigError{Var: s.endpointVar,
+		Msg: "asks for telemetry, but this binary was built without it: build with -tags otlp (go run -tags otlp ./cmd/pscmessages, or ./cmd/pscpubsub; the deploys in cloudbuild.yaml set GOFLAGS=-tags=otlp)"}
+}
 
 // Telemetry is the process's SDK; nil when telemetry is off, and then every
 // method does nothing.
@@ -140,7 +145,7 @@ type Telemetry struct {
 func Check(getenv func(string) string) error {
 	ts, err := loadSettings(getenv)
 	if err == nil && ts.enabled && registeredSDK() == nil {
-		err = errNoSDK
+		err = errNoSDK(ts)
 	}
 	return err
 }
@@ -155,7 +160,7 @@ func Setup(getenv func(string) string, sdk SDK) (*Telemetry, error) {
 	}
 	if sdk == nil {
 		if sdk = registeredSDK(); sdk == nil {
-			return nil, errNoSDK
+			return nil, errNoSDK(ts)
 		}
 	}
 	return sdk(ts)

@@ -43,13 +43,13 @@ func TestEndpointWithoutSDKNamesTheVariableAndTheTag(t *testing.T) {
 	if registeredSDK() != nil {
 		t.Fatal("this test binary registered an SDK; package telemetry's own tests must not import package otlp")
 	}
-	getenv := func(k string) string {
-		return map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}[k]
-	}
-	for name, err := range map[string]error{"Check": Check(getenv), "Setup": func() error { _, err := Setup(getenv, nil); return err }()} {
-		var ce *store.ConfigError
-		if !errors.As(err, &ce) || ce.Var != "OTEL_EXPORTER_OTLP_ENDPOINT" || !strings.Contains(ce.Msg, "-tags otlp") {
-			t.Errorf("%s: %v; want a ConfigError naming OTEL_EXPORTER_OTLP_ENDPOINT and the otlp tag", name, err)
+	for _, v := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} {
+		getenv := func(k string) string { return map[string]string{v: "http://127.0.0.1:4318"}[k] }
+		for name, err := range map[string]error{"Check": Check(getenv), "Setup": func() error { _, err := Setup(getenv, nil); return err }()} {
+			var ce *store.ConfigError
+			if !errors.As(err, &ce) || ce.Var != v || !strings.Contains(ce.Msg, "-tags otlp") {
+				t.Errorf("%s with %s set: %v; want a ConfigError naming %s and the otlp tag", name, v, err, v)
+			}
 		}
 	}
 	if err := Check(func(string) string { return "" }); err != nil {

@@ -24,7 +24,7 @@ type admin struct {
 	conn     *pgx.Conn
 	url      string // what conn is connected to
 	lastUse  time.Time
-	idleStop *time.Timer
+	idleStop *idleTimer
 }
 
 func (a *admin) exec(ctx context.Context, url, sql string, args ...any) error {
@@ -41,12 +41,15 @@ func (a *admin) exec(ctx context.Context, url, sql string, args ...any) error {
 		a.conn, a.url = conn, url
 	}
 	_, err := a.conn.Exec(ctx, sql, args...)
-	if a.conn.IsClosed() {
+	// A statement that failed inside a transaction it opened leaves the
+	// session aborted, which a ping does not notice: such a connection is
+	// not reused.
+	if a.conn.IsClosed() || a.conn.PgConn().TxStatus() != 'I' {
 		a.closeLocked()
 	} else {
 		a.lastUse = time.Now()
 		if a.idleStop == nil {
-			a.idleStop = time.AfterFunc(adminIdle, a.closeIdle)
+			a.armIdle(adminIdle)
 		}
 	}
 	if err != nil {
@@ -55,24 +58,38 @@ func (a *admin) exec(ctx context.Context, url, sql string, args ...any) error {
 	return nil
 }
 
+// idleTimer is one arming of the idle close; closeIdle acts only for the
+// arming still current, so a timer that fired while the connection was
+// being closed or replaced does nothing.
+type idleTimer struct{ t *time.Timer }
+
+func (a *admin) armIdle(after time.Duration) {
+	it := &idleTimer{}
+	it.t = time.AfterFunc(after, func() { a.closeIdle(it) })
+	a.idleStop = it
+}
+
 // closeIdle closes the connection once unused for adminIdle.
-func (a *admin) closeIdle() {
+func (a *admin) closeIdle(it *idleTimer) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.idleStop != it {
+		return
+	}
 	a.idleStop = nil
 	if a.conn == nil {
 		return
 	}
 	if left := adminIdle - time.Since(a.lastUse); left > 0 {
-		a.idleStop = time.AfterFunc(left, a.closeIdle)
+		a.armIdle(left)
 		return
 	}
 	a.closeLocked()
 }
 
-// close closes the connection unless an Exec is using it, which may be
-// waiting for a server that is gone: then that Exec's failure or the idle
-// timer closes it.
+// close closes the connection unless an Exec or the idle timer holds it
+// (an Exec may be waiting for a server that is gone): then that Exec's
+// failure or the idle timer closes it.
 func (a *admin) close() {
 	if !a.mu.TryLock() {
 		return
@@ -83,7 +100,7 @@ func (a *admin) close() {
 
 func (a *admin) closeLocked() {
 	if a.idleStop != nil {
-		a.idleStop.Stop()
+		a.idleStop.t.Stop()
 		a.idleStop = nil
 	}
 	if a.conn != nil {

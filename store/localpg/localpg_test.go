@@ -136,8 +136,12 @@ func TestStopStart(t *testing.T) {
 	if c.Port() != port {
 		t.Errorf("port changed from %d to %d", port, c.Port())
 	}
-	if n, err := query[int](ctx, c.SuperuserURL("postgres"), "SELECT count(*) FROM kept"); err != nil || n != 1 {
-		t.Errorf("after restart: %d rows, %v; want 1", n, err)
+	// Exec's kept connection died with the server: it connects again.
+	if err := c.Exec(ctx, "INSERT INTO kept VALUES (2)"); err != nil {
+		t.Errorf("Exec after a restart: %v", err)
+	}
+	if n, err := query[int](ctx, c.SuperuserURL("postgres"), "SELECT count(*) FROM kept"); err != nil || n != 2 {
+		t.Errorf("after restart: %d rows, %v; want 2", n, err)
 	}
 }
 
@@ -159,6 +163,10 @@ func TestKill(t *testing.T) {
 	}
 	if n, err := query[int](ctx, c.SuperuserURL("postgres"), "SELECT count(*) FROM kept"); err != nil || n != 1 {
 		t.Errorf("after crash recovery: %d rows, %v; want 1", n, err)
+	}
+	// Exec's kept connection died with the server: it connects again.
+	if err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Errorf("Exec after crash recovery: %v", err)
 	}
 }
 
@@ -338,5 +346,19 @@ func TestPasswordFile(t *testing.T) {
 	}
 	if fi, err := os.Stat(pass); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("password file mode %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+}
+
+// A statement that fails inside a transaction it opened leaves Exec's
+// connection aborted; the next Exec must not run on it.
+func TestExecAfterAFailedTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	c := localpgtest.Start(t, localpg.Options{})
+	if err := c.Exec(ctx, "BEGIN; SELECT 1/0; COMMIT"); err == nil {
+		t.Fatal("a division by zero succeeded")
+	}
+	if err := c.Exec(ctx, "CREATE TABLE after_failure (x int)"); err != nil {
+		t.Errorf("Exec after a failed transaction: %v", err)
 	}
 }
