@@ -51,11 +51,12 @@ func loadSettings(getenv func(string) string) (Settings, error) {
 	default:
 		return t, &store.ConfigError{Var: "OTEL_SDK_DISABLED", Msg: "must be true or false"}
 	}
-	t.endpointVar = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-	endpoint := getenv(t.endpointVar)
+	// Each variable read by name: cmd/pscmessages's deploy checks list the
+	// variables the code reads from these calls.
+	var endpoint string
+	endpoint, t.endpointVar = getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 	if endpoint == "" {
-		t.endpointVar = "OTEL_EXPORTER_OTLP_ENDPOINT"
-		endpoint = getenv(t.endpointVar)
+		endpoint, t.endpointVar = getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "OTEL_EXPORTER_OTLP_ENDPOINT"
 	}
 	t.Protocol = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
 	if v := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"); v != "" {
