@@ -113,7 +113,7 @@ func grantsEdit(ctx context.Context, st *store.Store) error {
 // or delete messages (IngestPubSub never does, nor does Messages without
 // HTTP_ROUTES=all).
 func TestGrantSQLGivesNoEdits(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Shared(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	db := grantsDB(t, c, "noedits")
 	admin := c.SuperuserURL(db)
@@ -141,7 +141,7 @@ func TestGrantSQLGivesNoEdits(t *testing.T) {
 // naming the missing privileges and the grant; without Edits the role works
 // but cannot edit; with EditPrivileges granted too it can.
 func TestEditsNeedTheirGrant(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Shared(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	db := grantsDB(t, c, "edits")
 	admin := c.SuperuserURL(db)
@@ -181,7 +181,7 @@ func TestEditsNeedTheirGrant(t *testing.T) {
 // single one of them, the function cannot work: either Open refuses with
 // ErrSchema, or an operation is denied.
 func TestGrantSQLIsExactlyWhatTheFunctionNeeds(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Shared(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	db := grantsDB(t, c, "grants")
 	admin := c.SuperuserURL(db)
@@ -235,14 +235,13 @@ func TestGrantSQLIsExactlyWhatTheFunctionNeeds(t *testing.T) {
 }
 
 func TestMissingPrivilegesOnUnmigratedDatabase(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{})
-	if err := c.CreateDatabase(t.Context(), "empty"); err != nil {
+	if err := cluster.CreateDatabase(t.Context(), "unmigrated"); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Exec(t.Context(), "CREATE ROLE nobody"); err != nil {
+	if err := cluster.Exec(t.Context(), "CREATE ROLE unmigrated_reader"); err != nil {
 		t.Fatal(err)
 	}
-	got := grantsMissing(t, c.SuperuserURL("empty"), "nobody")
+	got := grantsMissing(t, cluster.SuperuserURL("unmigrated"), "unmigrated_reader")
 	// USAGE on schema public is PUBLIC's by default; every table and
 	// sequence is missing because it does not exist.
 	if len(got) != len(grants.Functions())-1 || slices.Contains(got, grants.Functions()[0]) {
@@ -260,7 +259,7 @@ func (s grantsTokens) Token() (*oauth2.Token, error) {
 // function's configuration rules: IAM logins send the token as the password
 // over TLS only, and password logins work as they are.
 func TestAdminConnLogsInLikeTheFunction(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw", TLS: true})
+	c := localpgtest.Shared(t, localpg.Options{Password: "admin-pw", TLS: true})
 	ctx := t.Context()
 	if err := c.Exec(ctx, `CREATE ROLE "admin@my-project.iam" LOGIN PASSWORD 'token-1'`); err != nil {
 		t.Fatal(err)

@@ -21,7 +21,7 @@ import (
 // with a message naming the setting to fix, never ErrUnavailable, and never
 // quoting the password.
 func TestOpenClassifiesRefusalsAsPermanent(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Shared(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	if err := c.Exec(ctx, `CREATE ROLE app LOGIN PASSWORD 'app-pw'`); err != nil {
 		t.Fatal(err)
@@ -93,7 +93,7 @@ func (f fixedTokens) Token() (*oauth2.Token, error) {
 // a token that raced its rotation, so Open logs in once more before it calls
 // the refusal permanent; a token refused twice is permanent.
 func TestOpenIAMRefusedTokenOnceIsTransient(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw", TLS: true})
+	c := localpgtest.Shared(t, localpg.Options{Password: "admin-pw", TLS: true})
 	ctx := t.Context()
 	role := "fn@my-project.iam"
 	ident := pgx.Identifier{role}.Sanitize()
@@ -141,7 +141,7 @@ func TestOpenUnreachableIsTransient(t *testing.T) {
 // TestOpenUnverifiedCertificateIsPermanent: a server whose certificate the
 // configured CA did not sign is refused for good, naming DB_ROOT_CERT.
 func TestOpenUnverifiedCertificateIsPermanent(t *testing.T) {
-	server := localpgtest.Start(t, localpg.Options{TLS: true})
+	server := localpgtest.Shared(t, localpg.Options{TLS: true})
 	other := localpgtest.Start(t, localpg.Options{TLS: true}) // a CA that did not sign server's certificate
 	_, err := store.Open(t.Context(), store.Config{Host: server.Host(), Port: server.Port(), Database: "postgres", User: "postgres",
 		Password: "unused", SSLMode: "verify-full", RootCert: other.CAFile, Migrate: true})

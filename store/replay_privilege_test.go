@@ -19,7 +19,7 @@ import (
 // may update, delete and clean up, is refused to it at Open, naming what it
 // lacks.
 func TestReplayOnlyStoreLeastPrivilege(t *testing.T) {
-	c := localpgtest.Start(t, localpg.Options{Password: "admin-pw"})
+	c := localpgtest.Shared(t, localpg.Options{Password: "admin-pw"})
 	ctx := t.Context()
 	if err := c.CreateDatabase(ctx, "app"); err != nil {
 		t.Fatal(err)

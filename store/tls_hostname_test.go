@@ -18,7 +18,7 @@ import (
 // refused for good, naming DB_ROOT_CERT: retrying cannot change a
 // certificate, so a 503 would send clients round a loop that never ends.
 func TestOpenHostnameMismatchIsPermanent(t *testing.T) {
-	server := localpgtest.Start(t, localpg.Options{TLS: true})
+	server := localpgtest.Shared(t, localpg.Options{TLS: true})
 	port := startRelay(t, "127.0.0.2:0", fmt.Sprintf("%s:%d", server.Host(), server.Port()))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

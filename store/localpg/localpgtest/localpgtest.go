@@ -23,6 +23,20 @@ var template struct {
 	t       *localpg.Template
 }
 
+// shared holds the clusters of Shared, by kind, from their first use to
+// Setup's teardown.
+var shared struct {
+	sync.Mutex
+	clusters map[sharedKind]*localpg.Cluster
+}
+
+// sharedKind is what tells one shared cluster from another: the options
+// that change how clients log in or what a crash keeps.
+type sharedKind struct {
+	password     string
+	tls, durable bool
+}
+
 // Run runs the tests between Setup and its teardown: a TestMain with nothing
 // else to prepare calls os.Exit(localpgtest.Run(m)).
 func Run(m *testing.M) int {
@@ -88,6 +102,14 @@ func Setup() (teardown func()) {
 	template.enabled = true
 	template.Unlock()
 	return func() {
+		shared.Lock()
+		for _, c := range shared.clusters {
+			if err := c.Destroy(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
+		}
+		shared.clusters = nil
+		shared.Unlock()
 		template.Lock()
 		template.enabled = false
 		if template.t != nil {
@@ -162,6 +184,46 @@ func Start(t testing.TB, opts localpg.Options) *localpg.Cluster {
 			t.Error(err)
 		}
 	})
+	return c
+}
+
+// Shared returns the test binary's cluster started with opts, which may set
+// only Password, TLS and Durable: the first call of each kind starts it, and
+// Setup's teardown (the end of Run or RunWithCluster) destroys it. Tests that
+// need a login, TLS or durability of their own, but not a server of their
+// own, share it instead of starting one each, since a cluster's start and
+// stop cost more than most such tests. Its tests must use databases and
+// roles of their own and change nothing server-wide (a setting, the
+// superuser's password, the server's state). Outside Setup the test fails.
+func Shared(t testing.TB, opts localpg.Options) *localpg.Cluster {
+	t.Helper()
+	kind := sharedKind{password: opts.Password, tls: opts.TLS, durable: opts.Durable}
+	if opts.Dir != "" || opts.Port != 0 || opts.PasswordFile != "" || opts.Settings != nil ||
+		opts.BinDir != "" || opts.Log != nil || opts.Template != nil {
+		t.Fatal("localpgtest.Shared: only Password, TLS and Durable may be set; start a cluster of the test's own with Start")
+	}
+	template.Lock()
+	enabled := template.enabled
+	template.Unlock()
+	if !enabled {
+		t.Fatal("localpgtest.Shared needs the test binary's TestMain to call localpgtest.Run or RunWithCluster")
+	}
+	shared.Lock()
+	defer shared.Unlock()
+	if c := shared.clusters[kind]; c != nil {
+		return c
+	}
+	// The cluster outlives this test: its start is not bound to the test's context.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := StartShared(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shared.clusters == nil {
+		shared.clusters = map[sharedKind]*localpg.Cluster{}
+	}
+	shared.clusters[kind] = c
 	return c
 }
 
