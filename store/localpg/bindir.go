@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // ErrNotInstalled reports that the PostgreSQL server binaries were not found.
@@ -30,6 +31,10 @@ func FindBinDir() (string, error) {
 		}
 		return dir, nil
 	}
+	path := os.Getenv("PATH")
+	if dir, ok := found.Load(path); ok && hasServer(dir.(string)) {
+		return dir.(string), nil
+	}
 	var dirs []string
 	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
 		dirs = append(dirs, strings.TrimSpace(string(out)))
@@ -45,11 +50,18 @@ func FindBinDir() (string, error) {
 	dirs = append(append(dirs, versions...), "/usr/local/pgsql/bin")
 	for _, dir := range dirs {
 		if hasServer(dir) {
+			found.Store(path, dir)
 			return dir, nil
 		}
 	}
 	return "", fmt.Errorf("localpg: %w", ErrNotInstalled)
 }
+
+// found is the directory the search found, by $PATH: the search runs
+// pg_config, on Debian a script that starts several processes, and a test
+// binary may start dozens of clusters. It is checked again before use, and
+// a failed search is not kept, so binaries installed later are found.
+var found sync.Map
 
 // pgVersion parses the version in /usr/lib/postgresql/<version>/bin, such as
 // 9.6 or 15, so that 15 sorts after 9.6.
