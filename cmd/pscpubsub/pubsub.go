@@ -234,7 +234,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	topic := "projects/" + cfg.Project + "/topics/" + cfg.Topic
 	subName := "projects/" + cfg.Project + "/subscriptions/" + cfg.Subscription
 	sctx, cancelSetup := context.WithTimeout(ctx, pubsubclient.SetupTimeout)
-	epoch, _, err := ensureSubscription(sctx, client, topic, subName, rewind)
+	epoch, _, err := ensureSubscription(sctx, client, topic, subName, rewind, nil)
 	cancelSetup()
 	if err != nil {
 		client.Close()
@@ -279,6 +279,10 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 	// is back: the client's own reconnect backoff would take tens of
 	// seconds to find the subscription gone.
 	var syncMu sync.Mutex
+	// rewindFrom is when a topic that resync recreated began to keep what
+	// is published to it, until a subscription rewound to it delivers
+	// that; zero when nothing waits. Guarded by syncMu.
+	var rewindFrom time.Time
 	resync := func() bool {
 		syncMu.Lock()
 		defer syncMu.Unlock()
@@ -289,7 +293,7 @@ func startPubSub(ctx context.Context, cfg pubsubConfig) (stop func(), err error)
 		// the epoch of the subscription it came from, or it is stored
 		// twice under two ids. Deliveries wait for it.
 		b.mu.Lock()
-		epoch, created, err := ensureSubscription(sctx, client, topic, subName, rewind)
+		epoch, created, err := ensureSubscription(sctx, client, topic, subName, rewind, &rewindFrom)
 		if err == nil {
 			b.idPrefix = idPrefix(epoch)
 		}
@@ -416,35 +420,59 @@ func emulatorOptions(addr string) []option.ClientOption {
 // is published to it (topicRetention), and its new subscription is rewound
 // (Seek) to before the topic existed, which delivers what was published in
 // between; the official emulator honours both. The subscription is retried
-// until ctx ends if the emulator refuses it, and a topic created here is
-// deleted again when its subscription could not be: a publisher then gets
-// NOT_FOUND, and retries, rather than an id for a message nobody receives.
+// until ctx ends if the emulator refuses it.
+//
+// When it still cannot be made, what happens to a topic created here
+// depends on whether another attempt follows. With pending nil (the
+// runner's start, which then stops) the topic is deleted again: a publisher
+// gets NOT_FOUND, and retries, rather than an id for a message nobody would
+// receive. With pending non-nil (resync, which tries again) the topic stays
+// and keeps what is published meanwhile, *pending holds since when, and the
+// attempt that makes the subscription rewinds it there and clears
+// *pending: deleting the topic would lose what it had already accepted.
 //
 // rewind is only for the official emulator: pstest's Seek to a time breaks
 // its delivery (a nil message), and pstest does not restart on its own.
-func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, rewind bool) (epoch string, created bool, err error) {
+func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string, rewind bool, pending *time.Time) (epoch string, created bool, err error) {
 	before := time.Now().Add(-time.Minute) // nothing was published to a topic before it existed
 	_, err = c.TopicAdminClient.CreateTopic(ctx, &pubsubpb.Topic{Name: topic, MessageRetentionDuration: durationpb.New(topicRetention)})
 	createdTopic := err == nil
 	if err != nil && status.Code(err) != codes.AlreadyExists {
 		return "", false, fmt.Errorf("creating topic %s: %w", topic, err)
 	}
+	var from time.Time // where the subscription is rewound to; zero: nowhere
+	if createdTopic {
+		from = before
+	}
+	waiting := pending != nil && !pending.IsZero()
+	if waiting {
+		from = *pending
+	} else if pending != nil && createdTopic {
+		*pending = before
+	}
 	epoch, created, err = createSubscription(ctx, c, topic, sub)
-	if err != nil && createdTopic {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pubsubclient.DialTimeout)
-		defer cancel()
-		if derr := c.TopicAdminClient.DeleteTopic(dctx, &pubsubpb.DeleteTopicRequest{Topic: topic}); derr != nil {
-			err = fmt.Errorf("%w; and deleting the topic again, so that nothing is published to it meanwhile, failed: %v", err, derr)
+	if err != nil {
+		if createdTopic && pending == nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), pubsubclient.DialTimeout)
+			defer cancel()
+			if derr := c.TopicAdminClient.DeleteTopic(dctx, &pubsubpb.DeleteTopicRequest{Topic: topic}); derr != nil {
+				err = fmt.Errorf("%w; and deleting the topic again, so that nothing is published to it meanwhile, failed: %v", err, derr)
+			}
 		}
 		return epoch, created, err
 	}
-	if err == nil && createdTopic && created && rewind {
-		_, err = c.SubscriptionAdminClient.Seek(ctx, &pubsubpb.SeekRequest{Subscription: sub, Target: &pubsubpb.SeekRequest_Time{Time: timestamppb.New(before)}})
+	// A subscription an earlier attempt made but could not rewind is
+	// rewound now: redelivered messages are told apart by their ids.
+	if rewind && !from.IsZero() && (created || waiting) {
+		_, err = c.SubscriptionAdminClient.Seek(ctx, &pubsubpb.SeekRequest{Subscription: sub, Target: &pubsubpb.SeekRequest_Time{Time: timestamppb.New(from)}})
 		if err != nil {
 			return epoch, created, fmt.Errorf("rewinding subscription %s to the creation of its topic: %w", sub, err)
 		}
 	}
-	return epoch, created, err
+	if pending != nil {
+		*pending = time.Time{}
+	}
+	return epoch, created, nil
 }
 
 // topicRetention is how long a topic the runner creates keeps its messages
