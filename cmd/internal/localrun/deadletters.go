@@ -230,7 +230,7 @@ func deadLettersReplay(ctx context.Context, fn *function.Service, conn *pgx.Conn
 	for _, id := range ids {
 		d, err := deadletter.Get(ctx, conn, id)
 		if err != nil {
-			fmt.Fprintf(w, "dead letter %d: %v\n", id, err)
+			fmt.Fprintln(w, err) // it names the id
 			failed++
 			continue
 		}

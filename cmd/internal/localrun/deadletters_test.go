@@ -124,6 +124,10 @@ func TestDeadLettersCommand(t *testing.T) {
 	if out := dl(1, "show", p); !strings.Contains(out, "no such dead letter") {
 		t.Errorf("show after delete:\n%s", out)
 	}
+	// The id is named once, as in every other line of replay's.
+	if out := dl(1, "replay", p); !strings.Contains(out, "dead letter "+p+": no such dead letter\n") || strings.Count(out, "dead letter "+p) != 1 {
+		t.Errorf("replay of a deleted id:\n%s", out)
+	}
 }
 
 // TestDeadLettersLocal: with no DATABASE_URL or DB_HOST the command finds the
