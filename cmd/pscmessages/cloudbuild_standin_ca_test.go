@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -41,9 +42,21 @@ var cbStandInCA = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	cbStandInDir = dir
 	path := filepath.Join(dir, "ca.pem")
 	return path, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 })
+
+// cbStandInDir is the folder of cbStandInCA's file, removed by TestMain.
+var cbStandInDir string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cbStandInDir != "" {
+		os.RemoveAll(cbStandInDir)
+	}
+	os.Exit(code)
+}
 
 // cbGetenv is env as the code would read it on Cloud Run, with the mounted
 // CA file replaced by the stand-in.
