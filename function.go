@@ -39,8 +39,13 @@ func init() {
 	// arrives. See serveEvent.
 	functions.HTTP("IngestPubSub", serveEvent)
 	shared.tel = tel
-	if telErr != nil {
-		shared.log.Error("OpenTelemetry is off: invalid configuration", "error", telErr.Error())
+	// Settings that fail the check fail every request as a misconfiguration
+	// and stop a runner at start, each saying why: said here too, they were
+	// said twice. Valid settings whose SDK could not start (no credentials,
+	// say) leave the function serving without telemetry, which only this
+	// line tells.
+	if telErr != nil && telemetry.Check(os.Getenv) == nil {
+		shared.log.Error("OpenTelemetry is off: its setup failed", "error", telErr.Error())
 	}
 	tel.flushOnSIGTERM(os.Getenv)
 }

@@ -130,7 +130,7 @@ func TestServeRefusesBadConfigurationAtStart(t *testing.T) {
 // (not after a wait for a server it then leaves), and is reported once: on
 // stderr, not also as a log line on stdout.
 func TestServeReportsBadSettingsOnceBeforeLocalPostgres(t *testing.T) {
-	bad := map[string]string{"LOG_LEVEL": "loud", "LOG_FORMAT": "xml", "HTTP_ROUTES": "everything", "DB_MAX_CONNS": "0"}
+	bad := map[string]string{"LOG_LEVEL": "loud", "LOG_FORMAT": "xml", "HTTP_ROUTES": "everything", "DB_MAX_CONNS": "0", "OTEL_TRACES_SAMPLER": "sometimes"}
 	for name, value := range bad {
 		for _, database := range []string{"local", "DATABASE_URL"} {
 			t.Run(name+" with "+database, func(t *testing.T) {
