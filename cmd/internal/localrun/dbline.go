@@ -2,6 +2,7 @@ package localrun
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -34,8 +35,12 @@ func describeDatabase(ctx context.Context, getenv func(string) string) string {
 	if err != nil {
 		// Why not is the functions' to log, once, when they first try: the
 		// same cause twice would read as two faults.
-		return fmt.Sprintf("database %s (not reachable now; the functions log why on their first request): on its first request the functions apply there whichever of migrations %s it lacks (DB_MIGRATE=false turns that off)",
-			where, strings.Join(allMigrations(), ", "))
+		state := "not reachable now"
+		if errors.Is(err, store.ErrPermanent) {
+			state = "refuses the connection now" // a login, a database or a certificate
+		}
+		return fmt.Sprintf("database %s (%s; the functions log why on their first request): on its first request the functions apply there whichever of migrations %s it lacks (DB_MIGRATE=false turns that off)",
+			where, state, strings.Join(allMigrations(), ", "))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	pending, version, err := migrations.Pending(ctx, conn)

@@ -354,3 +354,22 @@ func TestServeNamesTheDatabaseItWillMigrate(t *testing.T) {
 		s.stop(t)
 	}
 }
+
+// TestServeSaysWhetherTheDatabaseRefusesOrIsUnreachable: the start line
+// about a database it cannot read tells a server that refuses the
+// connection (a login, a database that does not exist) from one that is not
+// there, since the fix differs.
+func TestServeSaysWhetherTheDatabaseRefusesOrIsUnreachable(t *testing.T) {
+	for _, tt := range []struct{ name, url, want string }{
+		{"refused", shared.URL("postgres", "", "no_such_database"), "(refuses the connection now; "},
+		{"unreachable", "postgres://postgres@127.0.0.1:1/d?sslmode=disable&connect_timeout=2", "(not reachable now; "},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{"DATABASE_URL": tt.url}
+			line := describeDatabase(t.Context(), func(k string) string { return env[k] })
+			if !strings.Contains(line, tt.want) {
+				t.Fatalf("start line %q; want it to say %q", line, tt.want)
+			}
+		})
+	}
+}
