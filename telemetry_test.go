@@ -146,6 +146,32 @@ func TestPostSpansContinueTraceparent(t *testing.T) {
 	}
 }
 
+// TestStoreWorkIsOneTraceEach: the statements the store runs apart from any
+// request (setting up the schema when it opens, expiring idempotency keys)
+// are children of one span of that work, not a one-span trace each.
+func TestStoreWorkIsOneTraceEach(t *testing.T) {
+	tf := newTracedFixture(t, nil)
+	for i := range 3 {
+		if r := do(t, "POST", tf.messages.URL+"/", fmt.Sprintf(`{"content":"work %d"}`, i), map[string]string{"Content-Type": "application/json"}); r.status != 200 {
+			t.Fatalf("POST: %d %s", r.status, r.body)
+		}
+	}
+	spans := tf.ended(t)
+	prepare := spanNamed(t, spans, "schema setup")
+	children := 0
+	for _, s := range spans {
+		if s.SpanKind == trace.SpanKindClient && !s.Parent.IsValid() {
+			t.Errorf("statement span %q is a trace of its own", s.Name)
+		}
+		if s.Parent.SpanID() == prepare.SpanContext.SpanID() {
+			children++
+		}
+	}
+	if children == 0 {
+		t.Errorf("no statement under the %q span", prepare.Name)
+	}
+}
+
 func TestXCloudTraceContextContinued(t *testing.T) {
 	tf := newTracedFixture(t, nil)
 	// Span 123 is 0x7b.

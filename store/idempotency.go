@@ -104,7 +104,11 @@ func (c *cleaner) stop() {
 // until it has caught up or budget has passed, and returns how many it
 // deleted and whether it caught up.
 func (s *Store) expireKeys(ctx context.Context, retention, budget time.Duration) (deleted int, caughtUp bool, err error) {
-	defer func() { s.obs.cleaned(deleted, !caughtUp, err) }()
+	ctx, endSpan := s.obs.operation(ctx, "expire idempotency keys")
+	defer func() {
+		s.obs.cleaned(deleted, !caughtUp, err)
+		endSpan(err)
+	}()
 	deadline := time.Now().Add(budget)
 	for {
 		var n int64

@@ -70,16 +70,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	s := &Store{pool: pool, cfg: cfg, obs: obs}
 	s.probe = &prober{s: s}
 	s.rowEstimate.Store(initialRowEstimate)
-	err = s.prepareSchema(ctx)
+	sctx, endPrepare := obs.operation(ctx, "schema setup")
+	err = s.prepareSchema(sctx)
 	if err != nil && cfg.IAMAuth && isPasswordRefused(err) {
 		// The token may have raced a rotation: one more login, a moment
 		// later, tells a race from a token that will never be accepted.
 		select {
 		case <-time.After(iamRefusedRetryDelay):
-			err = s.prepareSchema(ctx)
+			err = s.prepareSchema(sctx)
 		case <-ctx.Done():
 		}
 	}
+	endPrepare(err)
 	if err != nil {
 		pool.Close()
 		return nil, classifyAs(err, true)

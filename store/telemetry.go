@@ -206,6 +206,24 @@ func (o *observer) statement(rows []*writeRequest) (context.Context, func(error)
 	}
 }
 
+// operation starts the span of work the store does apart from any request
+// (setting up the schema when it opens, expiring idempotency keys), so that
+// its statements are one trace under it rather than a trace each; end
+// records its result. Under a request's span (a pool opened by a request)
+// it is that span's child.
+func (o *observer) operation(ctx context.Context, name string) (context.Context, func(error)) {
+	if o == nil {
+		return ctx, func(error) {}
+	}
+	ctx, span := o.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindInternal))
+	return ctx, func(err error) {
+		if err != nil {
+			recordError(span, err)
+		}
+		span.End()
+	}
+}
+
 // retried notes on every sampled request waiting for rows that its batch ran
 // again after a conflict.
 func (o *observer) retried(rows []*writeRequest, attempt int, err error) {
