@@ -446,6 +446,7 @@ func TestTelemetryConfigErrorsNameTheVariable(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
 		"OTEL_TRACES_SAMPLER":         "sometimes",
 		"OTEL_TRACES_SAMPLER_ARG":     "1.5",
+		"OTEL_METRICS_EXPORTER":       "prometheus",
 		"OTEL_EXPORTER_OTLP_ENDPOINT": "::not a url",
 	} {
 		_, err := loadSettings(func(name string) string {

@@ -23,6 +23,9 @@
 // service account) with each call, as Google's Telemetry (OTLP) API requires
 // of an in-process exporter; over gRPC the token source refreshes them.
 //
+// OTEL_METRICS_EXPORTER=none sends traces only (otlp, the default, both),
+// for receivers such as Jaeger that take no metrics.
+//
 // Sampling follows OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG; the
 // default, parentbased_always_on, keeps the decision of the caller, so
 // Cloud Run's own sampling of a request decides whether its spans are kept.

@@ -34,6 +34,9 @@ type Settings struct {
 	Ratio       float64 // OTEL_TRACES_SAMPLER_ARG, 1 when unset
 	GoogleAuth  bool    // the endpoint is Google's: send Google credentials
 	ServiceName string  // OTEL_SERVICE_NAME, else K_SERVICE, else pscmessages
+	// NoMetrics is OTEL_METRICS_EXPORTER=none: traces only, for a receiver
+	// that takes no metrics (a Jaeger). Unset or otlp: metrics too.
+	NoMetrics   bool
 	enabled     bool
 	endpointVar string // the variable the endpoint came from
 }
@@ -68,6 +71,13 @@ func loadSettings(getenv func(string) string) (Settings, error) {
 	case "http/protobuf", "grpc":
 	default:
 		return t, &store.ConfigError{Var: "OTEL_EXPORTER_OTLP_PROTOCOL", Msg: "must be http/protobuf or grpc (the Go exporters send no JSON)"}
+	}
+	switch getenv("OTEL_METRICS_EXPORTER") {
+	case "", "otlp":
+	case "none":
+		t.NoMetrics = true
+	default:
+		return t, &store.ConfigError{Var: "OTEL_METRICS_EXPORTER", Msg: "must be otlp (the default) or none"}
 	}
 	t.Ratio = 1
 	if v := getenv("OTEL_TRACES_SAMPLER_ARG"); v != "" {

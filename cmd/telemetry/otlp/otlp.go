@@ -76,7 +76,11 @@ func install(s telemetry.Settings, ex *Exporters, attrs []attribute.KeyValue) (*
 		sdktrace.WithSampler(sampler(s)),
 		sdktrace.WithBatcher(ex.Spans),
 	)
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(ex.Metrics))
+	mopts := []sdkmetric.Option{sdkmetric.WithResource(res)}
+	if ex.Metrics != nil { // nil: OTEL_METRICS_EXPORTER=none
+		mopts = append(mopts, sdkmetric.WithReader(ex.Metrics))
+	}
+	mp := sdkmetric.NewMeterProvider(mopts...)
 	shutdown := func(ctx context.Context) error {
 		// Spans first: a metric export may wait for its interval.
 		return errors.Join(tp.Shutdown(ctx), mp.Shutdown(ctx))
@@ -129,8 +133,10 @@ func otlpExporters(ctx context.Context, s telemetry.Settings) (_ *Exporters, pro
 		if ex.Spans, err = otlptracegrpc.New(ctx, traceOpts...); err != nil {
 			return nil, "", err
 		}
-		if metricExp, err = otlpmetricgrpc.New(ctx, metricOpts...); err != nil {
-			return nil, "", err
+		if !s.NoMetrics {
+			if metricExp, err = otlpmetricgrpc.New(ctx, metricOpts...); err != nil {
+				return nil, "", err
+			}
 		}
 	} else {
 		var traceOpts []otlptracehttp.Option
@@ -143,10 +149,14 @@ func otlpExporters(ctx context.Context, s telemetry.Settings) (_ *Exporters, pro
 		if ex.Spans, err = otlptracehttp.New(ctx, traceOpts...); err != nil {
 			return nil, "", err
 		}
-		if metricExp, err = otlpmetrichttp.New(ctx, metricOpts...); err != nil {
-			return nil, "", err
+		if !s.NoMetrics {
+			if metricExp, err = otlpmetrichttp.New(ctx, metricOpts...); err != nil {
+				return nil, "", err
+			}
 		}
 	}
-	ex.Metrics = sdkmetric.NewPeriodicReader(metricExp)
+	if metricExp != nil {
+		ex.Metrics = sdkmetric.NewPeriodicReader(metricExp)
+	}
 	return &ex, project, nil
 }
