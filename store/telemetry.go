@@ -375,7 +375,7 @@ func statementAttrs(op, target, sql string) []attribute.KeyValue {
 // summarize finds a statement's operation and the table it acts on: for a
 // WITH query, its first data-modifying statement, else SELECT.
 func summarize(sql string) (op, target string) {
-	words := strings.Fields(sql)
+	words := strings.Fields(skipComments(sql))
 	if len(words) == 0 {
 		return "", ""
 	}
@@ -390,6 +390,30 @@ func summarize(sql string) (op, target string) {
 		}
 	}
 	return "SELECT", ""
+}
+
+// skipComments is sql after the comments that open it (-- to the end of
+// the line, /* to */), such as a migration file's header.
+func skipComments(sql string) string {
+	for {
+		sql = strings.TrimLeft(sql, " \t\r\n")
+		switch {
+		case strings.HasPrefix(sql, "--"):
+			i := strings.IndexByte(sql, '\n')
+			if i < 0 {
+				return ""
+			}
+			sql = sql[i+1:]
+		case strings.HasPrefix(sql, "/*"):
+			i := strings.Index(sql, "*/")
+			if i < 0 {
+				return ""
+			}
+			sql = sql[i+2:]
+		default:
+			return sql
+		}
+	}
 }
 
 func targetAfter(op string, rest []string) string {
