@@ -11,8 +11,10 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"cloud.google.com/go/pubsub/v2"
+	"go.opentelemetry.io/otel"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -61,7 +63,12 @@ func publish(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 			return err
 		}
 	}
-	client, err := pubsub.NewClient(ctx, *project)
+	// With telemetry on (a build with -tags otlp and an OTLP endpoint set),
+	// each message carries its publish span's context in the attribute
+	// googclient_traceparent, which the function's consumer span continues:
+	// one trace from this command to the row.
+	flush, traced := otel.GetTracerProvider().(interface{ ForceFlush(context.Context) error })
+	client, err := pubsub.NewClientWithConfig(ctx, *project, &pubsub.ClientConfig{EnableOpenTelemetryTracing: traced})
 	if err != nil {
 		if os.Getenv("PUBSUB_EMULATOR_HOST") == "" {
 			err = fmt.Errorf("%w (to publish to a local emulator, set PUBSUB_EMULATOR_HOST)", err)
@@ -122,6 +129,14 @@ func publish(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	})
 	close(results)
 	nFailed := <-failed
+	if traced {
+		// The spans are batched: sent now, or lost with the process.
+		fctx, cancel := context.WithTimeout(pctx, 5*time.Second)
+		if ferr := flush.ForceFlush(fctx); ferr != nil {
+			fmt.Fprintf(stderr, "publish spans not sent: %v\n", ferr)
+		}
+		cancel()
+	}
 	switch {
 	case err != nil:
 		return err
