@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
-	"cloud.google.com/go/pubsub/v2/pstest"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -19,12 +18,7 @@ import (
 // function's consumer span continues, and exports that span before it
 // returns; without one it adds nothing (TestPublish).
 func TestPublishCarriesItsTraceWhenTelemetryIsOn(t *testing.T) {
-	fake := pstest.NewServerWithAddress("127.0.0.1:0")
-	defer fake.Close()
-	t.Setenv("PUBSUB_EMULATOR_HOST", fake.Addr)
-	t.Setenv("PUBSUB_PROJECT_ID", "")
-	t.Setenv("GOOGLE_CLOUD_PROJECT", "")
-	t.Setenv("PUBSUB_TOPIC", "")
+	fake := publishFake(t)
 	if _, err := fake.GServer.CreateTopic(context.Background(), &pubsubpb.Topic{Name: "projects/local-project/topics/messages"}); err != nil {
 		t.Fatal(err)
 	}

@@ -797,13 +797,20 @@ func TestPubSubFlags(t *testing.T) {
 	}
 }
 
-func TestPublish(t *testing.T) {
+// publishFake is a pstest server that the publish command reaches through
+// PUBSUB_EMULATOR_HOST, with no project or topic set in the environment.
+func publishFake(t *testing.T) *pstest.Server {
 	fake := pstest.NewServerWithAddress("127.0.0.1:0")
-	defer fake.Close()
+	t.Cleanup(func() { fake.Close() })
 	t.Setenv("PUBSUB_EMULATOR_HOST", fake.Addr)
 	t.Setenv("PUBSUB_PROJECT_ID", "")
 	t.Setenv("GOOGLE_CLOUD_PROJECT", "")
 	t.Setenv("PUBSUB_TOPIC", "")
+	return fake
+}
+
+func TestPublish(t *testing.T) {
+	fake := publishFake(t)
 	for _, topic := range []string{"projects/local-project/topics/messages", "projects/p2/topics/other"} {
 		if _, err := fake.GServer.CreateTopic(context.Background(), &pubsubpb.Topic{Name: topic}); err != nil {
 			t.Fatal(err)
