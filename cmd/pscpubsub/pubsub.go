@@ -461,9 +461,10 @@ func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string
 		}
 		return epoch, created, err
 	}
-	// A subscription an earlier attempt made but could not rewind is
-	// rewound now: redelivered messages are told apart by their ids.
-	if rewind && !from.IsZero() && (created || waiting) {
+	// Only a subscription made here is rewound: one that already existed
+	// may be delivering, and the emulator's Seek is not to be trusted with
+	// messages in flight.
+	if rewind && !from.IsZero() && created {
 		_, err = c.SubscriptionAdminClient.Seek(ctx, &pubsubpb.SeekRequest{Subscription: sub, Target: &pubsubpb.SeekRequest_Time{Time: timestamppb.New(from)}})
 		if err != nil {
 			return epoch, created, fmt.Errorf("rewinding subscription %s to the creation of its topic: %w", sub, err)
