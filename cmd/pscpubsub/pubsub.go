@@ -440,15 +440,15 @@ func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string
 	if err != nil && status.Code(err) != codes.AlreadyExists {
 		return "", false, fmt.Errorf("creating topic %s: %w", topic, err)
 	}
-	var from time.Time // where the subscription is rewound to; zero: nowhere
-	if createdTopic {
-		from = before
-	}
-	waiting := pending != nil && !pending.IsZero()
-	if waiting {
-		from = *pending
-	} else if pending != nil && createdTopic {
+	if pending != nil && pending.IsZero() && createdTopic {
 		*pending = before
+	}
+	var from time.Time // where a new subscription is rewound to; zero: nowhere
+	switch {
+	case pending != nil:
+		from = *pending
+	case createdTopic:
+		from = before
 	}
 	epoch, created, err = createSubscription(ctx, c, topic, sub)
 	if err != nil {
@@ -462,8 +462,7 @@ func ensureSubscription(ctx context.Context, c *pubsub.Client, topic, sub string
 		return epoch, created, err
 	}
 	// Only a subscription made here is rewound: one that already existed
-	// may be delivering, and the emulator's Seek is not to be trusted with
-	// messages in flight.
+	// may have messages in flight, which a rewind would disturb.
 	if rewind && !from.IsZero() && created {
 		_, err = c.SubscriptionAdminClient.Seek(ctx, &pubsubpb.SeekRequest{Subscription: sub, Target: &pubsubpb.SeekRequest_Time{Time: timestamppb.New(from)}})
 		if err != nil {
